@@ -19,7 +19,7 @@ def check_ratio(ratio: float) -> float:
 
 
 def check_features(features: torch.Tensor) -> None:
-    """Raise ValueError unless ``features`` is a finite floating (T, N, D) tensor with T, N, D > 0."""
+    """Raise ValueError unless ``features`` is a finite float (T, N, D) tensor, T, N, D > 0."""
     if not isinstance(features, torch.Tensor):
         raise ValueError(f"features must be a torch.Tensor, got {type(features).__name__}")
     if features.dim() != 3:

@@ -69,7 +69,7 @@ def similarity(features: torch.Tensor) -> Similarity:
 
     # Step 2: L2 normalisation over the kept channels, as a per-token scale (F.normalize's eps).
     norms = torch.empty(units * tokens, dtype=x.dtype, device=x.device)
-    for block, block_norms in zip(blocks, norms.split([len(b) for b in blocks])):
+    for block, block_norms in zip(blocks, norms.split([len(b) for b in blocks]), strict=True):
         torch.mv(block.square(), kept_channels, out=block_norms)
     norms = norms.sqrt_()
     scale = (1.0 / norms.clamp(min=NORM_EPS)).reshape(units, tokens)
