@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_vidcom2 import reference_select  # noqa: E402
+from reference_vidcom2 import reference_select
 
-from vidcom2_cli.compression import vidcom2_select  # noqa: E402
+from vidcom2_cli.compression import vidcom2_select
 
 SHAPES = {"llava-onevision-7b": (32, 196, 3584), "qwen2-vl-7b": (16, 299, 3584)}
 

@@ -54,7 +54,7 @@ def similarity(features: torch.Tensor) -> Similarity:
     matrix product.
     """
     units, tokens, channels = features.shape
-    x = features.float()
+    x = features.detach().float()
     flat = x.reshape(units * tokens, channels)
     blocks = _row_blocks(flat)
 

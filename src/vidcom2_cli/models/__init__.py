@@ -1,0 +1,16 @@
+"""Model adapters: run each supported video-LLM family with a KeepPlan applied from outside."""
+
+from .base import CompressedItem, EncodedVideo, GenerationResult, PreparedItem, VideoAdapter
+from .loading import (
+    DEFAULT_MODEL,
+    SUPPORTED_MODEL_TYPES,
+    LoadedModel,
+    LoadOptions,
+    ModelLoadError,
+    load_model,
+)
+from .registry import adapter_for, load_adapter
+
+__all__ = ["DEFAULT_MODEL", "SUPPORTED_MODEL_TYPES", "CompressedItem", "EncodedVideo",
+           "GenerationResult", "LoadOptions", "LoadedModel", "ModelLoadError", "PreparedItem",
+           "VideoAdapter", "adapter_for", "load_adapter", "load_model"]

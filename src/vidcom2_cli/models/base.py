@@ -1,0 +1,226 @@
+"""The adapter interface and the family-independent half of applying a KeepPlan.
+
+Flow for each (video, question): ``prepare`` runs the model's own chat template and processor,
+``encode`` runs the vision encoder once and exposes the (T, N, D) features, ``compress`` drops
+video tokens with ONE keep-mask over the sequence (ids, attention mask, token types, positions)
+and the same mask over the encoder output, and ``generate`` left-pads several compressed items
+into one batch and calls ``model.generate`` with the precomputed vision outputs. Nothing inside
+transformers is patched; with an all-True plan the model sees exactly its usual inputs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..compression import KeepPlan
+from ..timing import GenerationTiming, TokenClock
+
+
+@dataclass
+class PreparedItem:
+    """One (video, question) after the processor, batch dimension 1, on the model's device."""
+
+    inputs: dict[str, torch.Tensor]
+    video_token_mask: torch.Tensor  # (L,) True at video placeholder tokens
+
+    @property
+    def length(self) -> int:
+        return int(self.inputs["input_ids"].shape[1])
+
+
+@dataclass
+class EncodedVideo:
+    """The vision encoder's output for one video and the layout the compressor scores."""
+
+    features: torch.Tensor  # (T units, N tokens per unit in raster order, D)
+    grid: tuple[int, int]  # (h, w) of the token grid of one unit
+    output: Any  # what the model takes as mm_encoder_outputs["video"]
+
+
+@dataclass
+class CompressedItem:
+    """One item with a plan applied: 1-D sequences and positions of the kept tokens."""
+
+    input_ids: torch.Tensor  # (L',)
+    mm_token_type_ids: torch.Tensor | None  # (L',)
+    position_ids: torch.Tensor  # (P, L'): P rows of positions (1 for LLaVA, 3 for Qwen M-RoPE)
+    output: Any
+    full_length: int
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Generated text and token ids for each item of a batch, and the batch's timing."""
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    timing: GenerationTiming
+    prompt_lengths: list[int]
+
+
+class VideoAdapter(ABC):
+    """Runs one model family; subclasses say how its video features are laid out."""
+
+    def __init__(self, model: torch.nn.Module, processor: Any, device: torch.device) -> None:
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.video_token_id = int(model.config.video_token_id)
+
+    # --- family specifics ---------------------------------------------------------------
+
+    @property
+    def frames_multiple(self) -> int:
+        """The frame count must be a multiple of this (Qwen's temporal patch is 2 frames)."""
+        return 1
+
+    @abstractmethod
+    def encode(self, item: PreparedItem) -> EncodedVideo:
+        """Run the vision encoder on one item's video."""
+
+    @abstractmethod
+    def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
+        """Mask over the item's video placeholder tokens (structural ones always kept)."""
+
+    @abstractmethod
+    def slice_output(self, output: Any, feature_mask: torch.Tensor) -> Any:
+        """The encoder output restricted to the kept video tokens."""
+
+    @abstractmethod
+    def merge_outputs(self, outputs: list[Any]) -> Any:
+        """One encoder output for a batch, items in order."""
+
+    @abstractmethod
+    def full_positions(self, item: PreparedItem) -> torch.Tensor:
+        """(P, L) positions of the uncompressed sequence, as the model itself computes them."""
+
+    @abstractmethod
+    def kept_positions(self, full: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(P, L') positions of the kept tokens."""
+
+    @abstractmethod
+    def batch_positions(self, positions: torch.Tensor, attention_mask: torch.Tensor
+                        ) -> torch.Tensor:
+        """Left-padded (P, B, L) positions as ``generate`` wants them for this family."""
+
+    # --- shared steps -------------------------------------------------------------------
+
+    def prompt(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "video"},
+                                                 {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True,
+                                                  tokenize=False)
+
+    def prepare(self, frames: np.ndarray, metadata: dict[str, Any], question: str
+                ) -> PreparedItem:
+        """Chat template + the model's processor on frames we decoded ourselves.
+
+        The metadata (source fps, total frames, sampled indices) drives Qwen2.5-VL's temporal
+        positions and Qwen3-VL's timestamps; frame sampling stays ours.
+        """
+        encoded = self.processor(text=[self.prompt(question)], videos=[frames],
+                                 video_metadata=[metadata], do_sample_frames=False,
+                                 return_tensors="pt")
+        inputs = {}
+        for key, value in encoded.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            value = value.to(self.device)
+            inputs[key] = value.to(self.model.dtype) if value.is_floating_point() else value
+        video_token_mask = inputs["input_ids"][0] == self.video_token_id
+        return PreparedItem(inputs=inputs, video_token_mask=video_token_mask)
+
+    def compress(self, item: PreparedItem, encoded: EncodedVideo, plan: KeepPlan
+                 ) -> CompressedItem:
+        """Apply a plan: one keep-mask slices the sequence, its positions and the features."""
+        feature_mask = self.feature_keep_mask(plan).to(self.device)
+        keep = torch.ones(item.length, dtype=torch.bool, device=self.device)
+        keep[item.video_token_mask] = feature_mask
+        types = item.inputs.get("mm_token_type_ids")
+        return CompressedItem(
+            input_ids=item.inputs["input_ids"][0, keep],
+            mm_token_type_ids=None if types is None else types[0, keep],
+            position_ids=self.kept_positions(self.full_positions(item), keep),
+            output=self.slice_output(encoded.output, feature_mask),
+            full_length=item.length,
+        )
+
+    def collate(self, items: list[CompressedItem]) -> dict[str, Any]:
+        """Left-pad compressed items into ``generate`` keyword arguments."""
+        width = max(item.length for item in items)
+        pad_id = self.pad_token_id
+
+        def left_pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
+            out = torch.full((len(rows), *rows[0].shape[:-1], width), value,
+                             dtype=rows[0].dtype, device=self.device)
+            for index, row in enumerate(rows):
+                out[index, ..., width - row.shape[-1]:] = row
+            return out
+
+        attention_mask = left_pad([torch.ones_like(item.input_ids) for item in items], 0)
+        positions = left_pad([item.position_ids for item in items], 0).transpose(0, 1)
+        batch = {
+            "input_ids": left_pad([item.input_ids for item in items], pad_id),
+            "attention_mask": attention_mask,
+            "position_ids": self.batch_positions(positions, attention_mask),
+            "mm_encoder_outputs": {"video": self.merge_outputs([item.output for item in items])},
+        }
+        if items[0].mm_token_type_ids is not None:
+            batch["mm_token_type_ids"] = left_pad([item.mm_token_type_ids for item in items], 0)
+        return batch
+
+    @property
+    def pad_token_id(self) -> int:
+        tokenizer = self.processor.tokenizer
+        pad = tokenizer.pad_token_id
+        return int(pad if pad is not None else tokenizer.eos_token_id)
+
+    @torch.inference_mode()
+    def generate(self, items: list[CompressedItem], max_new_tokens: int = 64,
+                 do_sample: bool = False, min_new_tokens: int | None = None,
+                 **sampling: Any) -> GenerationResult:
+        """Generate for a batch of compressed items in one ``generate`` call."""
+        batch = self.collate(items)
+        clock = TokenClock(self.device)
+        clock.begin()
+        sequences = self.model.generate(
+            **batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+            do_sample=do_sample, stopping_criteria=[clock], pad_token_id=self.pad_token_id,
+            **({} if do_sample else {"temperature": None, "top_p": None, "top_k": None}),
+            **sampling,
+        )
+        new_tokens = sequences[:, batch["input_ids"].shape[1]:]
+        token_ids = [self._strip(row) for row in new_tokens.tolist()]
+        texts = self.processor.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+        return GenerationResult(texts=[text.strip() for text in texts], token_ids=token_ids,
+                                timing=clock.result(),
+                                prompt_lengths=[item.length for item in items])
+
+    def _strip(self, row: list[int]) -> list[int]:
+        """Drop padding after an item finished early, and the end-of-sequence token."""
+        stops = set(self._eos_ids()) or {self.pad_token_id}
+        for index, token in enumerate(row):
+            if token in stops:
+                return row[:index]
+        return row
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            return []
+        return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
+    @torch.inference_mode()
+    def forward_logits(self, items: list[CompressedItem]) -> torch.Tensor:
+        """Logits of one prefill forward pass over a batch (for checking, not generation)."""
+        batch = self.collate(items)
+        return self.model(**batch, use_cache=False).logits

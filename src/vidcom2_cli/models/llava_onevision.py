@@ -1,0 +1,57 @@
+"""LLaVA-OneVision (and LLaVA-Video checkpoints converted to its class).
+
+Video features: vision tower -> projector -> bilinear pooling to ceil(h/2) x ceil(w/2) per
+frame, then ONE ``image_newline`` after the whole video, which is always kept. As in the
+authors' released code, the compressed sequence gets dense positions 0..L'-1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from ..compression import KeepPlan
+from .base import EncodedVideo, PreparedItem, VideoAdapter
+
+
+class LlavaOnevisionAdapter(VideoAdapter):
+    @torch.inference_mode()
+    def encode(self, item: PreparedItem) -> EncodedVideo:
+        pixels = item.inputs["pixel_values_videos"]
+        output = self.model.model.get_video_features(pixel_values_videos=pixels, return_dict=True)
+        tokens = output.pooler_output[0]  # (T * N + 1, D): the last row is the newline
+        units = pixels.shape[1]
+        vision = self.model.config.vision_config
+        side = math.ceil(vision.image_size // vision.patch_size / 2)
+        features = tokens[:-1].reshape(units, -1, tokens.shape[-1])
+        if features.shape[1] != side * side:
+            raise RuntimeError(f"expected {side}x{side} pooled tokens per frame, got "
+                               f"{features.shape[1]}")
+        return EncodedVideo(features=features, grid=(side, side),
+                            output=BaseModelOutputWithPooling(pooler_output=tokens[None]))
+
+    def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
+        newline = torch.ones(1, dtype=torch.bool, device=plan.mask.device)
+        return torch.cat([plan.flat_mask(), newline])
+
+    def slice_output(self, output: Any, feature_mask: torch.Tensor) -> Any:
+        return BaseModelOutputWithPooling(pooler_output=output.pooler_output[:, feature_mask])
+
+    def merge_outputs(self, outputs: list[Any]) -> Any:
+        # forward flattens (videos, tokens) before scattering, so one row of all tokens works
+        # for videos that kept different counts.
+        pooled = torch.cat([output.pooler_output for output in outputs], dim=1)
+        return BaseModelOutputWithPooling(pooler_output=pooled)
+
+    def full_positions(self, item: PreparedItem) -> torch.Tensor:
+        return torch.arange(item.length, device=self.device)[None]
+
+    def kept_positions(self, full: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return torch.arange(int(keep.sum()), device=self.device)[None]
+
+    def batch_positions(self, positions: torch.Tensor, attention_mask: torch.Tensor
+                        ) -> torch.Tensor:
+        return positions[0]

@@ -1,0 +1,141 @@
+"""Resolve a model reference (hub id or local directory) and load it with sensible defaults."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+
+# config.model_type -> (family label, recommended checkpoints, smallest first)
+SUPPORTED_MODEL_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "llava_onevision": ("LLaVA-OneVision / LLaVA-Video", (
+        "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+        "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+        "llava-hf/LLaVA-Video-7B-Qwen2-hf",
+    )),
+    "qwen2_vl": ("Qwen2-VL", ("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct")),
+    "qwen2_5_vl": ("Qwen2.5-VL", ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct")),
+    "qwen3_vl": ("Qwen3-VL", ("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-8B-Instruct")),
+}
+
+ATTENTION_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager")
+DTYPE_CHOICES = {"auto": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                 "float16": torch.float16, "fp16": torch.float16,
+                 "float32": torch.float32, "fp32": torch.float32}
+
+
+class ModelLoadError(ValueError):
+    """The model reference or a load option is unusable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to place and run the model; "auto" picks the best the machine supports."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    attention: str = "auto"
+    device_map: str | None = None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ModelLoadError(f"--device: {device!r} is not a device ({error})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device: {device!r} asked for, but no CUDA GPU is available")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype not in DTYPE_CHOICES:
+        raise ModelLoadError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
+    chosen = DTYPE_CHOICES[dtype]
+    if chosen is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return chosen
+
+
+def resolve_attention(attention: str, device: torch.device) -> str:
+    if attention not in ATTENTION_CHOICES:
+        raise ModelLoadError(f"--attn: {attention!r} is not one of {', '.join(ATTENTION_CHOICES)}")
+    flash_available = importlib.util.find_spec("flash_attn") is not None
+    if attention == "auto":
+        return "flash_attention_2" if flash_available and device.type == "cuda" else "sdpa"
+    if attention == "flash_attention_2" and not (flash_available and device.type == "cuda"):
+        raise ModelLoadError("--attn: flash_attention_2 needs a CUDA GPU and the flash-attn "
+                             "package (pip install 'vidcom2-cli[flash]')")
+    return attention
+
+
+def read_model_type(reference: str) -> str:
+    """The checkpoint's ``model_type``; ModelLoadError for anything we cannot or will not load."""
+    from transformers import AutoConfig
+
+    path = Path(reference).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ModelLoadError(f"--model: {reference} is a file; give a checkpoint directory or a "
+                             "hub id")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelLoadError(f"--model: {reference} has no config.json; is it a checkpoint "
+                             "directory?")
+    try:
+        config = AutoConfig.from_pretrained(str(path) if path.is_dir() else reference,
+                                            trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        raise ModelLoadError(f"--model: cannot load {reference!r}: {first_line}") from None
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        supported = ", ".join(f"{label} ({kind})" for kind, (label, _) in
+                              SUPPORTED_MODEL_TYPES.items())
+        raise ModelLoadError(f"--model: {reference} is a {model_type!r} model; supported: "
+                             f"{supported}")
+    return model_type
+
+
+@dataclass
+class LoadedModel:
+    """A model and processor ready to run, and how they were placed."""
+
+    reference: str
+    model_type: str
+    model: torch.nn.Module
+    processor: object
+    device: torch.device
+    dtype: torch.dtype
+    attention: str
+
+
+def load_model(reference: str, options: LoadOptions = LoadOptions()) -> LoadedModel:
+    """Load a supported video LLM and its processor from a hub id or a local directory.
+
+    Weights come from safetensors only, and remote code is never trusted.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model_type = read_model_type(reference)
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    attention = resolve_attention(options.attention, device)
+    source = str(Path(reference).expanduser()) if Path(reference).expanduser().is_dir() \
+        else reference
+    try:
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=dtype, attn_implementation=attention, use_safetensors=True,
+            trust_remote_code=False, device_map=options.device_map or str(device),
+        )
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        raise ModelLoadError(f"--model: cannot load {reference!r}: {first_line}") from None
+    model.eval()
+    return LoadedModel(reference=reference, model_type=model_type, model=model,
+                       processor=processor, device=device, dtype=dtype, attention=attention)

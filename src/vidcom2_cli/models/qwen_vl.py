@@ -1,0 +1,80 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL.
+
+Video features come after the PatchMerger, ordered by temporal unit (2 frames), then row, then
+column of the merged grid. M-RoPE positions are computed by the model's own ``get_rope_index``
+on the FULL sequence and then sliced, so kept video tokens keep their (t, h, w) positions, text
+after the video keeps its positions, and decoding continues from the uncompressed rope delta.
+Qwen3-VL's deepstack features are sliced with the same mask as the main features.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from ..compression import KeepPlan
+from .base import EncodedVideo, PreparedItem, VideoAdapter
+
+
+class QwenVLAdapter(VideoAdapter):
+    @property
+    def frames_multiple(self) -> int:
+        return int(self.model.config.vision_config.temporal_patch_size)
+
+    @torch.inference_mode()
+    def encode(self, item: PreparedItem) -> EncodedVideo:
+        grid_thw = item.inputs["video_grid_thw"]
+        output = self.model.model.get_video_features(
+            pixel_values_videos=item.inputs["pixel_values_videos"], video_grid_thw=grid_thw,
+            return_dict=True)
+        merge = int(self.model.config.vision_config.spatial_merge_size)
+        units, height, width = (int(v) for v in grid_thw[0])
+        grid = (height // merge, width // merge)
+        tokens = output.pooler_output[0]
+        features = tokens.reshape(units, grid[0] * grid[1], tokens.shape[-1])
+        return EncodedVideo(features=features, grid=grid, output=self._keep_fields(output))
+
+    @staticmethod
+    def _keep_fields(output: Any) -> Any:
+        """Only what the language model reads: the pooled tokens and (Qwen3-VL) deepstack."""
+        fields = {"pooler_output": output.pooler_output}
+        if getattr(output, "deepstack_features", None) is not None:
+            fields["deepstack_features"] = output.deepstack_features
+        return type(output)(**fields)
+
+    def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
+        return plan.flat_mask()
+
+    def slice_output(self, output: Any, feature_mask: torch.Tensor) -> Any:
+        fields = {"pooler_output": (output.pooler_output[0][feature_mask],)}
+        if getattr(output, "deepstack_features", None) is not None:
+            fields["deepstack_features"] = [(layer[0][feature_mask],)
+                                            for layer in output.deepstack_features]
+        return type(output)(**fields)
+
+    def merge_outputs(self, outputs: list[Any]) -> Any:
+        fields = {"pooler_output": tuple(o.pooler_output[0] for o in outputs)}
+        if getattr(outputs[0], "deepstack_features", None) is not None:
+            layers = len(outputs[0].deepstack_features)
+            fields["deepstack_features"] = [tuple(o.deepstack_features[layer][0] for o in outputs)
+                                            for layer in range(layers)]
+        return type(outputs[0])(**fields)
+
+    def full_positions(self, item: PreparedItem) -> torch.Tensor:
+        rope_index = self.model.model.get_rope_index
+        accepted = inspect.signature(rope_index).parameters
+        arguments = {key: value for key, value in item.inputs.items() if key in accepted}
+        positions, _ = rope_index(**arguments)
+        return positions[:, 0]  # (3, L)
+
+    def kept_positions(self, full: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return full[:, keep]
+
+    def batch_positions(self, positions: torch.Tensor, attention_mask: torch.Tensor
+                        ) -> torch.Tensor:
+        # generate() itself passes (4, B, L): 1-D text positions (used for the attention mask)
+        # on top of the three M-RoPE rows. Build the same so R = 1 matches it exactly.
+        text = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        return torch.cat([text[None], positions], dim=0)

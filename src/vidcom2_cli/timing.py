@@ -1,0 +1,107 @@
+"""Device-synchronised timing: pipeline stages, and prefill vs decode inside ``generate``."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued GPU work so a wall-clock reading covers it (no-op on CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass
+class StageTimer:
+    """Milliseconds per named stage, each measured between device synchronisations."""
+
+    device: torch.device
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.device)
+            self.stages_ms[name] = self.stages_ms.get(name, 0.0) + (
+                time.perf_counter() - start) * 1000.0
+
+
+class TokenClock:
+    """A stopping criterion that never stops: it timestamps each generated token.
+
+    ``generate`` calls stopping criteria once per new token, after the token is chosen, so the
+    first call marks the end of prefill (time to first token) and later ones each decode step.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start = 0.0
+        self.stamps: list[float] = []
+
+    def begin(self) -> None:
+        synchronize(self.device)
+        self.start = time.perf_counter()
+        self.stamps = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def result(self) -> GenerationTiming:
+        if not self.stamps:
+            return GenerationTiming(prefill_ms=0.0, decode_ms=0.0, decode_steps=0)
+        prefill = (self.stamps[0] - self.start) * 1000.0
+        decode = (self.stamps[-1] - self.stamps[0]) * 1000.0
+        return GenerationTiming(prefill_ms=prefill, decode_ms=decode,
+                                decode_steps=len(self.stamps) - 1)
+
+
+@dataclass(frozen=True)
+class GenerationTiming:
+    """Prefill = prompt forward + first token; decode = every later token."""
+
+    prefill_ms: float
+    decode_ms: float
+    decode_steps: int
+
+    @property
+    def decode_ms_per_token(self) -> float:
+        return self.decode_ms / self.decode_steps if self.decode_steps else 0.0
+
+    @property
+    def total_ms(self) -> float:
+        return self.prefill_ms + self.decode_ms
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    """Peak memory and where it was read: the CUDA allocator since the last reset, or on a
+    CPU the whole process's peak resident set (which never resets)."""
+
+    bytes: int
+    source: str
+
+
+def peak_memory(device: torch.device) -> PeakMemory:
+    if device.type == "cuda":
+        return PeakMemory(int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated")
+    return PeakMemory(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_max_rss")

@@ -1,0 +1,159 @@
+"""Tiny random-weight checkpoints of every supported family, built offline for the tests.
+
+A checkpoint is saved with `save_pretrained` (safetensors) and loads by path exactly like a
+user's real checkpoint. Sizes: a 2-layer, 64-wide text model and a 2-layer, 32-wide vision
+tower with 8-pixel patches, so an 8-frame 64x64 clip gives 16 visual tokens per frame
+(LLaVA-OneVision) or per temporal unit of 2 frames (Qwen).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForImageTextToText,
+    LlavaOnevisionConfig,
+    PretrainedConfig,
+    Qwen2_5_VLConfig,
+    Qwen2VLConfig,
+    Qwen3VLConfig,
+)
+
+from vidcom2_cli.models.offline import (
+    EOS_TOKEN,
+    PAD_TOKEN,
+    build_processor,
+    build_tokenizer,
+)
+
+_QWEN_PATCHING = {"patch_size": 8, "merge_size": 2, "temporal_patch_size": 2}
+TINY_VISION_SIZES: dict[str, dict[str, int]] = {
+    # 56 / 8 = 7x7 patches, pooled to ceil(7 / 2) = 4x4 per frame: odd like the real 27x27.
+    "llava_onevision": {"image_size": 56, "patch_size": 8},
+    # Per-frame limits: a 64x64 frame keeps its size, 8x8 patches, merged to 4x4 tokens.
+    "qwen2_vl": {**_QWEN_PATCHING, "min_pixels": 32 * 32, "max_pixels": 64 * 64},
+    "qwen2_5_vl": {**_QWEN_PATCHING, "min_pixels": 32 * 32, "max_pixels": 64 * 64},
+    # Whole-clip limits: up to 16 frames of 64x64 keep their size.
+    "qwen3_vl": {**_QWEN_PATCHING, "min_pixels": 4 * 32 * 32, "max_pixels": 16 * 64 * 64},
+}
+
+_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+}
+# head_dim 16 -> 8 rotary frequencies, split between the temporal, height and width positions.
+_QWEN2_ROPE = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
+_QWEN3_ROPE = {
+    "rope_type": "default",
+    "rope_theta": 5e6,
+    "mrope_section": [4, 2, 2],
+    "mrope_interleaved": True,
+}
+
+
+def tiny_config(family: str, token_ids: dict[str, int], vocab_size: int) -> PretrainedConfig:
+    """A tiny config for `family`; `token_ids` maps special token strings to the tokenizer's ids."""
+    sizes = TINY_VISION_SIZES[family]
+    text: dict[str, Any] = {**_TEXT, "vocab_size": vocab_size}
+    if family == "llava_onevision":
+        side = sizes["image_size"]
+        return LlavaOnevisionConfig(
+            text_config={
+                **text,
+                "model_type": "qwen2",
+                "bos_token_id": token_ids[PAD_TOKEN],
+                "eos_token_id": token_ids[EOS_TOKEN],
+                "pad_token_id": token_ids[PAD_TOKEN],
+            },
+            vision_config={
+                "model_type": "siglip_vision_model",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": side,
+                "patch_size": sizes["patch_size"],
+                "vision_use_head": False,
+            },
+            image_token_index=token_ids["<image>"],
+            video_token_index=token_ids["<video>"],
+            vision_feature_select_strategy="full",
+            vision_feature_layer=-1,
+            image_grid_pinpoints=[[side * i, side * j] for i in range(1, 7) for j in range(1, 7)],
+        )
+
+    vision: dict[str, Any] = {
+        "depth": 2,
+        "num_heads": 2,
+        "patch_size": sizes["patch_size"],
+        "spatial_merge_size": sizes["merge_size"],
+        "temporal_patch_size": sizes["temporal_patch_size"],
+    }
+    qwen_ids = {
+        "image_token_id": token_ids["<|image_pad|>"],
+        "video_token_id": token_ids["<|video_pad|>"],
+        "vision_start_token_id": token_ids["<|vision_start|>"],
+        "vision_end_token_id": token_ids["<|vision_end|>"],
+    }
+    if family == "qwen3_vl":
+        return Qwen3VLConfig(
+            text_config={
+                **text,
+                "head_dim": 16,
+                "rope_parameters": _QWEN3_ROPE,
+                "pad_token_id": token_ids[PAD_TOKEN],
+            },
+            vision_config={
+                **vision,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "out_hidden_size": _TEXT["hidden_size"],
+                "num_position_embeddings": 64,  # an 8x8 learned grid, resampled per video
+                "deepstack_visual_indexes": [0, 1],
+            },
+            **qwen_ids,
+        )
+    text_ids = {
+        "bos_token_id": token_ids[PAD_TOKEN],
+        "eos_token_id": token_ids[EOS_TOKEN],
+        "pad_token_id": token_ids[PAD_TOKEN],
+    }
+    text = {**text, **text_ids, "rope_parameters": _QWEN2_ROPE}
+    if family == "qwen2_vl":
+        vision = {**vision, "embed_dim": 32, "mlp_ratio": 2, "hidden_size": _TEXT["hidden_size"]}
+        return Qwen2VLConfig(text_config=text, vision_config=vision, **qwen_ids)
+    vision = {
+        **vision,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "out_hidden_size": _TEXT["hidden_size"],
+        "window_size": 32,  # 32 px = 2x2 merged tokens per attention window
+        "fullatt_block_indexes": [1],
+        "tokens_per_second": 2,
+    }
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **qwen_ids)
+
+
+def make_tiny_checkpoint(family: str, directory: Path) -> Path:
+    """Save a tiny random-weight model of `family` with its processor into `directory`."""
+    tokenizer = build_tokenizer(family)
+    processor = build_processor(family, tokenizer, **TINY_VISION_SIZES[family])
+    token_ids = {
+        token: tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens
+    }
+    config = tiny_config(family, token_ids, vocab_size=len(tokenizer))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = [token_ids[EOS_TOKEN], token_ids[PAD_TOKEN]]
+    model.generation_config.pad_token_id = token_ids[PAD_TOKEN]
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
