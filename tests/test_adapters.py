@@ -1,0 +1,166 @@
+"""Model adapters on tiny offline checkpoints of every family, loaded by path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vidcom2_cli.compression import METHODS, select
+from vidcom2_cli.models import LoadOptions, ModelLoadError, load_adapter, load_model
+
+FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+QWEN = FAMILIES[1:]
+pytestmark = pytest.mark.slow
+
+
+def clip(seed: int, frames: int = 8) -> tuple[np.ndarray, dict]:
+    """Frames with structure (a moving bright square on a noisy background) and metadata."""
+    rng = np.random.default_rng(seed)
+    video = rng.integers(0, 80, (frames, 64, 64, 3), dtype=np.uint8)
+    for index in range(frames):
+        top = 4 + 6 * index % 40
+        video[index, top:top + 16, top:top + 16] = (255, 40 * seed % 255, 0)
+    total = frames * 6
+    metadata = {"fps": 12.0, "total_num_frames": total, "duration": total / 12.0,
+                "frames_indices": list(range(0, total, 6))}
+    return video, metadata
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_adapter(request, tiny_checkpoints):
+    loaded, adapter = load_adapter(str(tiny_checkpoints(request.param)),
+                                   LoadOptions(device="cpu", attention="sdpa"))
+    return request.param, loaded, adapter
+
+
+def prepared(adapter, seed=0, frames=8, question="What happens in this video?"):
+    video, metadata = clip(seed, frames)
+    item = adapter.prepare(video, metadata, question)
+    return item, adapter.encode(item)
+
+
+def test_ratio_one_gives_bit_identical_logits_and_tokens(family_adapter):
+    _, loaded, adapter = family_adapter
+    item, encoded = prepared(adapter)
+    plan = select(encoded.features, 1.0, grid=encoded.grid)
+    compressed = adapter.compress(item, encoded, plan)
+    assert torch.equal(compressed.input_ids, item.inputs["input_ids"][0])
+    with torch.inference_mode():
+        reference = loaded.model(**item.inputs, use_cache=False).logits
+        reference_tokens = loaded.model.generate(**item.inputs, max_new_tokens=6,
+                                                 do_sample=False)
+    assert torch.equal(adapter.forward_logits([compressed]), reference)
+    ours = adapter.generate([compressed], max_new_tokens=6)
+    expected = adapter._strip(reference_tokens[0, item.length:].tolist())
+    assert ours.token_ids[0] == expected
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.1])
+def test_compression_drops_only_video_tokens(family_adapter, ratio):
+    _, _, adapter = family_adapter
+    item, encoded = prepared(adapter)
+    plan = select(encoded.features, ratio, grid=encoded.grid)
+    compressed = adapter.compress(item, encoded, plan)
+    dropped = plan.total_full - plan.total_kept
+    assert dropped > 0
+    assert compressed.length == item.length - dropped
+    full_ids = item.inputs["input_ids"][0]
+    video_id = adapter.video_token_id
+    # every non-video token (text, newline, vision start/end, timestamps) survives, in order
+    assert torch.equal(compressed.input_ids[compressed.input_ids != video_id],
+                       full_ids[full_ids != video_id])
+    assert int((compressed.input_ids == video_id).sum()) == int(
+        (full_ids == video_id).sum()) - dropped
+    result = adapter.generate([compressed], max_new_tokens=4)
+    assert result.timing.decode_steps >= 0 and len(result.texts) == 1
+
+
+def test_llava_positions_are_dense(tiny_checkpoints):
+    _, adapter = load_adapter(str(tiny_checkpoints("llava_onevision")),
+                              LoadOptions(device="cpu"))
+    item, encoded = prepared(adapter)
+    compressed = adapter.compress(item, encoded, select(encoded.features, 0.25))
+    assert torch.equal(compressed.position_ids[0], torch.arange(compressed.length))
+
+
+@pytest.mark.parametrize("family", QWEN)
+def test_qwen_kept_tokens_keep_their_rope_positions(tiny_checkpoints, family):
+    loaded, adapter = load_adapter(str(tiny_checkpoints(family)), LoadOptions(device="cpu"))
+    item, encoded = prepared(adapter)
+    plan = select(encoded.features, 0.25, grid=encoded.grid)
+    compressed = adapter.compress(item, encoded, plan)
+    full = adapter.full_positions(item)  # (3, L), the model's own get_rope_index
+    video = item.video_token_mask
+    kept_video = compressed.input_ids == adapter.video_token_id
+    assert torch.equal(compressed.position_ids[:, kept_video],
+                       full[:, video][:, plan.flat_mask()])
+    # text after the video keeps its original positions
+    assert torch.equal(compressed.position_ids[:, ~kept_video], full[:, ~video])
+    # the first decoded token sits where the uncompressed run would put it: L + rope delta
+    arguments = {k: v for k, v in item.inputs.items()
+                 if k in ("input_ids", "mm_token_type_ids", "video_grid_thw",
+                          "second_per_grid_ts", "attention_mask")}
+    _, delta = loaded.model.model.get_rope_index(**arguments)
+    batch = adapter.collate([compressed])
+    assert batch["position_ids"].shape == (4, 1, compressed.length)
+    assert int(batch["position_ids"][1:, 0, -1].max()) + 1 == item.length + int(delta)
+
+
+def test_a_batch_gives_each_item_its_single_answer(family_adapter):
+    _, _, adapter = family_adapter
+    questions = ["What happens?", "Describe the colour of the moving square in detail.",
+                 "How many objects are there in the scene overall?"]
+    frame_counts = [8, 6, 8]
+    compressed = []
+    for seed, (question, frames) in enumerate(zip(questions, frame_counts, strict=True)):
+        item, encoded = prepared(adapter, seed=seed + 1, frames=frames, question=question)
+        plan = select(encoded.features, 0.25, grid=encoded.grid)
+        compressed.append(adapter.compress(item, encoded, plan))
+    assert len({item.length for item in compressed}) > 1  # padding is really exercised
+    batched = adapter.generate(compressed, max_new_tokens=6)
+    for index, item in enumerate(compressed):
+        single = adapter.generate([item], max_new_tokens=6)
+        assert batched.token_ids[index] == single.token_ids[0]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_on_every_family(family_adapter, method):
+    _, _, adapter = family_adapter
+    item, encoded = prepared(adapter)
+    plan = select(encoded.features, 0.3, method, grid=encoded.grid)
+    compressed = adapter.compress(item, encoded, plan)
+    assert compressed.length == item.length - (plan.total_full - plan.total_kept)
+    assert len(adapter.generate([compressed], max_new_tokens=2).texts) == 1
+
+
+def test_features_layout_matches_the_real_grid(family_adapter):
+    family, loaded, adapter = family_adapter
+    item, encoded = prepared(adapter)
+    units, tokens, channels = encoded.features.shape
+    assert tokens == encoded.grid[0] * encoded.grid[1]
+    assert channels == loaded.model.config.text_config.hidden_size
+    assert units == (8 if family == "llava_onevision" else 4)
+    structural = 1 if family == "llava_onevision" else 0
+    assert int(item.video_token_mask.sum()) == units * tokens + structural
+
+
+def test_loading_rejects_unsupported_and_missing(tmp_path, tiny_checkpoints):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
+        load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ModelLoadError, match="supported: LLaVA-OneVision"):
+        load_model(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="--attn"):
+        load_model(str(tiny_checkpoints("qwen2_vl")), LoadOptions(attention="flash"))
+    with pytest.raises(ModelLoadError, match="--dtype"):
+        load_model(str(tiny_checkpoints("qwen2_vl")), LoadOptions(dtype="int3"))
+
+
+def test_loading_defaults_on_cpu(tiny_checkpoints):
+    loaded = load_model(str(tiny_checkpoints("qwen2_vl")))
+    if not torch.cuda.is_available():
+        assert loaded.device.type == "cpu"
+        assert loaded.dtype == torch.float32
+        assert loaded.attention == "sdpa"
+    assert loaded.model.dtype == loaded.dtype
