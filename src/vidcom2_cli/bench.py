@@ -1,0 +1,112 @@
+"""Compare compression ratios and methods on one video: same model, same encoded video."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from .engine import (
+    CompressionOptions,
+    EncodedRequest,
+    Engine,
+    GenerationOptions,
+    InputError,
+    check_options,
+)
+from .timing import PeakMemory, peak_memory, reset_peak_memory
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    method: str
+    ratio: float
+    visual_kept: int
+    visual_full: int
+    prompt_length: int
+    compress_ms: float
+    prefill_ms: float
+    decode_ms_per_token: float
+    generation_ms: float  # prefill + decode: the language model's share
+    end_to_end_ms: float  # decode/preprocess/vision (shared, measured once) + compress + LLM
+    speedup: float  # LLM generation time at ratio 1.0 / this row's, same run
+    peak_memory_bytes: int
+    memory_source: str
+    answer: str
+    same_answer: bool  # equals the ratio-1.0 answer
+
+
+def parse_floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+
+
+def run_bench(engine: Engine, encoded: EncodedRequest, ratios: list[float], methods: list[str],
+              generation: GenerationOptions, repeats: int = 3, warmup: int = 1,
+              seed: int = 0) -> list[BenchRow]:
+    """Measure each (method, ratio); ratio 1.0 is always measured first as the baseline."""
+    if repeats < 1 or warmup < 0:
+        raise InputError("--repeats must be at least 1 and --warmup at least 0")
+    if not ratios or not methods:
+        raise InputError("--ratios and --methods need at least one value each")
+    for method in methods:
+        for ratio in ratios:
+            check_options(CompressionOptions(ratio, method, seed), generation)
+    shared_ms = sum(encoded.stages_ms.values())
+    baseline = _measure(engine, encoded, CompressionOptions(1.0, methods[0], seed), generation,
+                        repeats, warmup)
+    rows = []
+    for method in methods:
+        for ratio in ratios:
+            measured = baseline if ratio == 1.0 else _measure(
+                engine, encoded, CompressionOptions(ratio, method, seed), generation, repeats,
+                warmup)
+            rows.append(BenchRow(
+                method=method, ratio=ratio, visual_kept=measured.visual_kept,
+                visual_full=measured.visual_full, prompt_length=measured.prompt_length,
+                compress_ms=measured.compress_ms, prefill_ms=measured.prefill_ms,
+                decode_ms_per_token=measured.decode_ms_per_token,
+                generation_ms=measured.generation_ms,
+                end_to_end_ms=shared_ms + measured.compress_ms + measured.generation_ms,
+                speedup=baseline.generation_ms / measured.generation_ms
+                if measured.generation_ms else 0.0,
+                peak_memory_bytes=measured.memory.bytes, memory_source=measured.memory.source,
+                answer=measured.answer, same_answer=measured.answer == baseline.answer))
+    return rows
+
+
+@dataclass(frozen=True)
+class _Measurement:
+    compress_ms: float
+    prefill_ms: float
+    decode_ms_per_token: float
+    generation_ms: float
+    answer: str
+    visual_kept: int
+    visual_full: int
+    prompt_length: int
+    memory: PeakMemory
+
+
+def _measure(engine: Engine, encoded: EncodedRequest, compression: CompressionOptions,
+             generation: GenerationOptions, repeats: int, warmup: int) -> _Measurement:
+    """Medians over ``repeats`` runs after ``warmup`` unmeasured ones."""
+    reset_peak_memory(engine.device)
+    compress_times, prefills, per_token, totals = [], [], [], []
+    for run in range(warmup + repeats):
+        plan, item, compress_ms = engine.compress(encoded, compression)
+        result = engine.generate([item], generation)
+        if run < warmup:
+            continue
+        compress_times.append(compress_ms)
+        prefills.append(result.timing.prefill_ms)
+        per_token.append(result.timing.decode_ms_per_token)
+        totals.append(result.timing.total_ms)
+    visual_full = int(encoded.item.video_token_mask.sum())
+    return _Measurement(
+        compress_ms=statistics.median(compress_times), prefill_ms=statistics.median(prefills),
+        decode_ms_per_token=statistics.median(per_token),
+        generation_ms=statistics.median(totals), answer=result.texts[0],
+        visual_kept=visual_full - (plan.total_full - plan.total_kept), visual_full=visual_full,
+        prompt_length=item.length, memory=peak_memory(engine.device))

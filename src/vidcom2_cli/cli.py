@@ -1,0 +1,269 @@
+"""The ``vidcom2`` command: parse options, call the engine, render the result.
+
+Exit codes: 0 ok, 2 bad usage or bad input (one line on stderr), 1 runtime failure.
+A traceback is shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .bench import parse_floats, run_bench
+from .compression import METHODS
+from .engine import (
+    CompressionOptions,
+    Engine,
+    GenerationOptions,
+    InputError,
+    Request,
+    SamplingOptions,
+    check_options,
+)
+from .heatmap import save_contact_sheet
+from .models import DEFAULT_MODEL, SUPPORTED_MODEL_TYPES, LoadOptions, ModelLoadError
+from .report import answer_to_json, bench_rows_to_json, render_answer, render_bench
+from .video import VideoError, probe
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Ask a video LLM about a video, with VidCom2 visual-token compression.")
+stdout = Console()
+stderr = Console(stderr=True)
+
+BAD_INPUT = (InputError, VideoError, ModelLoadError)
+
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="Hub id or local checkpoint "
+                                          "directory.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
+DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, "
+                                          "fp32.")]
+AttnOption = Annotated[str, typer.Option("--attn", help="auto, flash_attention_2, sdpa, eager.")]
+DeviceMapOption = Annotated[str | None, typer.Option(help="Spread the model over several GPUs, "
+                                                     "e.g. 'auto'.")]
+FramesOption = Annotated[int, typer.Option(help="Frames sampled evenly over the whole video.")]
+FpsOption = Annotated[float | None, typer.Option(help="Sample this many frames per second "
+                                                 "instead (capped by --max-frames).")]
+MaxFramesOption = Annotated[int, typer.Option(help="Cap on frames when sampling by --fps.")]
+DebugOption = Annotated[bool, typer.Option(help="Show tracebacks and library logs.")]
+
+
+@contextmanager
+def cli_errors(debug: bool) -> Iterator[None]:
+    """Turn failures into one stderr line and an exit code (tracebacks only with --debug)."""
+    if not debug:
+        _quiet_libraries()
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except BAD_INPUT as error:
+        if debug:
+            raise
+        stderr.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        raise typer.Exit(130) from None
+    except Exception as error:
+        if debug:
+            raise
+        stderr.print(f"[red]error:[/red] {_runtime_message(error)}", highlight=False,
+                     soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _runtime_message(error: Exception) -> str:
+    import torch
+
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return ("CUDA out of memory: lower --frames, lower --ratio, or use a smaller --model "
+                "(or a smaller --batch-size in batch mode)")
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line} (run again with --debug for the traceback)"
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _load_engine(model: str, device: str, dtype: str, attn: str, device_map: str | None,
+                 quiet: bool = False) -> Engine:
+    options = LoadOptions(device=device, dtype=dtype, attention=attn, device_map=device_map)
+    if quiet:
+        return Engine.load(model, options)
+    with stderr.status(f"loading {model} ..."):
+        return Engine.load(model, options)
+
+
+def _check_video(video: Path) -> None:
+    """Fail fast on a bad video before the (slow) model load."""
+    probe(video)
+
+
+def _print_json(payload: object) -> None:
+    sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+@app.command()
+def ask(
+    video: Annotated[Path, typer.Argument(help="Video file.")],
+    question: Annotated[str, typer.Argument(help="The question about the video.")],
+    ratio: Annotated[float, typer.Option(help="Fraction of video tokens to keep, in (0, 1].")]
+    = 0.25,
+    method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")] = "vidcom2",
+    model: ModelOption = DEFAULT_MODEL,
+    frames: FramesOption = SamplingOptions.frames,
+    fps: FpsOption = None,
+    max_frames: MaxFramesOption = SamplingOptions.max_frames,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
+    sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
+    temperature: Annotated[float | None, typer.Option(help="With --sample.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="With --sample.")] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    attn: AttnOption = "auto",
+    device_map: DeviceMapOption = None,
+    seed: Annotated[int, typer.Option(help="Seed for random selection and sampling.")] = 0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    heatmap: Annotated[Path | None, typer.Option(help="Write a PNG contact sheet of the frames "
+                                                  "with dropped tokens dimmed.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the answer.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Answer a question about a video."""
+    with cli_errors(debug):
+        compression = CompressionOptions(ratio=ratio, method=method, seed=seed)
+        generation = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=sample,
+                                       temperature=temperature, top_p=top_p, seed=seed)
+        check_options(compression, generation)
+        if heatmap is not None and not heatmap.parent.is_dir():
+            raise InputError(f"--heatmap: folder {heatmap.parent} does not exist")
+        _check_video(video)
+        engine = _load_engine(model, device, dtype, attn, device_map, quiet or json_output)
+        result = engine.ask(Request(str(video), question),
+                            SamplingOptions(frames=frames, fps=fps, max_frames=max_frames),
+                            compression, generation)
+        if heatmap is not None:
+            save_contact_sheet(heatmap, result.video.frames, result.plan,
+                               frames_per_unit=result.frames_per_unit)
+        if json_output:
+            payload = answer_to_json(result)
+            payload["heatmap"] = str(heatmap) if heatmap is not None else None
+            _print_json(payload)
+        elif quiet:
+            stdout.print(result.answer, highlight=False, markup=False)
+        else:
+            stdout.print(render_answer(result))
+            if heatmap is not None:
+                stdout.print(f"heatmap written to {heatmap}")
+
+
+@app.command()
+def bench(
+    video: Annotated[Path, typer.Argument(help="Video file.")],
+    ratios: Annotated[str, typer.Option(help="Comma-separated keep ratios.")]
+    = "1.0,0.5,0.25,0.15,0.1",
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "vidcom2,random",
+    question: Annotated[str, typer.Option(help="Question asked at every setting.")]
+    = "Describe what happens in this video.",
+    repeats: Annotated[int, typer.Option(help="Measured runs per setting (median).")] = 3,
+    warmup: Annotated[int, typer.Option(help="Unmeasured runs before each setting.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated at every setting "
+                                                "(forced, so every row decodes as many).")]
+    = 16,
+    model: ModelOption = DEFAULT_MODEL,
+    frames: FramesOption = SamplingOptions.frames,
+    fps: FpsOption = None,
+    max_frames: MaxFramesOption = SamplingOptions.max_frames,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    attn: AttnOption = "auto",
+    device_map: DeviceMapOption = None,
+    seed: Annotated[int, typer.Option(help="Seed for random selection.")] = 0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Measure prefill and decode at several ratios and methods on one video."""
+    with cli_errors(debug):
+        ratio_list = parse_floats(ratios, "--ratios")
+        method_list = [name.strip() for name in methods.split(",") if name.strip()]
+        generation = GenerationOptions(max_new_tokens=max_new_tokens,
+                                       min_new_tokens=max_new_tokens)
+        for name in method_list:
+            for value in ratio_list:
+                check_options(CompressionOptions(value, name, seed), generation)
+        _check_video(video)
+        engine = _load_engine(model, device, dtype, attn, device_map, json_output)
+        encoded = engine.encode(Request(str(video), question),
+                                SamplingOptions(frames=frames, fps=fps, max_frames=max_frames))
+        with stderr.status("benchmarking ...") if not json_output else _no_status():
+            rows = run_bench(engine, encoded, ratio_list, method_list, generation,
+                             repeats=repeats, warmup=warmup, seed=seed)
+        if json_output:
+            _print_json(bench_rows_to_json(rows))
+            return
+        title = (f"{model} · {len(encoded.video.indices)} frames · "
+                 f"{engine.device.type} {str(engine.loaded.dtype).removeprefix('torch.')} "
+                 f"{engine.loaded.attention} · median of {repeats}, {max_new_tokens} new tokens")
+        if engine.random_weights:
+            title += " · RANDOM WEIGHTS"
+        stdout.print(render_bench(rows, title))
+        shared = ", ".join(f"{key} {value:.1f} ms" for key, value in encoded.stages_ms.items())
+        stdout.print(f"measured once for all rows: {shared}")
+
+
+@contextmanager
+def _no_status() -> Iterator[None]:
+    yield
+
+
+@app.command()
+def models(json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the supported model families and recommended checkpoints."""
+    if json_output:
+        _print_json({"default": DEFAULT_MODEL, "families": [
+            {"model_type": kind, "family": label, "recommended": list(checkpoints)}
+            for kind, (label, checkpoints) in SUPPORTED_MODEL_TYPES.items()]})
+        return
+    table = Table(title=f"Supported families (default: {DEFAULT_MODEL})", title_justify="left")
+    table.add_column("family")
+    table.add_column("config model_type")
+    table.add_column("recommended checkpoints")
+    for kind, (label, checkpoints) in SUPPORTED_MODEL_TYPES.items():
+        table.add_row(label, kind, "\n".join(checkpoints))
+    stdout.print(table)
+
+
+@app.command()
+def info(
+    video: Annotated[Path, typer.Argument(help="Video file.")],
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show frames, fps, duration, size and codec as the decoder sees them."""
+    with cli_errors(debug):
+        details = probe(video)
+        if json_output:
+            _print_json(asdict(details))
+            return
+        table = Table(show_header=False, title=str(video), title_justify="left")
+        for key, value in asdict(details).items():
+            table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+        stdout.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,151 @@
+"""Results as JSON-ready dicts and as rich renderables; no computation beyond formatting."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .bench import BenchRow
+from .engine import Answer
+from .heatmap import budget_sparkline, favoured_units, spatial_heatmap
+
+RANDOM_WEIGHTS_NOTE = "random weights: the answer is meaningless; timings and shapes are real"
+
+
+def answer_to_json(answer: Answer) -> dict[str, Any]:
+    """The stable machine-readable form of one answer (the keys scripts rely on)."""
+    video = answer.video
+    return {
+        "id": answer.request.id,
+        "video": answer.request.video,
+        "question": answer.request.question,
+        "answer": answer.answer,
+        "model": answer.model,
+        "random_weights": answer.random_weights,
+        "method": answer.method,
+        "ratio": answer.ratio,
+        "kept_ratio": answer.plan.kept_ratio,
+        "frames": {
+            "indices": list(video.indices),
+            "count": len(video.indices),
+            "padded": video.padded,
+            "per_unit": answer.frames_per_unit,
+            "source_frames": video.info.frame_count,
+            "source_fps": video.info.fps,
+        },
+        "tokens": {**asdict(answer.tokens),
+                   "text": answer.tokens.prompt_full - answer.tokens.visual_full,
+                   "grid": list(answer.plan.grid) if answer.plan.grid else None},
+        "timing_ms": {key: round(value, 3) for key, value in answer.timing_ms.items()},
+        "memory": {"peak_bytes": answer.memory.bytes, "source": answer.memory.source},
+    }
+
+
+def bench_rows_to_json(rows: list[BenchRow]) -> list[dict[str, Any]]:
+    return [{key: round(value, 3) if isinstance(value, float) else value
+             for key, value in asdict(row).items()} for row in rows]
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 2**20:,.0f} MiB"
+
+
+def _per_second(tokens: int, milliseconds: float) -> str:
+    return f"{1000.0 * tokens / milliseconds:,.1f}" if milliseconds > 0 and tokens else "-"
+
+
+def token_table(answer: Answer) -> Table:
+    tokens = answer.tokens
+    table = Table(title="Tokens", title_justify="left", show_edge=False)
+    table.add_column("")
+    table.add_column("full", justify="right")
+    table.add_column("kept", justify="right")
+    table.add_column("kept %", justify="right")
+    table.add_row("visual", str(tokens.visual_full), str(tokens.visual_kept),
+                  _percent(tokens.visual_kept, tokens.visual_full))
+    text = tokens.prompt_full - tokens.visual_full
+    table.add_row("text", str(text), str(text), "100.0%")
+    table.add_row("prompt", str(tokens.prompt_full), str(tokens.prompt_kept),
+                  _percent(tokens.prompt_kept, tokens.prompt_full))
+    table.add_row("generated", "", str(tokens.generated), "")
+    return table
+
+
+def heatmap_summary(answer: Answer) -> Group:
+    plan = answer.plan
+    counts = plan.counts
+    unit = "frame" if answer.frames_per_unit == 1 else f"{answer.frames_per_unit}-frame unit"
+    favoured = ", ".join(f"#{index} ({counts[index]})" for index in favoured_units(counts))
+    lines: list[RenderableType] = [
+        Text("Retained tokens", style="bold"),
+        Text(f"per {unit} over time (█ = {max(counts)} of {plan.tokens_per_unit}): ")
+        + Text(budget_sparkline(counts, max(counts), width=64), style="cyan"),
+        Text(f"largest budgets: {favoured}"),
+    ]
+    if plan.grid is not None:
+        lines.append(Text(f"how often each of the {plan.grid[0]}x{plan.grid[1]} positions "
+                          "was kept (blank never, █ always):"))
+        lines.extend(Text("  │" + row + "│", style="green") for row in spatial_heatmap(plan))
+    return Group(*lines)
+
+
+def timing_table(answer: Answer) -> Table:
+    """Stage times in the llama.cpp convention: prompt eval (prefill) vs eval (decode)."""
+    timing = answer.timing_ms
+    tokens = answer.tokens
+    table = Table(title="Timing", title_justify="left", show_edge=False)
+    for column in ("stage", "ms", "tokens", "ms/token", "tokens/s"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for key, label in (("video_decode", "video decode"), ("preprocess", "preprocess"),
+                       ("vision", "vision encoder"), ("compress", "compression")):
+        table.add_row(label, f"{timing[key]:,.1f}", "", "", "")
+    prefill = timing["prefill"]
+    table.add_row("prefill (time to first token)", f"{prefill:,.1f}", str(tokens.prompt_kept),
+                  f"{prefill / tokens.prompt_kept:.2f}" if tokens.prompt_kept else "-",
+                  _per_second(tokens.prompt_kept, prefill))
+    steps = max(tokens.generated - 1, 0)
+    table.add_row("decode", f"{timing['decode']:,.1f}", str(steps),
+                  f"{timing['decode_per_token']:.2f}" if steps else "-",
+                  _per_second(steps, timing["decode"]))
+    table.add_row("total", f"{timing['total']:,.1f}", "", "", "", style="bold")
+    table.caption = f"peak memory {_megabytes(answer.memory.bytes)} ({answer.memory.source})"
+    return table
+
+
+def render_answer(answer: Answer) -> Group:
+    header = (f"{answer.model} · {answer.method} R={answer.ratio:g} · "
+              f"{len(answer.video.indices)} frames")
+    parts: list[RenderableType] = [Panel(answer.answer or "(empty answer)", title=header,
+                                         title_align="left")]
+    if answer.random_weights:
+        parts.append(Text(RANDOM_WEIGHTS_NOTE, style="bold yellow"))
+    if answer.video.padded:
+        parts.append(Text(f"last frame repeated {answer.video.padded}x to fill the model's "
+                          f"{answer.frames_per_unit}-frame temporal units", style="dim"))
+    parts += [token_table(answer), heatmap_summary(answer), timing_table(answer)]
+    return Group(*parts)
+
+
+def render_bench(rows: list[BenchRow], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    columns = ("method", "ratio", "visual kept", "prompt", "compress ms", "prefill ms",
+               "decode ms/tok", "LLM ms", "end-to-end ms", "LLM speed-up", "peak mem",
+               "same answer")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in rows:
+        table.add_row(row.method, f"{row.ratio:g}", f"{row.visual_kept}/{row.visual_full}",
+                      str(row.prompt_length), f"{row.compress_ms:.2f}", f"{row.prefill_ms:.1f}",
+                      f"{row.decode_ms_per_token:.2f}", f"{row.generation_ms:.1f}",
+                      f"{row.end_to_end_ms:.1f}", f"{row.speedup:.2f}x",
+                      _megabytes(row.peak_memory_bytes), "yes" if row.same_answer else "no")
+    return table
