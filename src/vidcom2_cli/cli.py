@@ -18,6 +18,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .batch import (
+    BatchOptions,
+    ResultWriter,
+    check_batch_options,
+    prepare_output,
+    progress_bar,
+    read_input,
+    run_batch,
+)
 from .bench import parse_floats, run_bench
 from .compression import METHODS
 from .engine import (
@@ -36,7 +45,8 @@ from .video import VideoError, probe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ask a video LLM about a video, with VidCom2 visual-token compression.")
-stdout = Console()
+# Pipes and files get a wide fixed width instead of rich's 80 columns, so tables do not wrap.
+stdout = Console() if sys.stdout.isatty() else Console(width=160)
 stderr = Console(stderr=True)
 
 BAD_INPUT = (InputError, VideoError, ModelLoadError)
@@ -228,6 +238,47 @@ def bench(
 @contextmanager
 def _no_status() -> Iterator[None]:
     yield
+
+
+@app.command()
+def batch(
+    input_path: Annotated[str, typer.Argument(
+        metavar="INPUT.jsonl", help='JSON lines {"id", "video", "question"}, optionally '
+        '"options" (multiple choice) and "answer" (expected); - reads stdin.')],
+    out: Annotated[str, typer.Option("--out", help="Results, one JSON line per input line "
+                                     "(- for stdout).")],
+    ratio: Annotated[float, typer.Option(help="Fraction of video tokens to keep, in (0, 1].")]
+    = 0.25,
+    method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")] = "vidcom2",
+    model: ModelOption = DEFAULT_MODEL,
+    frames: FramesOption = SamplingOptions.frames,
+    fps: FpsOption = None,
+    max_frames: MaxFramesOption = SamplingOptions.max_frames,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Items per generate call.")] = 1,
+    resume: Annotated[bool, typer.Option(help="Continue an earlier --out file: skip the ids "
+                                         "already in it.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    attn: AttnOption = "auto",
+    device_map: DeviceMapOption = None,
+    seed: Annotated[int, typer.Option(help="Seed for random selection.")] = 0,
+    debug: DebugOption = False,
+) -> None:
+    """Answer the questions of a JSONL file with one model load, writing JSON lines."""
+    with cli_errors(debug):
+        options = BatchOptions(
+            SamplingOptions(frames=frames, fps=fps, max_frames=max_frames),
+            CompressionOptions(ratio=ratio, method=method, seed=seed),
+            GenerationOptions(max_new_tokens=max_new_tokens, seed=seed), batch_size)
+        check_batch_options(options)
+        items = read_input(input_path)
+        done = prepare_output(out, resume, input_path)
+        engine = _load_engine(model, device, dtype, attn, device_map)
+        todo = sum(item.key not in done for item in items)
+        with ResultWriter.open(out) as writer, progress_bar(stderr, todo) as on_record:
+            summary = run_batch(engine, items, options, writer, done, on_record)
+        stderr.print(summary.render(), highlight=False, markup=False)
 
 
 @app.command()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
@@ -122,8 +124,8 @@ def timing_table(answer: Answer) -> Table:
 
 
 def render_answer(answer: Answer) -> Group:
-    header = (f"{answer.model} · {answer.method} R={answer.ratio:g} · "
-              f"{len(answer.video.indices)} frames")
+    header = (f"{answer.method} R={answer.ratio:g} · {len(answer.video.indices)} frames · "
+              f"{Path(answer.model).name or answer.model}")
     parts: list[RenderableType] = [Panel(answer.answer or "(empty answer)", title=header,
                                          title_align="left")]
     if answer.random_weights:
@@ -136,10 +138,11 @@ def render_answer(answer: Answer) -> Group:
 
 
 def render_bench(rows: list[BenchRow], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    columns = ("method", "ratio", "visual kept", "prompt", "compress ms", "prefill ms",
-               "decode ms/tok", "LLM ms", "end-to-end ms", "LLM speed-up", "peak mem",
-               "same answer")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
+                  caption="times in ms (medians); speed-up = LLM time at R=1 / LLM time; "
+                          "same = answer equals the R=1 answer", caption_justify="left")
+    columns = ("method", "R", "visual", "prompt", "compress", "prefill", "ms/tok", "LLM", "e2e",
+               "speed-up", "peak mem", "same")
     for column in columns:
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in rows:

@@ -1,0 +1,198 @@
+"""The vidcom2 command, in-process (typer's CliRunner) and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vidcom2_cli.cli import app
+from vidcom2_cli.heatmap import contact_sheet_size
+
+pytestmark = pytest.mark.slow
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
+CLIP = SAMPLES / "color_change.mp4"
+runner = CliRunner()
+
+ASK_KEYS = ["answer", "model", "method", "ratio", "frames.indices", "frames.count",
+            "tokens.visual_full", "tokens.visual_kept", "tokens.per_frame_kept",
+            "tokens.prompt_full", "tokens.prompt_kept", "tokens.generated", "timing_ms.prefill",
+            "timing_ms.decode_per_token", "timing_ms.vision", "timing_ms.compress",
+            "timing_ms.total", "memory.peak_bytes"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def ask(checkpoint: Path, *extra: str, video: Path = CLIP, question: str = "What happens?"):
+    return invoke("ask", video, question, "--model", checkpoint, "--frames", "6",
+                  "--max-new-tokens", "4", "--device", "cpu", *extra)
+
+
+def lookup(payload: dict, dotted: str):
+    for part in dotted.split("."):
+        payload = payload[part]
+    return payload
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_ask_json_is_one_object_with_every_key(tiny_checkpoints, family):
+    result = ask(tiny_checkpoints(family), "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)  # exactly one JSON document, nothing else on stdout
+    for key in ASK_KEYS:
+        lookup(payload, key)
+    tokens = payload["tokens"]
+    units = payload["frames"]["count"] // payload["frames"]["per_unit"]
+    assert len(tokens["per_frame_kept"]) == units
+    assert sum(tokens["per_frame_kept"]) == tokens["visual_kept"] - tokens["visual_structural"]
+    assert tokens["prompt_full"] - tokens["prompt_kept"] == (
+        tokens["visual_full"] - tokens["visual_kept"])
+    assert payload["frames"]["indices"] == sorted(payload["frames"]["indices"])
+    assert payload["ratio"] == 0.25 and payload["method"] == "vidcom2"
+
+
+def test_ask_pads_odd_frame_counts_for_qwen(tiny_checkpoints):
+    result = ask(tiny_checkpoints("qwen2_vl"), "--json", "--frames", "5")
+    payload = json.loads(result.stdout)
+    assert payload["frames"]["count"] == 6 and payload["frames"]["padded"] == 1
+    assert payload["frames"]["indices"][-1] == payload["frames"]["indices"][-2]
+    assert len(payload["tokens"]["per_frame_kept"]) == 3
+
+
+def test_ask_human_output_renders_every_section(tiny_checkpoints):
+    result = ask(tiny_checkpoints("llava_onevision"), "--method", "random+fca")
+    assert result.exit_code == 0, result.stderr
+    for section in ("Tokens", "visual", "prompt", "Retained tokens", "largest budgets",
+                    "Timing", "prefill (time to first token)", "decode", "peak memory"):
+        assert section in result.stdout
+    assert "random+fca R=0.25" in result.stdout
+
+
+def test_ask_quiet_prints_only_the_answer(tiny_checkpoints):
+    quiet = ask(tiny_checkpoints("llava_onevision"), "--quiet")
+    full = json.loads(ask(tiny_checkpoints("llava_onevision"), "--json").stdout)
+    assert quiet.exit_code == 0
+    assert quiet.stdout.strip() == full["answer"]
+
+
+def test_ask_heatmap_writes_a_png_of_the_expected_size(tiny_checkpoints, tmp_path):
+    target = tmp_path / "sheet.png"
+    result = ask(tiny_checkpoints("llava_onevision"), "--heatmap", target, "--json")
+    assert result.exit_code == 0, result.stderr
+    with Image.open(target) as image:
+        assert image.format == "PNG"
+        assert image.size == contact_sheet_size(6, 180, 320)
+    assert json.loads(result.stdout)["heatmap"] == str(target)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--ratio", "0"], "--ratio"),
+    (["--ratio", "1.5"], "--ratio"),
+    (["--method", "magic"], "--method"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--heatmap", "/no/such/folder/x.png"], "--heatmap"),
+])
+def test_bad_options_exit_2_with_one_line(tiny_checkpoints, args, needle):
+    result = ask(tiny_checkpoints("llava_onevision"), *args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_video_exits_2_naming_the_file(tiny_checkpoints, tmp_path):
+    missing = tmp_path / "nope.mp4"
+    result = ask(tiny_checkpoints("llava_onevision"), video=missing)
+    assert result.exit_code == 2
+    assert str(missing) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == ""
+
+
+def test_empty_question_exits_2(tiny_checkpoints):
+    result = ask(tiny_checkpoints("llava_onevision"), question="   ")
+    assert result.exit_code == 2
+    assert "question" in result.stderr
+
+
+def test_bad_model_directory_exits_2(tmp_path):
+    result = invoke("ask", CLIP, "What?", "--model", tmp_path, "--device", "cpu")
+    assert result.exit_code == 2
+    assert "config.json" in result.stderr
+
+
+def test_bench_gives_a_row_per_ratio_and_method(tiny_checkpoints):
+    result = invoke("bench", CLIP, "--model", tiny_checkpoints("qwen2_vl"), "--frames", "4",
+                    "--ratios", "1.0,0.5,0.25", "--methods", "vidcom2,random", "--repeats", "1",
+                    "--warmup", "0", "--max-new-tokens", "3", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(row["method"], row["ratio"]) for row in rows] == [
+        ("vidcom2", 1.0), ("vidcom2", 0.5), ("vidcom2", 0.25),
+        ("random", 1.0), ("random", 0.5), ("random", 0.25)]
+    full = rows[0]
+    assert full["same_answer"] and full["speedup"] == 1.0
+    assert full["visual_kept"] == full["visual_full"]
+    for row in rows:
+        assert row["visual_kept"] <= full["visual_kept"]
+        assert row["prompt_length"] == full["prompt_length"] - (
+            full["visual_kept"] - row["visual_kept"])
+
+
+def test_bench_human_table_renders(tiny_checkpoints):
+    result = invoke("bench", CLIP, "--model", tiny_checkpoints("llava_onevision"), "--frames",
+                    "4", "--ratios", "1,0.25", "--methods", "vidcom2", "--repeats", "1",
+                    "--max-new-tokens", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert "speed-up" in result.stdout and "measured once for all rows" in result.stdout
+
+
+def test_bench_rejects_bad_ratio_list():
+    result = invoke("bench", CLIP, "--ratios", "1,half")
+    assert result.exit_code == 2 and "--ratios" in result.stderr
+
+
+def test_models_lists_every_family():
+    payload = json.loads(invoke("models", "--json").stdout)
+    assert {family["model_type"] for family in payload["families"]} == {
+        "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+    assert payload["default"] == "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+    assert "Qwen2.5-VL" in invoke("models").stdout
+
+
+def test_info_reports_what_the_decoder_sees():
+    payload = json.loads(invoke("info", CLIP, "--json").stdout)
+    assert (payload["width"], payload["height"], payload["frame_count"]) == (320, 180, 48)
+    assert payload["fps"] == pytest.approx(12.0)
+    assert "duration_s" in invoke("info", CLIP).stdout
+
+
+def test_info_on_a_text_file_exits_2(tmp_path):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("not a video")
+    result = invoke("info", fake)
+    assert result.exit_code == 2 and str(fake) in result.stderr
+
+
+def test_subprocess_json_and_exit_codes(tiny_checkpoints, tmp_path):
+    script = Path(sys.executable).with_name("vidcom2")
+    base = [str(script), "ask", str(CLIP), "What colour is the ball?", "--model",
+            str(tiny_checkpoints("qwen3_vl")), "--frames", "4", "--max-new-tokens", "3",
+            "--device", "cpu"]
+    done = subprocess.run([*base, "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    assert payload["tokens"]["visual_kept"] < payload["tokens"]["visual_full"]
+    missing = subprocess.run([str(script), "ask", str(tmp_path / "gone.mp4"), "What?"],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2
+    assert missing.stdout == ""
+    assert "gone.mp4" in missing.stderr and "Traceback" not in missing.stderr
