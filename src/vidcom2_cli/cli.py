@@ -243,7 +243,7 @@ def _no_status() -> Iterator[None]:
 @app.command()
 def batch(
     input_path: Annotated[str, typer.Argument(
-        metavar="INPUT.jsonl", help='JSON lines {"id", "video", "question"}, optionally '
+        metavar="input", help='JSON lines {"id", "video", "question"}, optionally '
         '"options" (multiple choice) and "answer" (expected); - reads stdin.')],
     out: Annotated[str, typer.Option("--out", help="Results, one JSON line per input line "
                                      "(- for stdout).")],

@@ -1,0 +1,494 @@
+"""Many questions from a JSONL file, one model load: validate, encode, answer in batches, score.
+
+Every input item ends up as one output line, an answer or an ``error`` record, so a run can
+be resumed from its output alone (``--resume`` skips the ids already there). Lines
+are written whole and flushed as soon as their batch is done: a killed run loses at most the
+batch in flight and leaves at most a partial last line, which the resume scan cuts away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from .engine import (
+    Answer,
+    CompressionOptions,
+    EncodedRequest,
+    Engine,
+    GenerationOptions,
+    InputError,
+    Request,
+    SamplingOptions,
+    check_options,
+)
+from .report import answer_to_json
+from .timing import reset_peak_memory
+from .video import VideoError, sample_indices
+
+MULTIPLE_CHOICE_PROMPT = "Answer with the option's letter from the given choices directly."
+LETTERS = string.ascii_uppercase
+FSYNC_EVERY = 8  # lines between fsyncs of a file output (and one at the end)
+
+# An uppercase letter that is not part of a word: "B", "(B)", "B. blue", "answer is B."
+_STANDALONE_LETTER = re.compile(r"(?<![A-Za-z])[A-Z](?![A-Za-z])")
+# What follows "A" used as the article ("A red ball") or "I" as the pronoun ("I think", "I'm").
+_USED_AS_WORD = re.compile(r"'|\s+[a-z]")
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    sampling: SamplingOptions
+    compression: CompressionOptions
+    generation: GenerationOptions
+    batch_size: int = 1  # encoded items per generate call
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One non-blank input line: a request ready to encode, or the error that stops it.
+
+    ``id`` is the line's id as given (a string or an integer), or ``line-<n>`` when it has
+    none; ``video`` is resolved against the input's folder; ``prompt`` is the question as
+    asked, with the lettered options for multiple choice.
+    """
+
+    line: int
+    id: str | int
+    video: Any = None
+    question: Any = None
+    prompt: str | None = None
+    options: tuple[str, ...] | None = None
+    expected: str | int | None = None
+    error: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The id as compared for duplicates and resume (7 and "7" are the same id)."""
+        return str(self.id)
+
+
+@dataclass
+class BatchSummary:
+    """Tallies of one run, accumulated from the records it wrote."""
+
+    total: int  # items in the input
+    skipped: int = 0  # already in the output (--resume)
+    processed: int = 0  # records written by this run, answers and errors
+    errors: int = 0
+    kept_ratio_sum: float = 0.0
+    prefill_ms_sum: float = 0.0
+    scored: int = 0  # answers that had an expected answer
+    correct: int = 0
+
+    @property
+    def answered(self) -> int:
+        return self.processed - self.errors
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.processed += 1
+        if "error" in record:
+            self.errors += 1
+            return
+        self.kept_ratio_sum += record["kept_ratio"]
+        self.prefill_ms_sum += record["timing_ms"]["prefill"]
+        if "correct" in record:
+            self.scored += 1
+            self.correct += record["correct"]
+
+    def as_dict(self) -> dict[str, Any]:
+        answered = self.answered
+        return {
+            "items": self.total,
+            "processed": self.processed,
+            "answered": answered,
+            "skipped": self.skipped,
+            "errors": self.errors,
+            "mean_kept_ratio": self.kept_ratio_sum / answered if answered else None,
+            "mean_prefill_ms": self.prefill_ms_sum / answered if answered else None,
+            "scored": self.scored,
+            "correct": self.correct,
+            "accuracy": self.correct / self.scored if self.scored else None,
+        }
+
+    def render(self) -> str:
+        """Two or three plain lines for stderr."""
+        errors = f"{self.errors} error" + ("" if self.errors == 1 else "s")
+        lines = [f"{self.total} items: {self.processed} processed ({self.answered} answered, "
+                 f"{errors}), {self.skipped} skipped (already in the output)"]
+        if self.answered:
+            values = self.as_dict()
+            # Prefill is per generate call: items batched together report the same one.
+            lines.append(f"mean kept ratio {values['mean_kept_ratio']:.3f}, "
+                         f"mean prefill {values['mean_prefill_ms']:.1f} ms")
+        if self.scored:
+            lines.append(f"accuracy {self.correct}/{self.scored} = "
+                         f"{100.0 * self.correct / self.scored:.1f}%")
+        return "\n".join(lines)
+
+
+def check_batch_options(options: BatchOptions) -> None:
+    """InputError naming the option, before the model loads (a bad value would fail every item)."""
+    check_options(options.compression, options.generation)
+    if options.batch_size < 1:
+        raise InputError(f"--batch-size: must be at least 1, got {options.batch_size}")
+    sampling = options.sampling
+    try:
+        sample_indices(1, num_frames=sampling.frames if sampling.fps is None else None,
+                       fps=sampling.fps, source_fps=1.0, max_frames=sampling.max_frames)
+    except VideoError as error:
+        raise InputError(f"--frames/--fps/--max-frames: {error}") from None
+
+
+# --- input ---------------------------------------------------------------------------------
+
+def read_input(path: str) -> list[BatchItem]:
+    """All items of a JSONL file, or of stdin for ``-``; InputError when it cannot be read.
+
+    Relative video paths resolve against the file's folder (the current one for stdin).
+    """
+    if path == "-":
+        return parse_lines(sys.stdin.buffer.read(), Path())
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a JSONL file") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
+    return parse_lines(data, Path(path).parent)
+
+
+def parse_lines(data: bytes, base: Path) -> list[BatchItem]:
+    """One item per non-blank line; a later line repeating an id becomes an error item."""
+    items = []
+    first_line: dict[str, int] = {}
+    for number, raw in enumerate(data.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        item = parse_line(raw, number, base)
+        if item.key in first_line:
+            item = BatchItem(number, item.id, item.video, item.question,
+                             error=f"duplicate id (first on line {first_line[item.key]})")
+        else:
+            first_line[item.key] = number
+        items.append(item)
+    return items
+
+
+def parse_line(raw: bytes, number: int, base: Path) -> BatchItem:
+    try:
+        record = json.loads(raw)
+    except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
+        return BatchItem(number, f"line-{number}", error=f"line {number}: not valid JSON "
+                         f"({_one_line(error)})")
+    if not isinstance(record, dict):
+        return BatchItem(number, f"line-{number}",
+                         error=f"line {number}: expected a JSON object, got {_json_type(record)}")
+    raw_id = record.get("id")
+    has_id = (isinstance(raw_id, int) and not isinstance(raw_id, bool)) or (
+        isinstance(raw_id, str) and raw_id.strip() != "")
+    item_id = raw_id if has_id else f"line-{number}"
+    video = record.get("video")
+    if isinstance(video, str) and video:
+        video = str(base / Path(video).expanduser())
+    question = record.get("question")
+    try:
+        if not has_id:
+            raise ValueError("id: missing, or not a non-empty string or an integer")
+        if not isinstance(video, str) or not video:
+            raise ValueError("video: missing, or not a non-empty string")
+        if not isinstance(question, str):
+            raise ValueError("question: missing, or not a string")
+        if not question.strip():
+            raise ValueError("question: the question is empty")
+        options = _options(record.get("options"))
+        expected = record.get("answer")
+        if expected is not None:
+            if isinstance(expected, bool) or not isinstance(expected, str | int):
+                raise ValueError(f"answer: expected a string, got {_json_type(expected)}")
+            if options is not None:
+                expected_choice(str(expected), options)
+    except ValueError as error:
+        return BatchItem(number, item_id, video, question, error=str(error))
+    prompt = question if options is None else multiple_choice_prompt(question, options)
+    return BatchItem(number, item_id, video, question, prompt, options, expected)
+
+
+def _options(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not 2 <= len(value) <= len(LETTERS)
+            or not all(isinstance(option, str) and option.strip() for option in value)):
+        raise ValueError(f"options: expected a list of 2 to {len(LETTERS)} non-empty strings")
+    return tuple(option.strip() for option in value)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _one_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+# --- multiple choice and scoring -----------------------------------------------------------
+
+def multiple_choice_prompt(question: str, options: tuple[str, ...] | list[str]) -> str:
+    """The lmms-eval multiple-choice layout: question, "A. ..." lines, then the instruction."""
+    lines = [question.strip()]
+    lines += [f"{letter}. {option}" for letter, option in zip(LETTERS, options, strict=False)]
+    lines.append(MULTIPLE_CHOICE_PROMPT)
+    return "\n".join(lines)
+
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation dropped, whitespace collapsed: what free-text matching compares."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def expected_choice(expected: str, options: tuple[str, ...] | list[str]) -> str:
+    """The letter an expected answer names: a letter in range, or an option's text."""
+    letter = expected.strip().upper()
+    if len(letter) == 1 and letter in LETTERS[:len(options)]:
+        return letter
+    for letter, option in zip(LETTERS, options, strict=False):
+        if normalize(option) == normalize(expected):
+            return letter
+    raise ValueError(f"answer: {expected!r} is neither an option letter "
+                     f"(A-{LETTERS[len(options) - 1]}) nor the text of an option")
+
+
+def extract_choice(text: str, options: tuple[str, ...] | list[str]) -> str | None:
+    """The option a model's answer picks, or None.
+
+    The first standalone capital letter within the options' range ("B", "(B)", "B. blue",
+    "The answer is B"), except "A" and "I" used as words ("A red ball", "I think"); with no
+    such letter, the option whose text the answer is, or the only one whose text it contains.
+    """
+    last = LETTERS[len(options) - 1]
+    for match in _STANDALONE_LETTER.finditer(text):
+        letter = match.group()
+        if letter > last or (letter in "AI" and _USED_AS_WORD.match(text, match.end())):
+            continue
+        return letter
+    answer = normalize(text)
+    texts = [normalize(option) for option in options]
+    if answer in texts:
+        return LETTERS[texts.index(answer)]
+    contained = [index for index, option in enumerate(texts)
+                 if re.search(rf"\b{re.escape(option)}\b", answer)]
+    return LETTERS[contained[0]] if len(contained) == 1 else None
+
+
+def is_correct(prediction: str, expected: str, options: tuple[str, ...] | list[str] | None
+               ) -> bool:
+    """Multiple choice: the picked letter is the expected one. Free text: equal once normalized."""
+    if options is None:
+        return normalize(prediction) == normalize(expected)
+    return extract_choice(prediction, options) == expected_choice(expected, options)
+
+
+# --- output --------------------------------------------------------------------------------
+
+def existing_ids(path: Path) -> set[str]:
+    """Ids of the complete lines of an earlier output; cuts away a partial last line.
+
+    A line without its newline is the remains of a killed write: the item is answered again.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return set()
+    except OSError as error:
+        raise InputError(f"--out: cannot read {path} ({error.strerror or error})") from None
+    complete = data.rfind(b"\n") + 1
+    if complete < len(data):
+        os.truncate(path, complete)
+    ids = set()
+    for line in data[:complete].splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "id" in record:
+            ids.add(str(record["id"]))
+    return ids
+
+
+def prepare_output(out: str, resume: bool, input_path: str) -> set[str]:
+    """Check the output before the model loads; returns the ids to skip.
+
+    Without ``resume`` an existing non-empty file is refused rather than overwritten.
+    """
+    if out == "-":
+        if resume:
+            raise InputError("--resume: needs --out to be a file, not -")
+        return set()
+    path = Path(out)
+    if path.is_dir():
+        raise InputError(f"--out: {out} is a directory")
+    if not path.parent.is_dir():
+        raise InputError(f"--out: folder {path.parent} does not exist")
+    if input_path != "-" and path.exists() and path.samefile(input_path):
+        raise InputError("--out: is the input file")
+    if resume:
+        return existing_ids(path)
+    if path.exists() and path.stat().st_size > 0:
+        raise InputError(f"--out: {out} exists and is not empty; pass --resume to continue it, "
+                         "or remove it")
+    return set()
+
+
+class ResultWriter:
+    """Appends JSON lines to a file (or stdout), each in one write, flushed at once.
+
+    A file is opened unbuffered in append mode so that a line reaches the kernel in a single
+    ``write``, and fsync'd every ``FSYNC_EVERY`` lines and on close.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.unsynced = 0
+
+    @classmethod
+    @contextmanager
+    def open(cls, out: str) -> Iterator[ResultWriter]:
+        if out == "-":
+            yield cls(None)
+            return
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise InputError(f"--out: cannot open {out} ({error.strerror or error})") from None
+        writer = cls(fd)
+        try:
+            yield writer
+        finally:
+            os.fsync(fd)
+            os.close(fd)
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        if self.fd is None:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            return
+        data = line.encode()
+        while data:  # a regular file takes it in one write; a short write is finished here
+            data = data[os.write(self.fd, data):]
+        self.unsynced += 1
+        if self.unsynced >= FSYNC_EVERY:
+            os.fsync(self.fd)
+            self.unsynced = 0
+
+
+def error_record(item: BatchItem, error: str) -> dict[str, Any]:
+    return {"id": item.id, "video": item.video, "question": item.question, "error": error}
+
+
+def result_record(item: BatchItem, answer: Answer) -> dict[str, Any]:
+    record = answer_to_json(answer)
+    record["id"] = item.id  # as given: an integer id stays an integer
+    if item.expected is not None:
+        record["expected"] = item.expected
+        record["correct"] = is_correct(answer.answer, str(item.expected), item.options)
+    return record
+
+
+# --- the run -------------------------------------------------------------------------------
+
+def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
+              writer: ResultWriter, done: set[str] | frozenset[str] = frozenset(),
+              on_record: Callable[[BatchSummary], None] | None = None) -> BatchSummary:
+    """Answer every item whose id is not in ``done``, writing one record per item.
+
+    Items are encoded one at a time; every ``batch_size`` encoded ones share a generate
+    call. Bad input becomes an error record and the run goes on. Records keep the input's
+    order: an error waits for the batch it falls in.
+    """
+    summary = BatchSummary(total=len(items), skipped=sum(item.key in done for item in items))
+    queue: list[tuple[BatchItem, EncodedRequest | str]] = []  # str: the item's error
+    ready = 0  # encoded items in the queue
+
+    def flush() -> None:
+        answers = iter(answer_batch(engine, [(item, outcome) for item, outcome in queue
+                                             if isinstance(outcome, EncodedRequest)], options))
+        for item, outcome in queue:
+            result = next(answers) if isinstance(outcome, EncodedRequest) else error_record(
+                item, outcome)
+            writer.write(result)
+            summary.add(result)
+            if on_record is not None:
+                on_record(summary)
+        queue.clear()
+
+    for item in items:
+        if item.key in done:
+            continue
+        if item.error is not None:
+            queue.append((item, item.error))
+            continue
+        if ready == 0:
+            reset_peak_memory(engine.device)  # the peak reported is that of the item's batch
+        try:
+            queue.append((item, engine.encode(Request(item.video, item.prompt or "", item.key),
+                                              options.sampling)))
+        except (InputError, VideoError, ValueError) as error:
+            queue.append((item, _one_line(error)))
+            continue
+        ready += 1
+        if ready == options.batch_size:
+            flush()
+            ready = 0
+    flush()
+    return summary
+
+
+def answer_batch(engine: Engine, batch: list[tuple[BatchItem, EncodedRequest]],
+                 options: BatchOptions) -> list[dict[str, Any]]:
+    """One generate call for the batch; when it fails, each item alone before an error."""
+    if not batch:
+        return []
+    try:
+        answers = engine.answer([encoded for _, encoded in batch], options.compression,
+                                options.generation)
+    except Exception as error:
+        if len(batch) == 1:
+            return [error_record(batch[0][0], f"{type(error).__name__}: {_one_line(error)}")]
+        return [result for pair in batch for result in answer_batch(engine, [pair], options)]
+    return [result_record(item, answer)
+            for (item, _), answer in zip(batch, answers, strict=True)]
+
+
+@contextmanager
+def progress_bar(console: Console, total: int) -> Iterator[Callable[[BatchSummary], None]]:
+    """A progress bar with ETA on ``console``; yields the callback that advances it."""
+    columns = (TextColumn("answering"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("errors: {task.fields[errors]}"), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("answering", total=total, errors=0)
+        yield lambda summary: progress.update(task, completed=summary.processed,
+                                              errors=summary.errors)
