@@ -64,6 +64,9 @@ FpsOption = Annotated[float | None, typer.Option(help="Sample this many frames p
                                                  "instead (capped by --max-frames).")]
 MaxFramesOption = Annotated[int, typer.Option(help="Cap on frames when sampling by --fps.")]
 DebugOption = Annotated[bool, typer.Option(help="Show tracebacks and library logs.")]
+RatioOption = Annotated[float, typer.Option(help="Fraction of video tokens to keep, in (0, 1].")]
+MethodOption = Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")]
+MaxNewTokensOption = Annotated[int, typer.Option(help="Longest answer, in tokens.")]
 
 
 @contextmanager
@@ -131,14 +134,13 @@ def _print_json(payload: object) -> None:
 def ask(
     video: Annotated[Path, typer.Argument(help="Video file.")],
     question: Annotated[str, typer.Argument(help="The question about the video.")],
-    ratio: Annotated[float, typer.Option(help="Fraction of video tokens to keep, in (0, 1].")]
-    = 0.25,
-    method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")] = "vidcom2",
+    ratio: RatioOption = CompressionOptions.ratio,
+    method: MethodOption = CompressionOptions.method,
     model: ModelOption = DEFAULT_MODEL,
     frames: FramesOption = SamplingOptions.frames,
     fps: FpsOption = None,
     max_frames: MaxFramesOption = SamplingOptions.max_frames,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
+    max_new_tokens: MaxNewTokensOption = GenerationOptions.max_new_tokens,
     sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
     temperature: Annotated[float | None, typer.Option(help="With --sample.")] = None,
     top_p: Annotated[float | None, typer.Option(help="With --sample.")] = None,
@@ -247,14 +249,13 @@ def batch(
         '"options" (multiple choice) and "answer" (expected); - reads stdin.')],
     out: Annotated[str, typer.Option("--out", help="Results, one JSON line per input line "
                                      "(- for stdout).")],
-    ratio: Annotated[float, typer.Option(help="Fraction of video tokens to keep, in (0, 1].")]
-    = 0.25,
-    method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")] = "vidcom2",
+    ratio: RatioOption = CompressionOptions.ratio,
+    method: MethodOption = CompressionOptions.method,
     model: ModelOption = DEFAULT_MODEL,
     frames: FramesOption = SamplingOptions.frames,
     fps: FpsOption = None,
     max_frames: MaxFramesOption = SamplingOptions.max_frames,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
+    max_new_tokens: MaxNewTokensOption = GenerationOptions.max_new_tokens,
     batch_size: Annotated[int, typer.Option(help="Items per generate call.")] = 1,
     resume: Annotated[bool, typer.Option(help="Continue an earlier --out file: skip the ids "
                                          "already in it.")] = False,

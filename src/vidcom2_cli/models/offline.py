@@ -132,25 +132,20 @@ CHAT_TEMPLATES: dict[str, str] = {
     "qwen3_vl": _QWEN3_VL_TEMPLATE,
 }
 
+_QWEN2_VIDEO_SIZES = {
+    "patch_size": 14,
+    "merge_size": 2,
+    "temporal_patch_size": 2,
+    "min_pixels": 128 * 28 * 28,
+    "max_pixels": 768 * 28 * 28,
+}
 # Vision sizes of the real checkpoints, the defaults of `build_processor`. `min_pixels` and
 # `max_pixels` are the video processor's limits as each family reads them: per frame for
 # Qwen2-VL and Qwen2.5-VL, for the whole clip (frames x height x width) for Qwen3-VL.
 REAL_VISION_SIZES: dict[str, dict[str, int]] = {
     "llava_onevision": {"image_size": 384, "patch_size": 14},
-    "qwen2_vl": {
-        "patch_size": 14,
-        "merge_size": 2,
-        "temporal_patch_size": 2,
-        "min_pixels": 128 * 28 * 28,
-        "max_pixels": 768 * 28 * 28,
-    },
-    "qwen2_5_vl": {
-        "patch_size": 14,
-        "merge_size": 2,
-        "temporal_patch_size": 2,
-        "min_pixels": 128 * 28 * 28,
-        "max_pixels": 768 * 28 * 28,
-    },
+    "qwen2_vl": _QWEN2_VIDEO_SIZES,
+    "qwen2_5_vl": _QWEN2_VIDEO_SIZES,
     "qwen3_vl": {
         "patch_size": 16,
         "merge_size": 2,
