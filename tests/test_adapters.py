@@ -52,7 +52,7 @@ def test_ratio_one_gives_bit_identical_logits_and_tokens(family_adapter):
                                                  do_sample=False)
     assert torch.equal(adapter.forward_logits([compressed]), reference)
     ours = adapter.generate([compressed], max_new_tokens=6)
-    expected = adapter._strip(reference_tokens[0, item.length:].tolist())
+    expected = adapter.trim([reference_tokens[0, item.length:].tolist()])[0]
     assert ours.token_ids[0] == expected
 
 

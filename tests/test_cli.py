@@ -98,6 +98,8 @@ def test_ask_heatmap_writes_a_png_of_the_expected_size(tiny_checkpoints, tmp_pat
     (["--method", "magic"], "--method"),
     (["--max-new-tokens", "0"], "--max-new-tokens"),
     (["--heatmap", "/no/such/folder/x.png"], "--heatmap"),
+    (["--frames", "0"], "--frames"),
+    (["--fps", "-1"], "--fps"),
 ])
 def test_bad_options_exit_2_with_one_line(tiny_checkpoints, args, needle):
     result = ask(tiny_checkpoints("llava_onevision"), *args)

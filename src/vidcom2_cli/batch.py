@@ -39,10 +39,12 @@ from .engine import (
     Request,
     SamplingOptions,
     check_options,
+    check_sampling,
 )
+from .errors import first_line
 from .report import answer_to_json
 from .timing import reset_peak_memory
-from .video import VideoError, sample_indices
+from .video import VideoError
 
 MULTIPLE_CHOICE_PROMPT = "Answer with the option's letter from the given choices directly."
 LETTERS = string.ascii_uppercase
@@ -150,12 +152,7 @@ def check_batch_options(options: BatchOptions) -> None:
     check_options(options.compression, options.generation)
     if options.batch_size < 1:
         raise InputError(f"--batch-size: must be at least 1, got {options.batch_size}")
-    sampling = options.sampling
-    try:
-        sample_indices(1, num_frames=sampling.frames if sampling.fps is None else None,
-                       fps=sampling.fps, source_fps=1.0, max_frames=sampling.max_frames)
-    except VideoError as error:
-        raise InputError(f"--frames/--fps/--max-frames: {error}") from None
+    check_sampling(options.sampling)
 
 
 # --- input ---------------------------------------------------------------------------------
@@ -200,7 +197,7 @@ def parse_line(raw: bytes, number: int, base: Path) -> BatchItem:
         record = json.loads(raw)
     except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
         return BatchItem(number, f"line-{number}", error=f"line {number}: not valid JSON "
-                         f"({_one_line(error)})")
+                         f"({first_line(error)})")
     if not isinstance(record, dict):
         return BatchItem(number, f"line-{number}",
                          error=f"line {number}: expected a JSON object, got {_json_type(record)}")
@@ -247,10 +244,6 @@ def _json_type(value: Any) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
              int: "a number", float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
-
-
-def _one_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 # --- multiple choice and scoring -----------------------------------------------------------
@@ -456,7 +449,7 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
             queue.append((item, engine.encode(Request(item.video, item.prompt or "", item.key),
                                               options.sampling)))
         except (InputError, VideoError, ValueError) as error:
-            queue.append((item, _one_line(error)))
+            queue.append((item, first_line(error)))
             continue
         ready += 1
         if ready == options.batch_size:
@@ -476,7 +469,7 @@ def answer_batch(engine: Engine, batch: list[tuple[BatchItem, EncodedRequest]],
                                 options.generation)
     except Exception as error:
         if len(batch) == 1:
-            return [error_record(batch[0][0], f"{type(error).__name__}: {_one_line(error)}")]
+            return [error_record(batch[0][0], f"{type(error).__name__}: {first_line(error)}")]
         return [result for pair in batch for result in answer_batch(engine, [pair], options)]
     return [result_record(item, answer)
             for (item, _), answer in zip(batch, answers, strict=True)]

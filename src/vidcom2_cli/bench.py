@@ -42,10 +42,10 @@ def parse_floats(text: str, option: str) -> list[float]:
         raise InputError(f"{option}: expected comma-separated numbers, got {text!r}") from None
 
 
-def run_bench(engine: Engine, encoded: EncodedRequest, ratios: list[float], methods: list[str],
-              generation: GenerationOptions, repeats: int = 3, warmup: int = 1,
-              seed: int = 0) -> list[BenchRow]:
-    """Measure each (method, ratio); ratio 1.0 is always measured first as the baseline."""
+def check_bench_options(ratios: list[float], methods: list[str],
+                        generation: GenerationOptions, repeats: int, warmup: int,
+                        seed: int = 0) -> None:
+    """InputError naming the option, for every (method, ratio) before any work is done."""
     if repeats < 1 or warmup < 0:
         raise InputError("--repeats must be at least 1 and --warmup at least 0")
     if not ratios or not methods:
@@ -53,6 +53,13 @@ def run_bench(engine: Engine, encoded: EncodedRequest, ratios: list[float], meth
     for method in methods:
         for ratio in ratios:
             check_options(CompressionOptions(ratio, method, seed), generation)
+
+
+def run_bench(engine: Engine, encoded: EncodedRequest, ratios: list[float], methods: list[str],
+              generation: GenerationOptions, repeats: int = 3, warmup: int = 1,
+              seed: int = 0) -> list[BenchRow]:
+    """Measure each (method, ratio); ratio 1.0 is always measured first as the baseline."""
+    check_bench_options(ratios, methods, generation, repeats, warmup, seed)
     shared_ms = sum(encoded.stages_ms.values())
     baseline = _measure(engine, encoded, CompressionOptions(1.0, methods[0], seed), generation,
                         repeats, warmup)

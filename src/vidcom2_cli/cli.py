@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -27,7 +27,7 @@ from .batch import (
     read_input,
     run_batch,
 )
-from .bench import parse_floats, run_bench
+from .bench import check_bench_options, parse_floats, run_bench
 from .compression import METHODS
 from .engine import (
     CompressionOptions,
@@ -37,7 +37,9 @@ from .engine import (
     Request,
     SamplingOptions,
     check_options,
+    check_sampling,
 )
+from .errors import first_line
 from .heatmap import save_contact_sheet
 from .models import DEFAULT_MODEL, SUPPORTED_MODEL_TYPES, LoadOptions, ModelLoadError
 from .report import answer_to_json, bench_rows_to_json, render_answer, render_bench
@@ -100,8 +102,8 @@ def _runtime_message(error: Exception) -> str:
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return ("CUDA out of memory: lower --frames, lower --ratio, or use a smaller --model "
                 "(or a smaller --batch-size in batch mode)")
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {first_line} (run again with --debug for the traceback)"
+    return (f"{type(error).__name__}: {first_line(error)} (run again with --debug for the "
+            "traceback)")
 
 
 def _quiet_libraries() -> None:
@@ -160,14 +162,14 @@ def ask(
         compression = CompressionOptions(ratio=ratio, method=method, seed=seed)
         generation = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=sample,
                                        temperature=temperature, top_p=top_p, seed=seed)
+        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames)
         check_options(compression, generation)
+        check_sampling(sampling)
         if heatmap is not None and not heatmap.parent.is_dir():
             raise InputError(f"--heatmap: folder {heatmap.parent} does not exist")
         _check_video(video)
         engine = _load_engine(model, device, dtype, attn, device_map, quiet or json_output)
-        result = engine.ask(Request(str(video), question),
-                            SamplingOptions(frames=frames, fps=fps, max_frames=max_frames),
-                            compression, generation)
+        result = engine.ask(Request(str(video), question), sampling, compression, generation)
         if heatmap is not None:
             save_contact_sheet(heatmap, result.video.frames, result.plan,
                                frames_per_unit=result.frames_per_unit)
@@ -214,14 +216,13 @@ def bench(
         method_list = [name.strip() for name in methods.split(",") if name.strip()]
         generation = GenerationOptions(max_new_tokens=max_new_tokens,
                                        min_new_tokens=max_new_tokens)
-        for name in method_list:
-            for value in ratio_list:
-                check_options(CompressionOptions(value, name, seed), generation)
+        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames)
+        check_bench_options(ratio_list, method_list, generation, repeats, warmup, seed)
+        check_sampling(sampling)
         _check_video(video)
         engine = _load_engine(model, device, dtype, attn, device_map, json_output)
-        encoded = engine.encode(Request(str(video), question),
-                                SamplingOptions(frames=frames, fps=fps, max_frames=max_frames))
-        with stderr.status("benchmarking ...") if not json_output else _no_status():
+        encoded = engine.encode(Request(str(video), question), sampling)
+        with stderr.status("benchmarking ...") if not json_output else nullcontext():
             rows = run_bench(engine, encoded, ratio_list, method_list, generation,
                              repeats=repeats, warmup=warmup, seed=seed)
         if json_output:
@@ -235,11 +236,6 @@ def bench(
         stdout.print(render_bench(rows, title))
         shared = ", ".join(f"{key} {value:.1f} ms" for key, value in encoded.stages_ms.items())
         stdout.print(f"measured once for all rows: {shared}")
-
-
-@contextmanager
-def _no_status() -> Iterator[None]:
-    yield
 
 
 @app.command()

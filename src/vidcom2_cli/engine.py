@@ -17,7 +17,14 @@ from .compression.checks import check_ratio
 from .models import LoadedModel, LoadOptions, VideoAdapter, load_adapter
 from .models.base import CompressedItem, EncodedVideo, GenerationResult, PreparedItem
 from .timing import PeakMemory, StageTimer, peak_memory, reset_peak_memory
-from .video import DEFAULT_MAX_FRAMES, DEFAULT_NUM_FRAMES, SampledVideo, load_video
+from .video import (
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_NUM_FRAMES,
+    SampledVideo,
+    VideoError,
+    load_video,
+    sample_indices,
+)
 
 
 class InputError(ValueError):
@@ -199,6 +206,15 @@ def check_options(compression: CompressionOptions, generation: GenerationOptions
         raise InputError(f"--method: {error}") from None
     if generation.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens: must be at least 1, got {generation.max_new_tokens}")
+
+
+def check_sampling(sampling: SamplingOptions) -> None:
+    """InputError naming the sampling options, before any video is opened or model loaded."""
+    try:
+        sample_indices(1, num_frames=sampling.frames if sampling.fps is None else None,
+                       fps=sampling.fps, source_fps=1.0, max_frames=sampling.max_frames)
+    except VideoError as error:
+        raise InputError(f"--frames/--fps/--max-frames: {error}") from None
 
 
 def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,

@@ -16,6 +16,8 @@ from typing import Any
 import decord
 import numpy as np
 
+from .errors import first_line
+
 DEFAULT_NUM_FRAMES = 32
 DEFAULT_MAX_FRAMES = 64
 # Decoder threads per reader: enough to speed up large frames, few enough that several
@@ -254,6 +256,4 @@ def _codec_and_rotation(path: Path) -> tuple[str, int | None]:
 
 def _reason(exc: BaseException) -> str:
     """First line of a decord error without its timestamp/source-file prefix."""
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return _DECORD_PREFIX.sub("", first)[:200]
+    return _DECORD_PREFIX.sub("", first_line(exc))[:200]

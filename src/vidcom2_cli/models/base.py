@@ -199,19 +199,16 @@ class VideoAdapter(ABC):
             **sampling,
         )
         new_tokens = sequences[:, batch["input_ids"].shape[1]:]
-        token_ids = [self._strip(row) for row in new_tokens.tolist()]
+        token_ids = self.trim(new_tokens.tolist())
         texts = self.processor.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
         return GenerationResult(texts=[text.strip() for text in texts], token_ids=token_ids,
                                 timing=clock.result(),
                                 prompt_lengths=[item.length for item in items])
 
-    def _strip(self, row: list[int]) -> list[int]:
-        """Drop padding after an item finished early, and the end-of-sequence token."""
+    def trim(self, rows: list[list[int]]) -> list[list[int]]:
+        """Generated rows without the end-of-sequence token and the padding after it."""
         stops = set(self._eos_ids()) or {self.pad_token_id}
-        for index, token in enumerate(row):
-            if token in stops:
-                return row[:index]
-        return row
+        return [_cut_at_stop(row, stops) for row in rows]
 
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
@@ -224,3 +221,11 @@ class VideoAdapter(ABC):
         """Logits of one prefill forward pass over a batch (for checking, not generation)."""
         batch = self.collate(items)
         return self.model(**batch, use_cache=False).logits
+
+
+def _cut_at_stop(row: list[int], stops: set[int]) -> list[int]:
+    """Drop the end-of-sequence token and the padding after an item that finished early."""
+    for index, token in enumerate(row):
+        if token in stops:
+            return row[:index]
+    return row

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import first_line
+
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 
 # config.model_type -> (family label, recommended checkpoints, smallest first)
@@ -90,8 +92,7 @@ def read_model_type(reference: str) -> str:
         config = AutoConfig.from_pretrained(str(path) if path.is_dir() else reference,
                                             trust_remote_code=False)
     except (OSError, ValueError, KeyError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-        raise ModelLoadError(f"--model: cannot load {reference!r}: {first_line}") from None
+        raise ModelLoadError(f"--model: cannot load {reference!r}: {first_line(error)}") from None
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         supported = ", ".join(f"{label} ({kind})" for kind, (label, _) in
@@ -134,8 +135,7 @@ def load_model(reference: str, options: LoadOptions = LoadOptions()) -> LoadedMo
             trust_remote_code=False, device_map=options.device_map or str(device),
         )
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-        raise ModelLoadError(f"--model: cannot load {reference!r}: {first_line}") from None
+        raise ModelLoadError(f"--model: cannot load {reference!r}: {first_line(error)}") from None
     model.eval()
     return LoadedModel(reference=reference, model_type=model_type, model=model,
                        processor=processor, device=device, dtype=dtype, attention=attention)

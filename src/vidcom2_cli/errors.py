@@ -1,0 +1,12 @@
+"""Turning library exceptions into the one-line messages the CLI prints."""
+
+from __future__ import annotations
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type name when the message is empty.
+
+    Library errors (transformers, decord, torch) often carry multi-line messages; every
+    user-facing error here is one line.
+    """
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
