@@ -13,7 +13,7 @@ from .engine import (
     InputError,
     check_options,
 )
-from .timing import PeakMemory, peak_memory, reset_peak_memory
+from .timing import PeakMemory, StageTimer, peak_memory, reset_peak_memory
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,13 @@ class BenchRow:
     visual_kept: int
     visual_full: int
     prompt_length: int
+    vision_ms: float  # the vision encoder, the same work at every ratio (median of its own runs)
     compress_ms: float
     prefill_ms: float
+    decode_ms: float
     decode_ms_per_token: float
     generation_ms: float  # prefill + decode: the language model's share
-    end_to_end_ms: float  # decode/preprocess/vision (shared, measured once) + compress + LLM
+    end_to_end_ms: float  # video decode + preprocess (measured once) + vision + compress + LLM
     speedup: float  # LLM generation time at ratio 1.0 / this row's, same run
     peak_memory_bytes: int
     memory_source: str
@@ -60,7 +62,8 @@ def run_bench(engine: Engine, encoded: EncodedRequest, ratios: list[float], meth
               seed: int = 0) -> list[BenchRow]:
     """Measure each (method, ratio); ratio 1.0 is always measured first as the baseline."""
     check_bench_options(ratios, methods, generation, repeats, warmup, seed)
-    shared_ms = sum(encoded.stages_ms.values())
+    vision_ms = _measure_vision(engine, encoded, repeats, warmup)
+    shared_ms = encoded.stages_ms["video_decode"] + encoded.stages_ms["preprocess"] + vision_ms
     baseline = _measure(engine, encoded, CompressionOptions(1.0, methods[0], seed), generation,
                         repeats, warmup)
     rows = []
@@ -72,7 +75,8 @@ def run_bench(engine: Engine, encoded: EncodedRequest, ratios: list[float], meth
             rows.append(BenchRow(
                 method=method, ratio=ratio, visual_kept=measured.visual_kept,
                 visual_full=measured.visual_full, prompt_length=measured.prompt_length,
-                compress_ms=measured.compress_ms, prefill_ms=measured.prefill_ms,
+                vision_ms=vision_ms, compress_ms=measured.compress_ms,
+                prefill_ms=measured.prefill_ms, decode_ms=measured.decode_ms,
                 decode_ms_per_token=measured.decode_ms_per_token,
                 generation_ms=measured.generation_ms,
                 end_to_end_ms=shared_ms + measured.compress_ms + measured.generation_ms,
@@ -87,6 +91,7 @@ def run_bench(engine: Engine, encoded: EncodedRequest, ratios: list[float], meth
 class _Measurement:
     compress_ms: float
     prefill_ms: float
+    decode_ms: float
     decode_ms_per_token: float
     generation_ms: float
     answer: str
@@ -100,7 +105,7 @@ def _measure(engine: Engine, encoded: EncodedRequest, compression: CompressionOp
              generation: GenerationOptions, repeats: int, warmup: int) -> _Measurement:
     """Medians over ``repeats`` runs after ``warmup`` unmeasured ones."""
     reset_peak_memory(engine.device)
-    compress_times, prefills, per_token, totals = [], [], [], []
+    compress_times, prefills, decodes, per_token, totals = [], [], [], [], []
     for run in range(warmup + repeats):
         plan, item, compress_ms = engine.compress(encoded, compression)
         result = engine.generate([item], generation)
@@ -108,12 +113,26 @@ def _measure(engine: Engine, encoded: EncodedRequest, compression: CompressionOp
             continue
         compress_times.append(compress_ms)
         prefills.append(result.timing.prefill_ms)
+        decodes.append(result.timing.decode_ms)
         per_token.append(result.timing.decode_ms_per_token)
         totals.append(result.timing.total_ms)
     visual_full = int(encoded.item.video_token_mask.sum())
     return _Measurement(
         compress_ms=statistics.median(compress_times), prefill_ms=statistics.median(prefills),
+        decode_ms=statistics.median(decodes),
         decode_ms_per_token=statistics.median(per_token),
         generation_ms=statistics.median(totals), answer=result.texts[0],
         visual_kept=visual_full - (plan.total_full - plan.total_kept), visual_full=visual_full,
         prompt_length=item.length, memory=peak_memory(engine.device))
+
+
+def _measure_vision(engine: Engine, encoded: EncodedRequest, repeats: int, warmup: int) -> float:
+    """Median ms of the vision encoder on the already-prepared video, after warm-up runs."""
+    times = []
+    for run in range(warmup + repeats):
+        timer = StageTimer(engine.device)
+        with timer.stage("vision"):
+            engine.adapter.encode(encoded.item)
+        if run >= warmup:
+            times.append(timer.stages_ms["vision"])
+    return statistics.median(times)

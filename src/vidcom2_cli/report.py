@@ -141,13 +141,14 @@ def render_bench(rows: list[BenchRow], title: str) -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
                   caption="times in ms (medians); speed-up = LLM time at R=1 / LLM time; "
                           "same = answer equals the R=1 answer", caption_justify="left")
-    columns = ("method", "R", "visual", "prompt", "compress", "prefill", "ms/tok", "LLM", "e2e",
-               "speed-up", "peak mem", "same")
+    columns = ("method", "R", "visual", "prompt", "vision", "compress", "prefill", "decode",
+               "ms/tok", "LLM", "e2e", "speed-up", "peak mem", "same")
     for column in columns:
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in rows:
         table.add_row(row.method, f"{row.ratio:g}", f"{row.visual_kept}/{row.visual_full}",
-                      str(row.prompt_length), f"{row.compress_ms:.2f}", f"{row.prefill_ms:.1f}",
+                      str(row.prompt_length), f"{row.vision_ms:.1f}", f"{row.compress_ms:.2f}",
+                      f"{row.prefill_ms:.1f}", f"{row.decode_ms:.1f}",
                       f"{row.decode_ms_per_token:.2f}", f"{row.generation_ms:.1f}",
                       f"{row.end_to_end_ms:.1f}", f"{row.speedup:.2f}x",
                       _megabytes(row.peak_memory_bytes), "yes" if row.same_answer else "no")

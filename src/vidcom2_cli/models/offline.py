@@ -185,7 +185,10 @@ def build_tokenizer(family: str, vocab_size: int | None = None) -> PreTrainedTok
 
     The pre-tokenizer, normalizer and decoder are Qwen2's (all four families use the Qwen2
     tokenizer), and the special tokens follow the regular vocabulary as in the real
-    checkpoints. With `vocab_size`, fewer merges are learned so that every id is below it.
+    checkpoints. With `vocab_size` the tokenizer has exactly that many ids: fewer merges are
+    learned when it is small, and filler tokens ("[n]", reachable by no merge but decodable)
+    follow the special tokens when it is large, so that any id a random-weight model of that
+    vocabulary emits decodes to text.
     """
     _check_family(family)
     specials = SPECIAL_TOKENS[family]
@@ -217,6 +220,8 @@ def build_tokenizer(family: str, vocab_size: int | None = None) -> PreTrainedTok
     vocab = dict(sorted(learned.items(), key=lambda item: item[1]))
     for token in specials:
         vocab[token] = len(vocab)
+    if vocab_size is not None:
+        vocab.update((f"[{index}]", index) for index in range(len(vocab), vocab_size))
     merges = _merges_of(bpe)
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import VideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .loading import LoadedModel, LoadOptions, load_model
+from .presets import build_random_model, is_random_reference
 from .qwen_vl import QwenVLAdapter
 
 ADAPTERS: dict[str, type[VideoAdapter]] = {
@@ -21,5 +22,7 @@ def adapter_for(loaded: LoadedModel) -> VideoAdapter:
 
 def load_adapter(reference: str, options: LoadOptions = LoadOptions()
                  ) -> tuple[LoadedModel, VideoAdapter]:
-    loaded = load_model(reference, options)
+    """A hub id, a local checkpoint directory, or ``random:NAME`` (a random-weight preset)."""
+    load = build_random_model if is_random_reference(reference) else load_model
+    loaded = load(reference, options)
     return loaded, adapter_for(loaded)

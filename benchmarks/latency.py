@@ -1,0 +1,157 @@
+"""Real-size latency of the whole pipeline, full vs compressed, side by side in one run.
+
+    python benchmarks/latency.py                                   # GPU: LLaVA-OV-7B, 32 frames
+    python benchmarks/latency.py --models random:qwen2-vl-7b,random:qwen3-vl-8b
+    python benchmarks/latency.py --device cpu --models random:llava-onevision-0.5b \
+        --frames 8 --dtype float32 --repeats 1
+
+Random-weight presets (``random:NAME``) have the real architectures, so shapes and timings
+are real without any download; a hub id or checkpoint directory works too. Every ratio
+generates the same forced number of tokens. For each model and ratio it prints the vision
+encoder, compression, prefill, decode, LLM generation (prefill + decode) and end-to-end
+milliseconds (medians) and the peak memory, then checks the targets at R = 0.25: LLM
+generation at least 75% below R = 1.0, compression under 1% of end to end, peak memory not
+above R = 1.0. ``--json FILE`` also writes every row with the machine description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import platform
+from pathlib import Path
+
+import torch
+import transformers
+
+from vidcom2_cli.bench import BenchRow, parse_floats, run_bench
+from vidcom2_cli.engine import Engine, GenerationOptions, Request, SamplingOptions
+from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.report import bench_rows_to_json
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_videos" / "scene_cut.mp4"
+TARGET_RATIO = 0.25
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def megabytes(count: int) -> str:
+    return f"{count / 2**20:,.0f} MiB"
+
+
+def table(model: str, rows: list[BenchRow]) -> list[str]:
+    """Markdown rows: one per ratio, savings relative to the same run's R = 1.0 row."""
+    full = next(row for row in rows if row.ratio == 1.0)
+    lines = []
+    for row in rows:
+        saving = "-" if row.ratio == 1.0 else \
+            f"{100.0 * (row.generation_ms / full.generation_ms - 1.0):+.1f}%"
+        share = 100.0 * row.compress_ms / row.end_to_end_ms
+        lines.append(
+            f"| {model} | {row.method} | {row.ratio:g} | {row.visual_kept}/{row.visual_full} "
+            f"| {row.vision_ms:.1f} | {row.compress_ms:.2f} | {row.prefill_ms:.1f} "
+            f"| {row.decode_ms:.1f} | {row.generation_ms:.1f} | {saving} "
+            f"| {row.end_to_end_ms:.1f} | {share:.2f}% "
+            f"| {megabytes(row.peak_memory_bytes)} ({row.memory_source}) |")
+    return lines
+
+
+def check_targets(rows: list[BenchRow]) -> list[str]:
+    """One line per target at R = 0.25, with the figure and PASS or MISS."""
+    full = next(row for row in rows if row.ratio == 1.0)
+    lines = []
+    for row in rows:
+        if row.ratio != TARGET_RATIO:
+            continue
+        saving = 1.0 - row.generation_ms / full.generation_ms
+        share = row.compress_ms / row.end_to_end_ms
+        checks = [
+            (f"LLM generation {100 * saving:.1f}% lower than R=1 (target >= 75%)",
+             saving >= 0.75),
+            (f"compression {100 * share:.2f}% of end to end (target < 1%)", share < 0.01),
+            (f"peak memory {megabytes(row.peak_memory_bytes)} vs "
+             f"{megabytes(full.peak_memory_bytes)} at R=1 (target: not above)",
+             row.peak_memory_bytes <= full.peak_memory_bytes),
+        ]
+        lines += [f"  {row.method} R={row.ratio:g}: {text}: {'PASS' if ok else 'MISS'}"
+                  for text, ok in checks]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="random:llava-onevision-7b",
+                        help="comma-separated presets (random:NAME), hub ids or directories")
+    parser.add_argument("--video", type=Path, default=SAMPLE)
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--ratios", default="1.0,0.25,0.15")
+    parser.add_argument("--methods", default="vidcom2")
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--attn", default="sdpa")
+    parser.add_argument("--json", type=Path, help="also write the rows and the machine here")
+    args = parser.parse_args()
+
+    ratios = parse_floats(args.ratios, "--ratios")
+    if TARGET_RATIO not in ratios or 1.0 not in ratios:
+        parser.error("--ratios must include 1.0 and 0.25 (the targets compare them)")
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    generation = GenerationOptions(max_new_tokens=args.new_tokens,
+                                   min_new_tokens=args.new_tokens)
+    options = LoadOptions(device=args.device, dtype=args.dtype, attention=args.attn)
+    results = []
+    header = None
+    lines = ["| model | method | R | visual tokens | vision | compress | prefill | decode "
+             "| LLM | LLM vs R=1 | end to end | compress share | peak memory |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    targets = []
+    for model in [name.strip() for name in args.models.split(",") if name.strip()]:
+        engine = Engine.load(model, options)
+        if header is None:
+            header = (f"{datetime.date.today()} · {machine(engine.device)} · torch "
+                      f"{torch.__version__}, transformers {transformers.__version__} · "
+                      f"{engine.loaded.dtype} {engine.loaded.attention} · {args.frames} frames "
+                      f"of {args.video.name} · {args.new_tokens} forced new tokens · "
+                      f"medians of {args.repeats} after {args.warmup} warm-up · times in ms")
+            print(header, flush=True)
+        encoded = engine.encode(Request(str(args.video), "Describe what happens in this video."),
+                                SamplingOptions(frames=args.frames))
+        rows = run_bench(engine, encoded, ratios, methods, generation, repeats=args.repeats,
+                         warmup=args.warmup)
+        label = model + (" (random weights)" if engine.random_weights else "")
+        lines += table(label, rows)
+        targets += [f"{model}:", *check_targets(rows)]
+        results.append({"model": model, "random_weights": engine.random_weights,
+                        "shared_ms": {key: encoded.stages_ms[key]
+                                      for key in ("video_decode", "preprocess")},
+                        "rows": bench_rows_to_json(rows)})
+        print("\n".join(lines[-len(rows):]), flush=True)
+        del engine, encoded
+        gc.collect()
+        torch.cuda.empty_cache()
+    print()
+    print("\n".join(lines))
+    print("\n".join(targets))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"machine": header, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
