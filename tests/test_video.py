@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+import struct
 import sys
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +14,9 @@ import av
 import decord
 import numpy as np
 import pytest
+from PIL import Image
 
+from vidcom2_cli import video as video_module
 from vidcom2_cli.video import (
     SampledVideo,
     VideoError,
@@ -50,6 +55,52 @@ def render(path: Path, n: int, fps: int = 12, faststart: bool = False) -> Path:
     return path
 
 
+def encode(
+    path: Path,
+    images: list[np.ndarray],
+    fps: int = 12,
+    options: dict[str, str] | None = None,
+    cw: int = 0,
+    lead: int = 0,
+    codec: str = CODEC,
+) -> Path:
+    """Encode RGB images (H x W x 3 uint8) with a keyframe every 5 frames.
+
+    ``options`` go to the muxer (e.g. encryption); ``cw`` writes a display rotation
+    (clockwise degrees) into the header; ``lead`` shifts every timestamp so the first
+    ``lead`` frames fall before the presentation start, the edit list a stream-copy cut
+    between keyframes leaves (their keyframe must stay decodable, so they stay in the file).
+    """
+    height, width = images[0].shape[:2]
+    with av.open(str(path), "w", options=options or {}) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = 5
+        if codec == "libx264" and width * height > 1_000_000:
+            stream.codec_context.options = {"preset": "ultrafast"}
+        if cw:
+            stream.set_display_rotation(-cw)  # PyAV takes counter-clockwise degrees
+        for image in [*images, None]:  # None flushes the encoder
+            frame = None if image is None else av.VideoFrame.from_ndarray(image, format="rgb24")
+            for packet in stream.encode(frame):
+                if lead:
+                    shift = round(lead / (fps * packet.time_base))
+                    packet.pts -= shift
+                    packet.dts -= shift
+                container.mux(packet)
+    return path
+
+
+def levels(n: int, width: int = 64, height: int = 48) -> list[np.ndarray]:
+    return [np.full((height, width, 3), level(i), np.uint8) for i in range(n)]
+
+
+needs_rotation_writer = pytest.mark.skipif(
+    not hasattr(av.video.stream.VideoStream, "set_display_rotation"),
+    reason="this PyAV cannot write a display rotation",
+)
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """30 frames at 12 fps (2.5 s)."""
@@ -80,13 +131,20 @@ def test_probe_fields(clip: Path) -> None:
     assert info.rotation == 0
 
 
-def test_probe_without_pyav_reports_unknown_codec(
-    clip: Path, monkeypatch: pytest.MonkeyPatch
+@needs_rotation_writer
+def test_probe_without_pyav_reads_the_mp4_header(
+    clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    rotated = encode(tmp_path / "rotated.mp4", levels(3), cw=90)
+    matroska = encode(tmp_path / "clip.mkv", levels(3), cw=90)
     monkeypatch.setitem(sys.modules, "av", None)  # makes `import av` raise ImportError
     info = probe(clip)
-    assert (info.codec, info.rotation) == ("unknown", None)
+    assert (info.codec, info.rotation) == (DECODED_NAME, 0)
     assert info.frame_count == 30
+    # The MP4 header gives the rotation without PyAV (decord applies it itself)...
+    assert (probe(rotated).rotation, probe(rotated).width) == (90, 48)
+    # ...other containers need PyAV to read it.
+    assert (probe(matroska).codec, probe(matroska).rotation) == ("unknown", None)
 
 
 # --- sample_indices ----------------------------------------------------------------------------
@@ -239,6 +297,114 @@ def test_frames_stay_numpy_under_another_decord_bridge(clip: Path) -> None:
     assert recognised(video) == video.indices
 
 
+# --- odd but valid videos ----------------------------------------------------------------------
+
+
+def _asymmetric(width: int, height: int) -> np.ndarray:
+    """White block top-left, grey block top-right: no flip or turn maps it onto itself."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[: height // 3, : width // 4] = 255
+    image[: height // 3, -width // 4 :] = 128
+    return image
+
+
+@needs_rotation_writer
+@pytest.mark.parametrize("cw", [90, 180, 270])
+@pytest.mark.parametrize("size", [(64, 48), (96, 64)], ids=["64x48", "96x64"])
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_rotated_videos_come_out_upright(
+    tmp_path: Path, container: str, size: tuple[int, int], cw: int
+) -> None:
+    # decord turns MP4 frames itself (and, for 48-pixel-wide results, mislays their rows);
+    # it does not see Matroska's rotation at all: either way the frames must be upright.
+    stored = _asymmetric(*size)
+    path = encode(tmp_path / f"turned.{container}", [stored] * 3, cw=cw)
+    upright = np.rot90(stored, k=-cw // 90)
+    video = load_video(path, num_frames=2)
+    assert video.frames.shape == (2, *upright.shape)
+    assert video.frames.flags["C_CONTIGUOUS"]
+    for frame in video.frames:
+        assert np.abs(frame.astype(int) - upright).mean() < 8
+    info = probe(path)
+    assert info.rotation == video.info.rotation == cw
+    assert (info.width, info.height) == (upright.shape[1], upright.shape[0])
+
+
+@pytest.mark.parametrize("width", [16, 48])
+def test_widths_decord_lays_out_wrongly_still_decode(tmp_path: Path, width: int) -> None:
+    # FFmpeg pads these widths' RGB rows to a multiple of the width; decord then reports 4 or
+    # 6 channels per pixel and its get_batch fails.
+    path = encode(tmp_path / "narrow.mp4", levels(12, width=width))
+    video = load_video(path, num_frames=4, multiple_of=2)
+    assert video.frames.shape == (4, 48, width, 3)
+    assert recognised(video) == video.indices == [0, 3, 7, 11]
+    assert (probe(path).width, probe(path).height) == (width, 48)
+
+
+@pytest.mark.parametrize("value", [0, 255], ids=["black", "white"])
+def test_constant_videos_load(tmp_path: Path, value: int) -> None:
+    path = encode(tmp_path / "flat.mp4", [np.full((48, 64, 3), value, np.uint8)] * 8)
+    video = load_video(path, num_frames=4)
+    assert video.frames.shape == (4, 48, 64, 3)
+    assert np.abs(video.frames.astype(int) - value).max() <= 2
+    assert video.info.frame_count == 8
+
+
+def test_one_frame_video(tmp_path: Path) -> None:
+    path = render(tmp_path / "one.mp4", 1)
+    info = probe(path)
+    assert (info.frame_count, info.duration_s) == (1, pytest.approx(1 / 12))
+    video = load_video(path, num_frames=32)
+    assert video.indices == [0] and recognised(video) == [0]
+    assert load_video(path, fps=0.5).indices == [0]
+    paired = load_video(path, num_frames=8, multiple_of=2)
+    assert (paired.indices, paired.padded, paired.frames.shape[0]) == ([0, 0], 1, 2)
+
+
+@pytest.mark.parametrize("lead", [3, 7])
+def test_edit_list_lead_in_frames_are_not_counted(tmp_path: Path, lead: int) -> None:
+    # A stream-copy cut between keyframes keeps the frames from the previous keyframe, hidden
+    # by an edit list. decord counts them in len(reader) (30 here) but never returns them, and
+    # its index i is a different frame depending on whether it seeks or decodes forward.
+    path = encode(tmp_path / "cut.mp4", levels(30), lead=lead)
+    shown = 30 - lead
+    assert probe(path).frame_count == shown
+    assert probe(path).duration_s == pytest.approx(shown / 12)
+    for num_frames in (3, 9, 64):
+        video = load_video(path, num_frames=num_frames)
+        assert video.indices == sample_indices(shown, num_frames=num_frames)
+        assert recognised(video) == [i + lead for i in video.indices]
+    video = load_video(path, fps=5.0)
+    assert recognised(video) == [i + lead for i in video.indices]
+
+
+def test_4k_video_decodes_only_the_sampled_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = encode(tmp_path / "uhd.mp4", levels(3, width=3840, height=2160))
+    requested: list[list[int]] = []
+    get_batch = decord.VideoReader.get_batch
+
+    def spy(self, indices):
+        requested.append(list(indices))
+        return get_batch(self, indices)
+
+    monkeypatch.setattr(decord.VideoReader, "get_batch", spy)
+    frame_bytes = 3840 * 2160 * 3
+    tracemalloc.start()
+    try:
+        video = load_video(path, num_frames=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert video.frames.shape == (2, 2160, 3840, 3)
+    assert recognised(video) == video.indices == [0, 2]
+    assert requested == [[0, 2]]
+    # The two frames handed out, plus little: nothing else of frame size was held.
+    assert peak < 2.5 * frame_bytes
+    assert (video.info.width, video.info.height) == (3840, 2160)
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
@@ -279,6 +445,62 @@ def _write(name: str, data: bytes) -> Callable[[Path], Path]:
     return make
 
 
+def _top_level_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(type, start, end) of an MP4's top-level boxes (PyAV writes 32-bit sizes)."""
+    boxes, position = [], 0
+    while position < len(data):
+        size, kind = struct.unpack(">I4s", data[position : position + 8])
+        boxes.append((kind, position, position + size))
+        position += size
+    return boxes
+
+
+def _header_only(tmp_path: Path, empty_mdat: bool) -> Path:
+    """An MP4 whose moov (sample tables and all) promises 30 frames but whose mdat is gone
+    or empty."""
+    data = render(tmp_path / "full.mp4", 30, faststart=True).read_bytes()
+    parts = []
+    for kind, start, end in _top_level_boxes(data):
+        if kind != b"mdat":
+            parts.append(data[start:end])
+        elif empty_mdat:
+            parts.append(struct.pack(">I4s", 8, b"mdat"))
+    path = tmp_path / "header_only.mp4"
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def _zeroed_frame_data(tmp_path: Path) -> Path:
+    data = bytearray(render(tmp_path / "full.mp4", 30).read_bytes())
+    for kind, start, end in _top_level_boxes(bytes(data)):
+        if kind == b"mdat":
+            data[start + 8 : end] = bytes(end - start - 8)
+    path = tmp_path / "zeroed.mp4"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _encrypted(tmp_path: Path, fragmented: bool) -> Path:
+    """CENC (AES-CTR) as the MP4 muxer writes it: encv sample entry, sinf/schm/tenc boxes."""
+    options = {
+        "encryption_scheme": "cenc-aes-ctr",
+        "encryption_key": "00112233445566778899aabbccddeeff",
+        "encryption_kid": "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf",
+    }
+    if fragmented:
+        options["movflags"] = "frag_keyframe+empty_moov"
+    return encode(tmp_path / "drm.mp4", levels(12), options=options)
+
+
+def _image(name: str, image_format: str) -> Callable[[Path], Path]:
+    def make(tmp_path: Path) -> Path:
+        path = tmp_path / name
+        Image.fromarray(_asymmetric(64, 48)).save(path, format=image_format)
+        return path
+
+    return make
+
+
 BAD_FILES: dict[str, Callable[[Path], Path]] = {
     "missing": lambda tmp_path: tmp_path / "missing.mp4",
     "directory": _make_dir,
@@ -287,6 +509,28 @@ BAD_FILES: dict[str, Callable[[Path], Path]] = {
     "truncated (index at end)": lambda tmp_path: _truncated(tmp_path, faststart=False),
     "truncated (index first)": lambda tmp_path: _truncated(tmp_path, faststart=True),
     "audio only": _audio_only,
+    "header-only mp4 (no mdat)": lambda tmp_path: _header_only(tmp_path, empty_mdat=False),
+    "header-only mp4 (empty mdat)": lambda tmp_path: _header_only(tmp_path, empty_mdat=True),
+    "mp4 with zeroed frame data": _zeroed_frame_data,
+    "encrypted mp4 (CENC)": lambda tmp_path: _encrypted(tmp_path, fragmented=False),
+    "encrypted fragmented mp4": lambda tmp_path: _encrypted(tmp_path, fragmented=True),
+    "PNG image": _image("photo.png", "PNG"),
+    "JPEG image": _image("photo.jpg", "JPEG"),
+    "GIF image": _image("photo.gif", "GIF"),
+    "PNG renamed .mp4": _image("photo.mp4", "PNG"),
+}
+# What the message must say for the cases a user could not guess from "corrupt video".
+REASONS = {
+    "audio only": "no video stream",
+    "header-only mp4 (no mdat)": "holds no decodable frames",
+    "header-only mp4 (empty mdat)": "holds no decodable frames",
+    "mp4 with zeroed frame data": "holds no decodable frames",
+    "encrypted mp4 (CENC)": "is encrypted (DRM",
+    "encrypted fragmented mp4": "is encrypted (DRM",
+    "PNG image": "is a PNG image, not a video",
+    "JPEG image": "is a JPEG image, not a video",
+    "GIF image": "is a GIF image, not a video",
+    "PNG renamed .mp4": "is a PNG image, not a video",
 }
 
 
@@ -306,6 +550,44 @@ def test_bad_files_raise_video_error(tmp_path: Path, make: Callable[[Path], Path
         with pytest.raises(VideoError) as excinfo:
             call(path)
         _assert_clean(excinfo.value, path)
+
+
+@pytest.mark.parametrize(("name", "reason"), REASONS.items(), ids=REASONS.keys())
+def test_odd_files_say_what_is_wrong(tmp_path: Path, name: str, reason: str) -> None:
+    path = BAD_FILES[name](tmp_path)
+    for call in (probe, load_video):
+        with pytest.raises(VideoError, match=re.escape(reason)) as excinfo:
+            call(path)
+        _assert_clean(excinfo.value, path)
+
+
+def test_encryption_is_caught_before_decord_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _encrypted(tmp_path, fragmented=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decord must not open an encrypted file")
+
+    monkeypatch.setattr(decord, "VideoReader", refuse)
+    with pytest.raises(VideoError, match="scheme 'cenc'"):
+        probe(path)
+
+
+@pytest.mark.skipif("libsvtav1" not in av.codecs_available, reason="no AV1 encoder")
+def test_codec_decord_cannot_decode_is_named(tmp_path: Path) -> None:
+    path = encode(tmp_path / "av1.mp4", levels(4), codec="libsvtav1")
+    with pytest.raises(VideoError, match=r"\(av1\) cannot be decoded") as excinfo:
+        load_video(path)
+    _assert_clean(excinfo.value, path)
+
+
+def test_decord_messages_lose_every_prefix() -> None:
+    nested = RuntimeError(
+        "[07:40:20] /src/threaded_decoder.cc:292: [07:40:20] /src/threaded_decoder.cc:218: "
+        "Check failed: avcodec_send_packet\nStack trace: ..."
+    )
+    assert video_module._reason(nested) == "Check failed: avcodec_send_packet"
 
 
 def test_unreadable_file_raises_video_error(

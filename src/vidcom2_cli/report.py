@@ -124,8 +124,11 @@ def timing_table(answer: Answer) -> Table:
 
 
 def render_answer(answer: Answer) -> Group:
-    header = (f"{answer.method} R={answer.ratio:g} · {len(answer.video.indices)} frames · "
-              f"{Path(answer.model).name or answer.model}")
+    count, padded = len(answer.video.indices), answer.video.padded
+    frames = f"{count} frame{'s' if count != 1 else ''}" + (
+        f" ({padded} padded)" if padded else "")
+    header = (f"{answer.method} R={answer.ratio:g} · {frames} of "
+              f"{answer.video.info.frame_count} · {Path(answer.model).name or answer.model}")
     parts: list[RenderableType] = [Panel(answer.answer or "(empty answer)", title=header,
                                          title_align="left")]
     if answer.random_weights:

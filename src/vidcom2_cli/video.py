@@ -6,12 +6,16 @@ Hugging Face video processor wants, and every failure surfaces as ``VideoError``
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
+import struct
+from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import decord
 import numpy as np
@@ -24,8 +28,11 @@ DEFAULT_MAX_FRAMES = 64
 # readers on a big machine do not oversubscribe it (decord's default, 0, lets FFmpeg pick
 # one per core).
 _DECODE_THREADS = min(4, os.cpu_count() or 1)
-# decord prefixes its messages with "[hh:mm:ss] /path/to/file.cc:123: ".
-_DECORD_PREFIX = re.compile(r"^\[[\d:]+\]\s+\S+:\d+:\s*")
+# decord prefixes its messages with "[hh:mm:ss] /path/to/file.cc:123: ", sometimes twice.
+_DECORD_PREFIX = re.compile(r"\[[\d:]+\]\s+\S+:\d+:\s*")
+# Frames whose timestamp lies more than this before the stream start are taken as a broken
+# timestamp (e.g. a missing pts) rather than an edit list's hidden lead-in.
+_MAX_LEAD_S = 600.0
 
 
 class VideoError(ValueError):
@@ -36,9 +43,12 @@ class VideoError(ValueError):
 class VideoInfo:
     """What is known about a video without decoding it all.
 
-    ``width``/``height`` are those of the frames decord returns, i.e. after the display
+    ``width``/``height`` are those of the frames handed out, i.e. upright: the display
     rotation is applied. ``rotation`` is that rotation (clockwise degrees, 0/90/180/270),
-    or None when PyAV is not installed to read it; ``codec`` is "unknown" in that case.
+    read from the MP4/MOV header, or with PyAV for other containers (None when PyAV is not
+    installed there). ``codec`` is PyAV's decoder name, or without PyAV the one named by the
+    MP4 sample entry ("unknown" for other containers). ``frame_count`` counts displayed
+    frames: an edit list's hidden lead-in frames are not included.
     """
 
     path: str
@@ -106,10 +116,10 @@ def sample_indices(
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
     """Read a video's properties; decodes only its first frame."""
-    path = Path(path)
-    reader = _open(path)
-    first = _get_batch(reader, [0], path)
-    return _info(path, reader, first, _source_fps(reader, path))
+    source = _open(Path(path))
+    fps = _source_fps(source)
+    _, info = _finish(source, _read_frames(source, [0]), fps)
+    return info
 
 
 def load_video(
@@ -119,7 +129,7 @@ def load_video(
     max_frames: int = DEFAULT_MAX_FRAMES,
     multiple_of: int = 1,
 ) -> SampledVideo:
-    """Decode only the sampled frames of a video (see ``sample_indices``).
+    """Decode only the sampled frames of a video (see ``sample_indices``), upright.
 
     ``multiple_of`` pads by repeating the last frame (and its index) until the frame count
     is a multiple of it: the Qwen2-VL family groups frames in temporal pairs.
@@ -131,11 +141,10 @@ def load_video(
             raise VideoError(f"multiple_of must be >= 1, got {multiple_of}")
     except VideoError as exc:
         raise VideoError(f"{path}: {exc}") from None
-    reader = _open(path)
-    frame_count = len(reader)
-    source_fps = _source_fps(reader, path)
+    source = _open(path)
+    source_fps = _source_fps(source)
     indices = sample_indices(
-        frame_count,
+        source.frame_count,
         num_frames=None if fps is not None else num_frames,
         fps=fps,
         source_fps=source_fps,
@@ -143,8 +152,7 @@ def load_video(
     )
     padded = -len(indices) % multiple_of
     indices += [indices[-1]] * padded  # decord copies repeated indices instead of re-decoding
-    frames = _get_batch(reader, indices, path)
-    info = _info(path, reader, frames, source_fps)
+    frames, info = _finish(source, _read_frames(source, indices), source_fps)
     return SampledVideo(frames=frames, indices=indices, info=info, padded=padded)
 
 
@@ -157,31 +165,101 @@ def _check_sampling(num_frames: int | None, fps: float | None, max_frames: int) 
         raise VideoError(f"max_frames must be >= 1, got {max_frames}")
 
 
-def _open(path: Path) -> Any:
-    """Open a decord reader, turning every failure into a one-line ``VideoError``.
+# --- opening ---------------------------------------------------------------------------------
 
-    File-system problems are checked first because decord reports them all as the same
-    bare ``RuntimeError("Error reading ...")``.
+
+@dataclass(frozen=True)
+class _Mp4Video:
+    """The first video track of an MP4/MOV header (what decord's FFmpeg will pick)."""
+
+    fourcc: str  # sample entry format; the original format when the track is encrypted
+    scheme: str | None  # protection scheme ("cenc", "cbcs"...) when encrypted, else None
+    rotation: int  # clockwise degrees, from the track header's display matrix
+    coded_size: tuple[int, int] | None  # (width, height) in the sample entry
+    samples: int | None  # sample count in the sample table (0 in a fragmented file)
+    edited: bool  # an edit list starts the presentation past the first sample
+
+
+@dataclass(frozen=True)
+class _Mp4:
+    video: _Mp4Video | None
+    has_media: bool  # a non-empty mdat box or a movie fragment exists
+    fragmented: bool  # samples live in movie fragments (mvex in moov)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """An open decord reader and what was learnt about the file around it."""
+
+    path: Path
+    reader: Any
+    mp4: _Mp4 | None  # None: not an ISO BMFF / QuickTime file
+    lead: int  # leading decord indices never displayed (an edit list's lead-in)
+    frame_count: int  # displayed frames: len(reader) - lead
+
+
+def _open(path: Path) -> _Source:
+    """Open a video, turning every failure into a one-line ``VideoError``.
+
+    File-system problems, images and (for MP4/MOV) encrypted or frameless files are checked
+    before decord opens the file, because decord reports them all as bare or misleading
+    errors (or decodes garbage from an encrypted stream).
     """
+    head = _read_head(path)
+    image = _image_kind(head)
+    if image is not None:
+        hint = " (animated images are not read either: convert it to MP4)" if image in (
+            "GIF", "PNG", "WebP") else ""
+        raise VideoError(f"{path}: is a {image} image, not a video{hint}")
+    mp4 = _inspect_mp4(path, head)
+    video = mp4.video if mp4 is not None else None
+    if mp4 is not None and video is not None:
+        if video.scheme is not None:
+            raise VideoError(
+                f"{path}: is encrypted (DRM, scheme '{video.scheme}'); cannot decode it"
+            )
+        if not mp4.has_media:
+            raise VideoError(
+                f"{path}: holds no decodable frames (header only: it describes a video "
+                "track but has no media data)"
+            )
+        if video.samples == 0 and not mp4.fragmented:
+            raise VideoError(f"{path}: holds no decodable frames (its video track is empty)")
+    reader = _decord_reader(path, mp4)
+    total = len(reader)
+    if total < 1:
+        raise VideoError(f"{path}: video stream has no frames")
+    lead = _hidden_lead(reader, total) if video is not None and video.edited else 0
+    return _Source(path=path, reader=reader, mp4=mp4, lead=lead, frame_count=total - lead)
+
+
+def _read_head(path: Path) -> bytes:
     try:
         if path.is_dir():
             raise VideoError(f"{path}: is a directory, not a video file")
         with path.open("rb") as fh:
-            if not fh.read(1):
-                raise VideoError(f"{path}: file is empty")
+            head = fh.read(32)
     except (FileNotFoundError, NotADirectoryError):
         raise VideoError(f"{path}: no such file") from None
     except PermissionError:
         raise VideoError(f"{path}: permission denied") from None
     except OSError as exc:
         raise VideoError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if not head:
+        raise VideoError(f"{path}: file is empty")
+    return head
 
+
+def _decord_reader(path: Path, mp4: _Mp4 | None) -> Any:
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=_DECODE_THREADS)
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=_DECODE_THREADS)
     except decord.DECORDError as exc:
         if "cannot find video stream" in str(exc):
+            raise VideoError(f"{path}: {_no_stream_reason(path, mp4)}") from None
+        if "Cannot create buffer source" in str(exc):
+            # FFmpeg could not learn the pixel format: not one frame decoded while probing.
             raise VideoError(
-                f"{path}: no video stream (audio-only, or a video stream without frames)"
+                f"{path}: holds no decodable frames (frame data missing or corrupt)"
             ) from None
         raise VideoError(f"{path}: corrupt or truncated video ({_reason(exc)})") from None
     except RuntimeError:
@@ -191,69 +269,423 @@ def _open(path: Path) -> Any:
         ) from None
     except Exception as exc:  # e.g. decord's own AssertionError on a non-positive frame count
         raise VideoError(f"{path}: not a readable video ({_reason(exc)})") from None
-    if len(reader) < 1:
-        raise VideoError(f"{path}: video stream has no frames")
-    return reader
 
 
-def _get_batch(reader: Any, indices: list[int], path: Path) -> np.ndarray:
+def _no_stream_reason(path: Path, mp4: _Mp4 | None) -> str:
+    """Why decord found no video stream: none at all, or one its FFmpeg cannot decode."""
+    if mp4 is not None and mp4.video is not None:
+        codec: str | None = _FOURCC_CODECS.get(mp4.video.fourcc, mp4.video.fourcc)
+    else:
+        codec = _pyav_details(path, need_rotation=False)[0]
+    if codec and codec not in _DECORD_DECODES:
+        return (
+            f"its video stream ({codec}) cannot be decoded by decord's FFmpeg; "
+            "re-encode it, e.g. to H.264"
+        )
+    return "no video stream (audio-only, or a video stream without frames)"
+
+
+def _hidden_lead(reader: Any, total: int) -> int:
+    """Frames before the presentation start that an edit list hides (e.g. a stream copy cut
+    between keyframes). decord counts them in ``len(reader)`` and gives them negative
+    timestamps, but the decoder drops them, so they must not be sampled."""
     try:
-        batch = reader.get_batch(indices)
+        starts = np.asarray(reader.get_frame_timestamp(np.arange(total)))[:, 0]
+    except Exception:
+        return 0
+    hidden = starts < 0
+    lead = int(hidden.sum())
+    if lead == 0 or lead >= total or not hidden[:lead].all():
+        return 0
+    return lead if float(starts[0]) > -_MAX_LEAD_S else 0
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+
+def _read_frames(source: _Source, indices: list[int]) -> np.ndarray:
+    """Decode the frames at these displayed-frame indices (increasing, repeats allowed)."""
+    positions = _decord_positions(source, indices)
+    try:
+        return _as_numpy(source.reader.get_batch(positions))
     except Exception as exc:
-        raise VideoError(
-            f"{path}: failed to decode frames {indices[0]}..{indices[-1]} of {len(reader)} "
-            f"(corrupt or truncated video? {_reason(exc)})"
-        ) from None
+        if "must exactly match" not in str(exc):
+            raise VideoError(_decode_failure(source, indices, exc)) from None
+    # decord mislays frames whose RGB rows FFmpeg pads to a multiple of their width (e.g.
+    # 48 or 16 pixels wide, also after rotating a 48-pixel-high video): get_batch refuses
+    # them, single frames come out with a bogus channel count. Read those one by one.
+    try:
+        return _read_one_by_one(source, positions)
+    except VideoError:
+        raise
+    except Exception as exc:
+        raise VideoError(_decode_failure(source, indices, exc)) from None
+
+
+def _decord_positions(source: _Source, indices: list[int]) -> list[int]:
+    """decord indices of displayed frames.
+
+    With an edit list's hidden lead-in, decord seeks by timestamp (displayed frame i is
+    decord index lead + i) except inside the first group of pictures, which it reaches by
+    decoding forward from the start and counting output frames (the hidden ones are never
+    output, so there displayed frame i is decord index i).
+    """
+    if not source.lead:
+        return list(indices)
+    keys = list(source.reader.get_key_indices())
+    total = len(source.reader)
+    return [
+        i if _keyframe_of(i + source.lead, keys, total) == 0 else i + source.lead
+        for i in indices
+    ]
+
+
+def _keyframe_of(position: int, keys: list[int], total: int) -> int:
+    """The keyframe decord seeks to for a position (its VideoReader::LocateKeyframe)."""
+    if not keys or position <= keys[0]:
+        return 0
+    if position >= total:
+        return keys[-1]
+    return keys[bisect_right(keys, position) - 1]
+
+
+def _read_one_by_one(source: _Source, positions: list[int]) -> np.ndarray:
+    reader = _decord_reader(source.path, source.mp4)  # fresh: positions assume a new reader
+    out: np.ndarray | None = None
+    first: dict[int, int] = {}
+    for slot, position in enumerate(positions):
+        if position in first:
+            assert out is not None
+            out[slot] = out[first[position]]
+            continue
+        first[position] = slot
+        frame = _as_numpy(reader[position])
+        height, width, channels = frame.shape
+        if channels != 3:  # the bytes are rows of `width * channels`, RGB first, then padding
+            frame = frame.reshape(height, width * channels)[:, : width * 3]
+            frame = frame.reshape(height, width, 3)
+        if out is None:
+            out = np.empty((len(positions), height, width, 3), np.uint8)
+        out[slot] = frame
+    assert out is not None
+    return out
+
+
+def _as_numpy(batch: Any) -> np.ndarray:
     # decord's output type follows its process-wide bridge (torch, mxnet...) which other code
     # may have set; convert rather than touch that global.
     return batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
 
 
-def _source_fps(reader: Any, path: Path) -> float:
+def _decode_failure(source: _Source, indices: list[int], exc: BaseException) -> str:
+    return (
+        f"{source.path}: failed to decode frames {indices[0]}..{indices[-1]} of "
+        f"{source.frame_count} (corrupt or truncated video? {_reason(exc)})"
+    )
+
+
+def _source_fps(source: _Source) -> float:
     """Average frame rate, or frames / last timestamp when the container does not say."""
+    reader = source.reader
     fps = float(reader.get_avg_fps())
     if math.isfinite(fps) and fps > 0:
         return fps
     end_s = float(reader.get_frame_timestamp(-1)[-1])
     if math.isfinite(end_s) and end_s > 0:
-        return len(reader) / end_s
-    raise VideoError(f"{path}: cannot determine the frame rate")
+        return source.frame_count / end_s
+    raise VideoError(f"{source.path}: cannot determine the frame rate")
 
 
-def _info(path: Path, reader: Any, frames: np.ndarray, fps: float) -> VideoInfo:
-    codec, rotation = _codec_and_rotation(path)
-    return VideoInfo(
-        path=str(path),
-        frame_count=len(reader),
+def _finish(source: _Source, frames: np.ndarray, fps: float) -> tuple[np.ndarray, VideoInfo]:
+    """Turn the frames upright and describe the video."""
+    codec, rotation, coded_size = _codec_rotation_size(source)
+    frames = _upright(frames, rotation, coded_size, decord_rotates=source.mp4 is not None)
+    info = VideoInfo(
+        path=str(source.path),
+        frame_count=source.frame_count,
         fps=fps,
-        duration_s=len(reader) / fps,
+        duration_s=source.frame_count / fps,
         width=int(frames.shape[2]),
         height=int(frames.shape[1]),
         codec=codec,
         rotation=rotation,
     )
+    return frames, info
 
 
-def _codec_and_rotation(path: Path) -> tuple[str, int | None]:
-    """Codec name and display rotation via PyAV (a dev dependency); decord exposes neither."""
+def _upright(
+    frames: np.ndarray,
+    rotation: int | None,
+    coded_size: tuple[int, int] | None,
+    decord_rotates: bool,
+) -> np.ndarray:
+    """Apply the display rotation unless decord already did.
+
+    decord's FFmpeg (4.x) rotates MP4/MOV frames itself but sees no rotation in Matroska or
+    WebM. A 90/270-degree turn of a non-square video shows in the frame size; otherwise the
+    container type decides.
+    """
+    if not rotation:
+        return frames
+    height, width = frames.shape[1:3]
+    if (
+        rotation in (90, 270)
+        and coded_size is not None
+        and coded_size[0] != coded_size[1]
+        and (width, height) in (coded_size, coded_size[::-1])
+    ):
+        applied = (width, height) == coded_size[::-1]
+    else:
+        applied = decord_rotates
+    if applied:
+        return frames
+    return np.ascontiguousarray(np.rot90(frames, k=-(rotation // 90), axes=(1, 2)))
+
+
+def _codec_rotation_size(source: _Source) -> tuple[str, int | None, tuple[int, int] | None]:
+    """Codec name, clockwise display rotation and coded (width, height) of the video stream.
+
+    MP4/MOV headers give all three without PyAV (a dev dependency); PyAV's codec name is
+    preferred when installed, and PyAV reads the rotation of other containers.
+    """
+    codec, rotation, size = "unknown", None, None
+    video = source.mp4.video if source.mp4 is not None else None
+    if video is not None:
+        codec = _FOURCC_CODECS.get(video.fourcc, video.fourcc)
+        rotation, size = video.rotation, video.coded_size
+    named, turned, coded = _pyav_details(source.path, need_rotation=rotation is None)
+    if rotation is None:
+        rotation, size = turned, coded
+    return named or codec, rotation, size
+
+
+def _pyav_details(
+    path: Path, need_rotation: bool
+) -> tuple[str | None, int | None, tuple[int, int] | None]:
+    """Codec name, clockwise rotation and coded size via PyAV; Nones where unknown."""
     try:
         import av
     except ImportError:
-        return "unknown", None
+        return None, None, None
     try:
         with av.open(str(path)) as container:
             stream = container.streams.best("video")
             if stream is None:
-                return "unknown", None
+                return None, None, None
             codec = stream.codec_context.name
+            width, height = stream.codec_context.width, stream.codec_context.height
+            size = (width, height) if width > 0 and height > 0 else None
+            if not need_rotation:
+                return codec, None, size
             # The display matrix reaches PyAV only through decoded frames.
             frame = next(container.decode(stream), None)
             ccw = getattr(frame, "rotation", None)
     except Exception:  # best effort: decord already accepted the file
-        return "unknown", None
-    return codec, None if ccw is None else int(-ccw) % 360
+        return None, None, None
+    return codec, None if ccw is None else round(-float(ccw) / 90) % 4 * 90, size
+
+
+# --- recognising files -----------------------------------------------------------------------
+
+
+def _image_kind(head: bytes) -> str | None:
+    """The still-image format these first bytes announce, if any."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head[:2] == b"BM" and head[6:10] == b"\x00\x00\x00\x00":
+        return "BMP"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"avif"):
+        return "HEIF/AVIF"
+    return None
+
+
+# Top-level box types an ISO BMFF (MP4, MOV, M4V, 3GP) file may start with.
+_MP4_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp"}
+_MP4_MAX_TOP_BOXES = 100_000
+# Sample entry formats -> FFmpeg decoder names, for when PyAV is not installed.
+_FOURCC_CODECS = {
+    "avc1": "h264", "avc3": "h264", "hvc1": "hevc", "hev1": "hevc", "mp4v": "mpeg4",
+    "av01": "av1", "vp09": "vp9", "vp08": "vp8", "jpeg": "mjpeg", "mjpa": "mjpeg",
+    "mjpb": "mjpeg", "s263": "h263", "h263": "h263", "apcn": "prores", "apch": "prores",
+    "apcs": "prores", "apco": "prores", "ap4h": "prores", "dvh1": "hevc", "dvhe": "hevc",
+}
+_ENCRYPTED_ENTRIES = {b"encv", b"drmi"}  # CENC / FairPlay video sample entries
+# Codecs the FFmpeg 4.1 inside decord's wheels decodes (AV1, for one, it does not).
+_DECORD_DECODES = {
+    "h264", "hevc", "mpeg4", "mpeg2video", "mpeg1video", "vp8", "vp9", "mjpeg", "h263",
+    "prores", "theora",
+}
+
+
+def _inspect_mp4(path: Path, head: bytes) -> _Mp4 | None:
+    """What an MP4/MOV header says about the video track, reading only box headers, the
+    top-level layout and the few small boxes of ``moov`` needed (never the sample tables
+    or the media data). None when the file is not ISO BMFF or cannot be read."""
+    if head[4:8] not in _MP4_FIRST_BOXES:
+        return None
+    try:
+        with path.open("rb") as fh:
+            end = os.fstat(fh.fileno()).st_size
+            moov: tuple[int, int] | None = None
+            has_media = False
+            for count, (kind, body, box_end) in enumerate(_boxes(fh, 0, end)):
+                if kind == b"moov" and moov is None:
+                    moov = (body, box_end)
+                elif (kind == b"mdat" and box_end > body) or kind == b"moof":
+                    has_media = True
+                if moov is not None and has_media:
+                    break
+                if count >= _MP4_MAX_TOP_BOXES:  # give up looking: assume media is there
+                    has_media = True
+                    break
+            if moov is None:
+                return _Mp4(video=None, has_media=has_media, fragmented=False)
+            video, fragmented = None, False
+            for kind, body, box_end in _boxes(fh, *moov):
+                if kind == b"mvex":
+                    fragmented = True
+                elif kind == b"trak" and video is None:
+                    video = _video_track(fh, body, box_end)
+            return _Mp4(video=video, has_media=has_media, fragmented=fragmented)
+    except (OSError, struct.error, ValueError):
+        return None
+
+
+def _boxes(fh: BinaryIO, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, body start, end) of each box in [start, end); stops at a malformed header."""
+    position = start
+    while position + 8 <= end:
+        fh.seek(position)
+        header = fh.read(16)
+        if len(header) < 8:
+            return
+        size, kind = struct.unpack(">I4s", header[:8])
+        body = position + 8
+        if size == 1:  # 64-bit size follows the type
+            if len(header) < 16:
+                return
+            size = struct.unpack(">Q", header[8:16])[0]
+            body = position + 16
+        elif size == 0:  # extends to the end of the enclosing box
+            size = end - position
+        if size < body - position:
+            return
+        yield kind, body, min(position + size, end)
+        position += size
+
+
+def _read_box(fh: BinaryIO, body: int, end: int, limit: int = 1 << 16) -> bytes:
+    fh.seek(body)
+    return fh.read(min(end - body, limit))
+
+
+def _video_track(fh: BinaryIO, start: int, end: int) -> _Mp4Video | None:
+    """Parse a ``trak`` box; None unless it is a video track with a sample description."""
+    rotation, edited, handler = 0, False, None
+    entry: tuple[str, str | None, tuple[int, int] | None] | None = None
+    samples: int | None = None
+    for kind, body, box_end in _boxes(fh, start, end):
+        if kind == b"tkhd":
+            rotation = _tkhd_rotation(_read_box(fh, body, box_end))
+        elif kind == b"edts":
+            edited = _edit_list_starts_late(fh, body, box_end)
+        elif kind == b"mdia":
+            for inner, inner_body, inner_end in _boxes(fh, body, box_end):
+                if inner == b"hdlr":
+                    handler = _read_box(fh, inner_body, inner_end)[8:12]
+                elif inner == b"minf":
+                    entry, samples = _sample_table(fh, inner_body, inner_end)
+    if handler != b"vide" or entry is None:
+        return None
+    fourcc, scheme, coded_size = entry
+    return _Mp4Video(fourcc, scheme, rotation, coded_size, samples, edited)
+
+
+def _tkhd_rotation(data: bytes) -> int:
+    """Clockwise rotation (0/90/180/270) of a track header's display matrix."""
+    offset = 52 if data[:1] == b"\x01" else 40  # matrix after the version 1 / 0 fields
+    if len(data) < offset + 20:
+        return 0
+    a, b, _u, _c, _d = struct.unpack(">5i", data[offset : offset + 20])
+    if a == b == 0:
+        return 0
+    return round(math.degrees(math.atan2(b, a)) / 90) % 4 * 90
+
+
+def _edit_list_starts_late(fh: BinaryIO, start: int, end: int) -> bool:
+    """Whether an edit list starts the presentation past media time 0."""
+    for kind, body, box_end in _boxes(fh, start, end):
+        if kind != b"elst":
+            continue
+        data = _read_box(fh, body, box_end)
+        wide = data[:1] == b"\x01"
+        size = 20 if wide else 12
+        for offset in range(8, len(data) - size + 1, size):
+            media_time = struct.unpack(
+                ">q" if wide else ">i",
+                data[offset + (8 if wide else 4) : offset + (16 if wide else 8)],
+            )[0]
+            if media_time > 0:
+                return True
+    return False
+
+
+def _sample_table(
+    fh: BinaryIO, start: int, end: int
+) -> tuple[tuple[str, str | None, tuple[int, int] | None] | None, int | None]:
+    """From a ``minf`` box: (format, protection scheme, coded size) of the first sample
+    entry, and the sample count."""
+    entry = None
+    samples = None
+    for kind, body, box_end in _boxes(fh, start, end):
+        if kind != b"stbl":
+            continue
+        for inner, inner_body, inner_end in _boxes(fh, body, box_end):
+            if inner == b"stsd":
+                entry = _sample_entry(_read_box(fh, inner_body, inner_end))
+            elif inner in (b"stsz", b"stz2"):
+                data = _read_box(fh, inner_body, inner_end, 12)
+                if len(data) == 12:
+                    samples = struct.unpack(">I", data[8:12])[0]
+    return entry, samples
+
+
+def _sample_entry(stsd: bytes) -> tuple[str, str | None, tuple[int, int] | None] | None:
+    """(format, protection scheme or None, coded size) of the first entry of an ``stsd``."""
+    if len(stsd) < 16:
+        return None
+    size, kind = struct.unpack(">I4s", stsd[8:16])
+    end = min(8 + size, len(stsd))
+    coded = None
+    if end >= 16 + 28:  # visual sample entry: width and height after 24 bytes of fields
+        width, height = struct.unpack(">HH", stsd[16 + 24 : 16 + 28])
+        coded = (width, height) if width and height else None
+    fourcc, scheme = kind, None
+    protected = kind in _ENCRYPTED_ENTRIES
+    buffer = io.BytesIO(stsd)
+    for child, body, child_end in _boxes(buffer, 16 + 78, end):  # after the visual fields
+        if child != b"sinf":
+            continue
+        protected = True
+        for inner, inner_body, inner_end in _boxes(buffer, body, child_end):
+            data = stsd[inner_body:inner_end]
+            if inner == b"frma" and len(data) >= 4:
+                fourcc = data[:4]
+            elif inner == b"schm" and len(data) >= 8:
+                scheme = data[4:8].decode("latin-1").strip("\x00 ") or None
+    if protected and scheme is None:
+        scheme = "unknown" if kind != b"drmi" else "FairPlay"
+    return fourcc.decode("latin-1").strip(), scheme, coded
 
 
 def _reason(exc: BaseException) -> str:
-    """First line of a decord error without its timestamp/source-file prefix."""
+    """First line of a decord error without its timestamp/source-file prefixes."""
     return _DECORD_PREFIX.sub("", first_line(exc))[:200]
