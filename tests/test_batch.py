@@ -6,8 +6,11 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -33,6 +36,7 @@ from vidcom2_cli.engine import (
     SamplingOptions,
 )
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.video import load_video
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
 COLOR, SCENE, COUNTING = (str(SAMPLES / name) for name in
@@ -312,3 +316,189 @@ def test_run_batch_retries_a_failed_batch_item_by_item(tmp_path, workdir, tiny_c
     assert values["mean_kept_ratio"] == pytest.approx(
         (written[0]["kept_ratio"] + written[2]["kept_ratio"]) / 2)
     assert values["mean_prefill_ms"] > 0
+
+
+# --- decoding ahead on worker threads (--prefetch) ------------------------------------------
+
+def _comparable(row: dict) -> dict:
+    """A record without what varies between runs (times, memory)."""
+    return {key: value for key, value in row.items() if key not in ("timing_ms", "memory")}
+
+
+@pytest.fixture(scope="module")
+def qwen_engine(tiny_checkpoints) -> Engine:
+    return Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def prefetch_rows(workdir: Path) -> list[dict | str]:
+    """Good items around bad ones: missing and undecodable videos mid-way, a malformed line."""
+    (workdir / "broken.mp4").write_bytes(b"this is not a video\n" * 50)
+    good = good_rows()
+    return [good[0], good[1],
+            {"id": "missing", "video": "nope.mp4", "question": "Q?"},
+            {"id": "broken", "video": "broken.mp4", "question": "What happens?"},
+            good[2], "{broken", good[3],
+            {"id": "scene-2", "video": SCENE, "question": "Is there a cut?"},
+            {"id": "color-2", "video": COLOR, "question": "What moves?"}]
+
+
+def _run(engine: Engine, items: list, out: Path, prefetch: int, batch_size: int = 2,
+         done: frozenset[str] = frozenset()) -> list[dict]:
+    options = BatchOptions(SamplingOptions(frames=4), CompressionOptions(ratio=0.5),
+                           GenerationOptions(max_new_tokens=3), batch_size=batch_size,
+                           prefetch=prefetch)
+    with ResultWriter.open(str(out)) as writer:
+        run_batch(engine, items, options, writer, done)
+    return records(out.read_text())
+
+
+def test_prefetch_gives_the_same_records_in_the_same_order(tmp_path, workdir, qwen_engine,
+                                                           prefetch_rows):
+    items = parse_lines(jsonl(workdir / "prefetch.jsonl", prefetch_rows).read_bytes(), workdir)
+    runs = {prefetch: _run(qwen_engine, items, tmp_path / f"out-{prefetch}.jsonl", prefetch)
+            for prefetch in (0, 1, 4, 100)}
+    expected_ids = ["color", "scene", "missing", "broken", "count", "line-6", 4, "scene-2",
+                    "color-2"]
+    for prefetch, written in runs.items():
+        assert [row["id"] for row in written] == expected_ids, prefetch
+        assert [_comparable(row) for row in written] == [_comparable(row) for row in runs[0]]
+    errors = {row["id"]: row["error"] for row in runs[4] if "error" in row}
+    assert errors["missing"] == f"{workdir / 'nope.mp4'}: no such file"
+    assert errors["broken"].startswith(f"{workdir / 'broken.mp4'}: not a readable video")
+    assert errors["line-6"].startswith("line 6: not valid JSON")
+    assert all(set(row["timing_ms"]) >= {"video_decode", "preprocess", "vision", "compress",
+                                         "prefill", "decode", "total"}
+               for row in runs[4] if "error" not in row)
+
+
+def test_prefetch_with_resume_skips_done_ids(tmp_path, workdir, qwen_engine, prefetch_rows):
+    items = parse_lines(jsonl(workdir / "prefetch.jsonl", prefetch_rows).read_bytes(), workdir)
+    written = _run(qwen_engine, items, tmp_path / "out.jsonl", prefetch=3,
+                   done=frozenset({"scene", "broken", "4"}))
+    assert [row["id"] for row in written] == ["color", "missing", "count", "line-6", "scene-2",
+                                              "color-2"]
+
+
+def test_model_runs_on_the_main_thread_and_decoding_ahead_is_bounded(tmp_path, workdir,
+                                                                     qwen_engine, monkeypatch,
+                                                                     prefetch_rows):
+    """Decoding on worker threads, never more than `prefetch` items past the one encoding;
+    the vision encoder and generate only on the calling thread."""
+    items = parse_lines(jsonl(workdir / "prefetch.jsonl", prefetch_rows).read_bytes(), workdir)
+    order = {item.key: index for index, item in enumerate(items)}
+    main = threading.current_thread()
+    events: list[tuple[str, str, bool]] = []  # (what, id, on the main thread)
+    lock = threading.Lock()
+    real_prepare, real_encode = qwen_engine.prepare, qwen_engine.encode_prepared
+    real_generate = qwen_engine.generate
+
+    def prepare(request, sampling):
+        with lock:
+            events.append(("prepare", request.id, threading.current_thread() is main))
+        return real_prepare(request, sampling)
+
+    def encode_prepared(prepared):
+        with lock:
+            events.append(("encode", prepared.request.id, threading.current_thread() is main))
+        return real_encode(prepared)
+
+    def generate(compressed, options):
+        with lock:
+            events.append(("generate", "", threading.current_thread() is main))
+        return real_generate(compressed, options)
+
+    monkeypatch.setattr(qwen_engine, "prepare", prepare)
+    monkeypatch.setattr(qwen_engine, "encode_prepared", encode_prepared)
+    monkeypatch.setattr(qwen_engine, "generate", generate)
+    for prefetch in (0, 2):
+        events.clear()
+        _run(qwen_engine, items, tmp_path / f"out-{prefetch}.jsonl", prefetch)
+        prepared = [key for what, key, _ in events if what == "prepare"]
+        assert sorted(prepared, key=order.get) == ["color", "scene", "missing", "broken",
+                                                   "count", "4", "scene-2", "color-2"]
+        assert all(on_main for what, _, on_main in events if what != "prepare")
+        assert all(on_main == (prefetch == 0) for what, _, on_main in events
+                   if what == "prepare")
+        for index, (what, key, _) in enumerate(events):
+            if what == "encode":  # items started by then lie at most `prefetch` items ahead
+                started = [order[k] for w, k, _ in events[:index] if w == "prepare"]
+                assert max(started) <= order[key] + prefetch
+
+
+def test_interrupt_leaves_complete_lines_and_stops_decoding(tmp_path, workdir, qwen_engine,
+                                                            monkeypatch):
+    rows = [{"id": f"item-{index}", "video": (COLOR, SCENE, COUNTING)[index % 3],
+             "question": "What happens?"} for index in range(12)]
+    items = parse_lines(jsonl(tmp_path / "many.jsonl", rows).read_bytes(), tmp_path)
+    real_answer, real_prepare = qwen_engine.answer, qwen_engine.prepare
+    calls = {"answer": 0, "prepare": 0}
+
+    def answer(encoded, compression, generation):
+        calls["answer"] += 1
+        if calls["answer"] == 2:
+            raise KeyboardInterrupt
+        return real_answer(encoded, compression, generation)
+
+    def prepare(request, sampling):
+        calls["prepare"] += 1
+        return real_prepare(request, sampling)
+
+    monkeypatch.setattr(qwen_engine, "answer", answer)
+    monkeypatch.setattr(qwen_engine, "prepare", prepare)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        _run(qwen_engine, items, out, prefetch=3, batch_size=2)
+    for thread in threading.enumerate():
+        if thread.name.startswith("vidcom2-prefetch"):
+            thread.join(timeout=60)
+    text = out.read_text()
+    assert text.endswith("\n")
+    assert [row["id"] for row in records(text)] == ["item-0", "item-1"]
+    assert calls["prepare"] <= 4 + 3  # the second batch and the window after it, no more
+
+
+def test_decoding_from_several_threads_gives_the_same_frames():
+    """Each load_video opens its own decord reader, so threads may decode at once."""
+    jobs = [(video, frames) for video in (COLOR, SCENE, COUNTING) for frames in (3, 8)] * 2
+    alone = [load_video(video, num_frames=frames).frames for video, frames in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda job: load_video(job[0], num_frames=job[1]).frames, jobs))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
+
+
+def test_prefetch_option(workdir, qwen, tmp_path):
+    model = ["-m", str(tmp_path / "no-model"), *FAST]  # never loaded: the check comes first
+    result = runner.invoke(app, ["batch", str(workdir / "good.jsonl"), "--out", "-", *model,
+                                 "--prefetch", "-1"])
+    assert result.exit_code == 2, result.output
+    assert "--prefetch" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == ""
+    assert BatchOptions(SamplingOptions(), CompressionOptions(), GenerationOptions(),
+                        batch_size=3).prefetch_items == 6
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(app, ["batch", str(workdir / "good.jsonl"), "--out", str(out), *qwen,
+                                 "--prefetch", "0"])
+    assert result.exit_code == 0, result.output
+    assert [row["id"] for row in records(out.read_text())] == ["color", "scene", "count", 4]
+
+
+@pytest.mark.parametrize("prefetch", [0, 3])
+def test_unexpected_failure_preparing_one_item_is_its_error(tmp_path, workdir, qwen_engine,
+                                                             prefetch_rows, monkeypatch,
+                                                             prefetch):
+    items = parse_lines(jsonl(workdir / "prefetch.jsonl", prefetch_rows).read_bytes(), workdir)
+    real_prepare = qwen_engine.prepare
+
+    def prepare(request, sampling):
+        if request.id == "count":
+            raise RuntimeError("decoder crashed\nsecond line")
+        return real_prepare(request, sampling)
+
+    monkeypatch.setattr(qwen_engine, "prepare", prepare)
+    written = _run(qwen_engine, items, tmp_path / "out.jsonl", prefetch)
+    assert [row["id"] for row in written] == ["color", "scene", "missing", "broken", "count",
+                                              "line-6", 4, "scene-2", "color-2"]
+    by_id = {row["id"]: row for row in written}
+    assert by_id["count"]["error"] == "RuntimeError: decoder crashed"
+    assert "answer" in by_id["scene-2"] and "answer" in by_id[4]

@@ -144,6 +144,9 @@ def test_bench_gives_a_row_per_ratio_and_method(tiny_checkpoints):
     assert full["same_answer"] and full["speedup"] == 1.0
     assert full["visual_kept"] == full["visual_full"]
     for row in rows:
+        assert row["vision_ms"] == full["vision_ms"]  # one encoder run serves every row
+        stages = row["vision_ms"] + row["compress_ms"] + row["generation_ms"]
+        assert row["end_to_end_ms"] >= stages - 0.01
         assert row["visual_kept"] <= full["visual_kept"]
         assert row["prompt_length"] == full["prompt_length"] - (
             full["visual_kept"] - row["visual_kept"])
@@ -167,6 +170,7 @@ def test_models_lists_every_family():
     assert {family["model_type"] for family in payload["families"]} == {
         "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
     assert payload["default"] == "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+    assert payload["random_presets"]["random:qwen2-vl-7b"] == "Qwen/Qwen2-VL-7B-Instruct"
     assert "Qwen2.5-VL" in invoke("models").stdout
 
 
@@ -198,3 +202,104 @@ def test_subprocess_json_and_exit_codes(tiny_checkpoints, tmp_path):
     assert missing.returncode == 2
     assert missing.stdout == ""
     assert "gone.mp4" in missing.stderr and "Traceback" not in missing.stderr
+
+
+# --- odd videos (issue 6) ----------------------------------------------------------------------
+
+
+def _clip(path: Path, count: int, value: int | None = None) -> Path:
+    """A 64x64 clip of `count` flat frames: all `value`, or grey levels 8 apart without one."""
+    import av
+    import numpy as np
+
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=12)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for i in range(count):
+            level = 4 + 8 * i if value is None else value
+            image = np.full((64, 64, 3), level, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN and +-Infinity (which Python's json would accept)."""
+    def refuse(constant):
+        raise AssertionError(f"non-finite number {constant} in the JSON output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
+@pytest.mark.parametrize("value", [0, 255], ids=["black", "white"])
+def test_ask_on_a_constant_video_gives_finite_json(tiny_checkpoints, tmp_path, family, value):
+    # Identical frames: every frame-to-video similarity ties, every token is alike.
+    video = _clip(tmp_path / "flat.mp4", 8, value)
+    result = ask(tiny_checkpoints(family), "--json", video=video)
+    assert result.exit_code == 0, result.stderr
+    payload = _strict_json(result.stdout)
+    tokens = payload["tokens"]
+    units = payload["frames"]["count"] // payload["frames"]["per_unit"]
+    per_unit = (tokens["visual_full"] - tokens["visual_structural"]) // units
+    assert len(tokens["per_frame_kept"]) == units
+    assert all(1 <= kept <= per_unit for kept in tokens["per_frame_kept"])
+    assert sum(tokens["per_frame_kept"]) == tokens["visual_kept"] - tokens["visual_structural"]
+    assert 0 < payload["kept_ratio"] <= 1
+
+
+@pytest.mark.parametrize(("family", "indices"), [("llava_onevision", [0]), ("qwen2_vl", [0, 0])])
+def test_ask_on_a_one_frame_video_uses_one_frame(tiny_checkpoints, tmp_path, family, indices):
+    video = _clip(tmp_path / "one.mp4", 1)
+    result = ask(tiny_checkpoints(family), "--json", video=video)
+    assert result.exit_code == 0, result.stderr
+    frames = _strict_json(result.stdout)["frames"]
+    assert frames["indices"] == indices and frames["count"] == len(indices)
+    assert frames["padded"] == len(indices) - 1 and frames["source_frames"] == 1
+    human = ask(tiny_checkpoints(family), video=video)
+    assert human.exit_code == 0, human.stderr
+    said = "1 frame of 1" if len(indices) == 1 else "2 frames (1 padded) of 1"
+    assert said in human.stdout
+
+
+def test_odd_inputs_exit_2_with_one_line(tiny_checkpoints, tmp_path):
+    import av
+    import numpy as np
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48)).save(photo)
+    locked = tmp_path / "locked.mp4"
+    with av.open(str(locked), "w", options={
+            "encryption_scheme": "cenc-aes-ctr",
+            "encryption_key": "00112233445566778899aabbccddeeff",
+            "encryption_kid": "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"}) as container:
+        stream = container.add_stream("mpeg4", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(4):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    for path, needle in ((photo, "is a PNG image"), (locked, "is encrypted")):
+        for result in (invoke("info", path), ask(tiny_checkpoints("llava_onevision"), video=path)):
+            assert result.exit_code == 2
+            assert result.stdout == ""
+            assert needle in result.stderr and str(path) in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
+def test_prompt_longer_than_the_context_exits_2_naming_the_limit(tiny_checkpoints, family):
+    # The tiny models' context is 4096 positions; this question alone is longer.
+    long_question = "describe the video " * 1500
+    result = ask(tiny_checkpoints(family), "--json", question=long_question)
+    assert result.exit_code == 2, result.stderr
+    assert result.stdout == ""
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and "context is 4096 tokens" in message
+
+
+def test_answer_that_would_overflow_the_context_is_refused(tiny_checkpoints):
+    result = ask(tiny_checkpoints("llava_onevision"), "--max-new-tokens", "5000")
+    assert result.exit_code == 2
+    assert "--max-new-tokens" in result.stderr

@@ -4,6 +4,9 @@ Every input item ends up as one output line, an answer or an ``error`` record, s
 be resumed from its output alone (``--resume`` skips the ids already there). Lines
 are written whole and flushed as soon as their batch is done: a killed run loses at most the
 batch in flight and leaves at most a partial last line, which the resume scan cuts away.
+
+Videos are decoded and preprocessed ahead on worker threads (``BatchOptions.prefetch``) while
+the main thread runs the model; the model itself is only ever called from the main thread.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import os
 import re
 import string
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +41,7 @@ from .engine import (
     Engine,
     GenerationOptions,
     InputError,
+    PreparedRequest,
     Request,
     SamplingOptions,
     check_options,
@@ -43,12 +49,14 @@ from .engine import (
 )
 from .errors import first_line
 from .report import answer_to_json
-from .timing import reset_peak_memory
+from .timing import is_out_of_memory, release_cached_memory, reset_peak_memory
 from .video import VideoError
 
 MULTIPLE_CHOICE_PROMPT = "Answer with the option's letter from the given choices directly."
 LETTERS = string.ascii_uppercase
 FSYNC_EVERY = 8  # lines between fsyncs of a file output (and one at the end)
+# Threads decoding ahead; their processor calls take turns (Engine's lock), decoding does not.
+PREFETCH_WORKERS = 2
 
 # An uppercase letter that is not part of a word: "B", "(B)", "B. blue", "answer is B."
 _STANDALONE_LETTER = re.compile(r"(?<![A-Za-z])[A-Z](?![A-Za-z])")
@@ -62,6 +70,13 @@ class BatchOptions:
     compression: CompressionOptions
     generation: GenerationOptions
     batch_size: int = 1  # encoded items per generate call
+    # Items decoded and preprocessed ahead on CPU threads while the model runs; 0: none,
+    # None: 2 x batch_size (the next batch ready when the current one ends, and one more).
+    prefetch: int | None = None
+
+    @property
+    def prefetch_items(self) -> int:
+        return 2 * self.batch_size if self.prefetch is None else self.prefetch
 
 
 @dataclass(frozen=True)
@@ -152,6 +167,8 @@ def check_batch_options(options: BatchOptions) -> None:
     check_options(options.compression, options.generation)
     if options.batch_size < 1:
         raise InputError(f"--batch-size: must be at least 1, got {options.batch_size}")
+    if options.prefetch is not None and options.prefetch < 0:
+        raise InputError(f"--prefetch: must be at least 0, got {options.prefetch}")
     check_sampling(options.sampling)
 
 
@@ -417,9 +434,10 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
               on_record: Callable[[BatchSummary], None] | None = None) -> BatchSummary:
     """Answer every item whose id is not in ``done``, writing one record per item.
 
-    Items are encoded one at a time; every ``batch_size`` encoded ones share a generate
-    call. Bad input becomes an error record and the run goes on. Records keep the input's
-    order: an error waits for the batch it falls in.
+    Items are decoded and preprocessed up to ``options.prefetch_items`` ahead on worker
+    threads, then encoded one at a time on this thread; every ``batch_size`` encoded ones
+    share a generate call. Bad input becomes an error record and the run goes on. Records
+    keep the input's order: an error waits for the batch it falls in.
     """
     summary = BatchSummary(total=len(items), skipped=sum(item.key in done for item in items))
     queue: list[tuple[BatchItem, EncodedRequest | str]] = []  # str: the item's error
@@ -437,42 +455,119 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
                 on_record(summary)
         queue.clear()
 
-    for item in items:
-        if item.key in done:
-            continue
-        if item.error is not None:
-            queue.append((item, item.error))
-            continue
-        if ready == 0:
-            reset_peak_memory(engine.device)  # the peak reported is that of the item's batch
-        try:
-            queue.append((item, engine.encode(Request(item.video, item.prompt or "", item.key),
-                                              options.sampling)))
-        except (InputError, VideoError, ValueError) as error:
-            queue.append((item, first_line(error)))
-            continue
-        ready += 1
-        if ready == options.batch_size:
-            flush()
-            ready = 0
+    todo = [item for item in items if item.key not in done]
+    with prepared_in_order(engine, todo, options.sampling, options.prefetch_items) as prepared:
+        for item, outcome in prepared:
+            if isinstance(outcome, str):
+                queue.append((item, outcome))
+                continue
+            if ready == 0:
+                reset_peak_memory(engine.device)  # the peak reported is that of the item's batch
+            encoded = encode_item(engine, outcome)
+            queue.append((item, encoded))
+            if isinstance(encoded, str):
+                continue
+            ready += 1
+            if ready == options.batch_size:
+                flush()
+                ready = 0
     flush()
     return summary
 
 
+def prepare_item(engine: Engine, item: BatchItem, sampling: SamplingOptions
+                 ) -> PreparedRequest | str:
+    """An item decoded and preprocessed, or its error (one line).
+
+    An unexpected failure (a decoder or processor bug on one odd file) is the item's error
+    too, named by its type, so that one file never stops the run or every later ``--resume``.
+    """
+    if item.error is not None:
+        return item.error
+    try:
+        return engine.prepare(Request(item.video, item.prompt or "", item.key), sampling)
+    except (InputError, VideoError, ValueError) as error:
+        return first_line(error)
+    except Exception as error:
+        return f"{type(error).__name__}: {first_line(error)}"
+
+
+def encode_item(engine: Engine, prepared: PreparedRequest) -> EncodedRequest | str:
+    """A prepared item through the vision encoder, or its error (one line).
+
+    Any failure, CUDA out of memory on a long video included, is the item's error and the run
+    goes on: ending the run would stop every ``--resume`` at the same item.
+    """
+    try:
+        return engine.encode_prepared(prepared)
+    except (InputError, VideoError, ValueError) as error:
+        return first_line(error)
+    except Exception as error:
+        failure = f"{type(error).__name__}: {first_line(error)}"
+        out_of_memory = is_out_of_memory(error)
+    if out_of_memory:  # outside the except block, so the failed call's tensors are freed
+        release_cached_memory()
+    return failure
+
+
+@contextmanager
+def prepared_in_order(engine: Engine, items: list[BatchItem], sampling: SamplingOptions,
+                      prefetch: int
+                      ) -> Iterator[Iterator[tuple[BatchItem, PreparedRequest | str]]]:
+    """The items in order, each with its ``prepare_item`` outcome.
+
+    With ``prefetch`` > 0, up to that many items after the one handed out are being prepared
+    on worker threads meanwhile; leaving the block (Ctrl-C included) cancels those not
+    started and does not wait for the rest. With 0, each is prepared here when asked for.
+    """
+    if prefetch == 0:
+        yield ((item, prepare_item(engine, item, sampling)) for item in items)
+        return
+    pool = ThreadPoolExecutor(max_workers=min(prefetch, PREFETCH_WORKERS),
+                              thread_name_prefix="vidcom2-prefetch")
+    try:
+        yield _prefetched(pool, engine, items, sampling, prefetch)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _prefetched(pool: ThreadPoolExecutor, engine: Engine, items: list[BatchItem],
+                sampling: SamplingOptions, prefetch: int
+                ) -> Iterator[tuple[BatchItem, PreparedRequest | str]]:
+    pending: deque[tuple[BatchItem, Future[PreparedRequest | str]]] = deque()
+    for item in items:
+        pending.append((item, pool.submit(prepare_item, engine, item, sampling)))
+        if len(pending) > prefetch:
+            head, future = pending.popleft()
+            yield head, future.result()
+    while pending:
+        head, future = pending.popleft()
+        yield head, future.result()
+
+
 def answer_batch(engine: Engine, batch: list[tuple[BatchItem, EncodedRequest]],
                  options: BatchOptions) -> list[dict[str, Any]]:
-    """One generate call for the batch; when it fails, each item alone before an error."""
+    """One generate call for the batch; when it fails, each item alone before an error.
+
+    After an out-of-memory error the cached CUDA memory is released before going on.
+    """
     if not batch:
         return []
     try:
         answers = engine.answer([encoded for _, encoded in batch], options.compression,
                                 options.generation)
     except Exception as error:
-        if len(batch) == 1:
-            return [error_record(batch[0][0], f"{type(error).__name__}: {first_line(error)}")]
-        return [result for pair in batch for result in answer_batch(engine, [pair], options)]
-    return [result_record(item, answer)
-            for (item, _), answer in zip(batch, answers, strict=True)]
+        failure = f"{type(error).__name__}: {first_line(error)}"
+        out_of_memory = is_out_of_memory(error)
+    else:
+        return [result_record(item, answer)
+                for (item, _), answer in zip(batch, answers, strict=True)]
+    # Outside the except block: the traceback, and the activations its frames hold, are gone.
+    if out_of_memory:
+        release_cached_memory()
+    if len(batch) == 1:
+        return [error_record(batch[0][0], failure)]
+    return [result for pair in batch for result in answer_batch(engine, [pair], options)]
 
 
 @contextmanager

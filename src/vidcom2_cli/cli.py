@@ -42,7 +42,14 @@ from .engine import (
 from .errors import first_line
 from .heatmap import save_contact_sheet
 from .models import DEFAULT_MODEL, SUPPORTED_MODEL_TYPES, LoadOptions, ModelLoadError
-from .report import answer_to_json, bench_rows_to_json, render_answer, render_bench
+from .models.presets import RANDOM_PREFIX, preset_names, preset_source
+from .report import (
+    RANDOM_WEIGHTS_NOTE,
+    answer_to_json,
+    bench_rows_to_json,
+    render_answer,
+    render_bench,
+)
 from .video import VideoError, probe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -53,8 +60,9 @@ stderr = Console(stderr=True)
 
 BAD_INPUT = (InputError, VideoError, ModelLoadError)
 
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="Hub id or local checkpoint "
-                                          "directory.")]
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="Hub id, local checkpoint "
+                                          "directory, or random:NAME for a random-weight "
+                                          "preset (see `vidcom2 models`).")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
 DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, "
                                           "fp32.")]
@@ -116,10 +124,11 @@ def _quiet_libraries() -> None:
 def _load_engine(model: str, device: str, dtype: str, attn: str, device_map: str | None,
                  quiet: bool = False) -> Engine:
     options = LoadOptions(device=device, dtype=dtype, attention=attn, device_map=device_map)
-    if quiet:
-        return Engine.load(model, options)
-    with stderr.status(f"loading {model} ..."):
-        return Engine.load(model, options)
+    with nullcontext() if quiet else stderr.status(f"loading {model} ..."):
+        engine = Engine.load(model, options)
+    if engine.random_weights:  # on stderr too, so that --json and --quiet runs say it
+        stderr.print(RANDOM_WEIGHTS_NOTE, style="bold yellow")
+    return engine
 
 
 def _check_video(video: Path) -> None:
@@ -234,7 +243,8 @@ def bench(
         if engine.random_weights:
             title += " · RANDOM WEIGHTS"
         stdout.print(render_bench(rows, title))
-        shared = ", ".join(f"{key} {value:.1f} ms" for key, value in encoded.stages_ms.items())
+        shared = ", ".join(f"{key} {encoded.stages_ms[key]:.1f} ms"
+                           for key in ("video_decode", "preprocess"))
         stdout.print(f"measured once for all rows: {shared}")
 
 
@@ -253,6 +263,9 @@ def batch(
     max_frames: MaxFramesOption = SamplingOptions.max_frames,
     max_new_tokens: MaxNewTokensOption = GenerationOptions.max_new_tokens,
     batch_size: Annotated[int, typer.Option(help="Items per generate call.")] = 1,
+    prefetch: Annotated[int | None, typer.Option(
+        help="Items decoded and preprocessed ahead on CPU threads while the model answers the "
+        "current batch; 0 = no overlap. Default: 2 x --batch-size.", show_default=False)] = None,
     resume: Annotated[bool, typer.Option(help="Continue an earlier --out file: skip the ids "
                                          "already in it.")] = False,
     device: DeviceOption = "auto",
@@ -267,7 +280,7 @@ def batch(
         options = BatchOptions(
             SamplingOptions(frames=frames, fps=fps, max_frames=max_frames),
             CompressionOptions(ratio=ratio, method=method, seed=seed),
-            GenerationOptions(max_new_tokens=max_new_tokens, seed=seed), batch_size)
+            GenerationOptions(max_new_tokens=max_new_tokens, seed=seed), batch_size, prefetch)
         check_batch_options(options)
         items = read_input(input_path)
         done = prepare_output(out, resume, input_path)
@@ -280,11 +293,13 @@ def batch(
 
 @app.command()
 def models(json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List the supported model families and recommended checkpoints."""
+    """List the supported model families, recommended checkpoints and random-weight presets."""
+    presets = {f"{RANDOM_PREFIX}{name}": preset_source(name) for name in preset_names()}
     if json_output:
         _print_json({"default": DEFAULT_MODEL, "families": [
             {"model_type": kind, "family": label, "recommended": list(checkpoints)}
-            for kind, (label, checkpoints) in SUPPORTED_MODEL_TYPES.items()]})
+            for kind, (label, checkpoints) in SUPPORTED_MODEL_TYPES.items()],
+            "random_presets": presets})
         return
     table = Table(title=f"Supported families (default: {DEFAULT_MODEL})", title_justify="left")
     table.add_column("family")
@@ -293,6 +308,9 @@ def models(json_output: Annotated[bool, typer.Option("--json")] = False) -> None
     for kind, (label, checkpoints) in SUPPORTED_MODEL_TYPES.items():
         table.add_row(label, kind, "\n".join(checkpoints))
     stdout.print(table)
+    stdout.print("Random-weight presets (real architecture, no download, meaningless answers; "
+                 "for timing): " + ", ".join(f"{name} ({source})"
+                                            for name, source in presets.items()))
 
 
 @app.command()

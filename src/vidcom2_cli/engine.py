@@ -7,6 +7,7 @@ Several requests can share one ``generate`` call, each with its own plan.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,20 @@ class Request:
 
 
 @dataclass
+class PreparedRequest:
+    """A request after decoding and preprocessing, on the CPU: ready for the vision encoder.
+
+    ``stages_ms`` has ``video_decode`` and ``preprocess``, timed where ``Engine.prepare`` ran
+    (a worker thread in batch mode), without waiting for the device.
+    """
+
+    request: Request
+    video: SampledVideo
+    item: PreparedItem  # CPU tensors
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class EncodedRequest:
     """A request after decoding, preprocessing and the vision encoder: ready to compress."""
 
@@ -116,6 +131,9 @@ class Engine:
     def __init__(self, loaded: LoadedModel, adapter: VideoAdapter) -> None:
         self.loaded = loaded
         self.adapter = adapter
+        # One processor call at a time: a fast tokenizer may not be entered from two threads
+        # at once ("Already borrowed"); decoding, the slow part, still runs in parallel.
+        self._processor_lock = threading.Lock()
 
     @classmethod
     def load(cls, model: str, options: LoadOptions = LoadOptions()) -> Engine:
@@ -131,18 +149,36 @@ class Engine:
 
     def encode(self, request: Request, sampling: SamplingOptions) -> EncodedRequest:
         """Decode the sampled frames, run the processor and the vision encoder, timed."""
+        return self.encode_prepared(self.prepare(request, sampling))
+
+    def prepare(self, request: Request, sampling: SamplingOptions) -> PreparedRequest:
+        """Decode the sampled frames and run the processor, timed: the CPU half of ``encode``.
+
+        Uses neither the model nor the device, so several threads may call it while the
+        model works (each decode opens its own video reader).
+        """
         if not request.question.strip():
             raise InputError("question: the question is empty")
-        timer = StageTimer(self.device)
+        timer = StageTimer(torch.device("cpu"))  # CPU work: never wait for the device here
         with timer.stage("video_decode"):
             video = load_video(Path(request.video), num_frames=sampling.frames, fps=sampling.fps,
                                max_frames=sampling.max_frames,
                                multiple_of=self.adapter.frames_multiple)
+        with self._processor_lock, timer.stage("preprocess"):
+            item = self.adapter.preprocess(video.frames, video.metadata(), request.question)
+        return PreparedRequest(request, video, item, timer.stages_ms)
+
+    def encode_prepared(self, prepared: PreparedRequest) -> EncodedRequest:
+        """Copy a prepared request to the device and run the vision encoder, timed.
+
+        The copy is added to ``preprocess``; ``vision`` is the encoder alone.
+        """
+        timer = StageTimer(self.device, dict(prepared.stages_ms))
         with timer.stage("preprocess"):
-            item = self.adapter.prepare(video.frames, video.metadata(), request.question)
+            item = self.adapter.to_device(prepared.item)
         with timer.stage("vision"):
             encoded = self.adapter.encode(item)
-        return EncodedRequest(request, video, item, encoded, timer.stages_ms)
+        return EncodedRequest(prepared.request, prepared.video, item, encoded, timer.stages_ms)
 
     def compress(self, encoded: EncodedRequest, options: CompressionOptions
                  ) -> tuple[KeepPlan, CompressedItem, float]:
@@ -153,6 +189,18 @@ class Engine:
                           seed=options.seed, grid=encoded.encoded.grid)
             item = self.adapter.compress(encoded.item, encoded.encoded, plan)
         return plan, item, timer.stages_ms["compress"]
+
+    def check_context(self, request: EncodedRequest, prompt_length: int,
+                      generation: GenerationOptions) -> None:
+        """InputError when the compressed prompt and the answer cannot fit the model's context."""
+        needed = prompt_length + generation.max_new_tokens
+        context = self.adapter.context_length
+        if needed > context:
+            raise InputError(
+                f"{request.request.video}: the prompt is {prompt_length} tokens after compression "
+                f"and up to {generation.max_new_tokens} more are generated, but the model's "
+                f"context is {context} tokens; lower --frames or --ratio, shorten the question, "
+                "or lower --max-new-tokens")
 
     def generate(self, items: list[CompressedItem], options: GenerationOptions
                  ) -> GenerationResult:
@@ -167,6 +215,8 @@ class Engine:
         """Compress each encoded request with its own plan and generate for all in one call."""
         check_options(compression, generation)
         compressed = [self.compress(request, compression) for request in encoded]
+        for request, (_, item, _) in zip(encoded, compressed, strict=True):
+            self.check_context(request, item.length, generation)
         result = self.generate([item for _, item, _ in compressed], generation)
         answers = []
         for index, (request, (plan, item, compress_ms)) in enumerate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import resource
 import time
 from collections.abc import Iterator
@@ -90,6 +91,21 @@ class GenerationTiming:
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is torch's out-of-memory error (``torch.cuda.OutOfMemoryError``)."""
+    return isinstance(error, torch.cuda.OutOfMemoryError)
+
+
+def release_cached_memory() -> None:
+    """After an out-of-memory error: collect garbage, then give cached CUDA blocks back.
+
+    Call it once the failed call's traceback is gone (outside the ``except`` block), or the
+    tensors its frames hold stay alive. ``empty_cache`` does nothing unless CUDA is in use.
+    """
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 @dataclass(frozen=True)

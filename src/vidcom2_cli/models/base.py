@@ -23,7 +23,8 @@ from ..timing import GenerationTiming, TokenClock
 
 @dataclass
 class PreparedItem:
-    """One (video, question) after the processor, batch dimension 1, on the model's device."""
+    """One (video, question) after the processor, batch dimension 1: on the CPU after
+    ``preprocess``, on the model's device after ``to_device``."""
 
     inputs: dict[str, torch.Tensor]
     video_token_mask: torch.Tensor  # (L,) True at video placeholder tokens
@@ -79,6 +80,11 @@ class VideoAdapter(ABC):
     # --- family specifics ---------------------------------------------------------------
 
     @property
+    def context_length(self) -> int:
+        """The most positions the language model was built for (prompt + generated)."""
+        return int(self.model.config.get_text_config().max_position_embeddings)
+
+    @property
     def frames_multiple(self) -> int:
         """The frame count must be a multiple of this (Qwen's temporal patch is 2 frames)."""
         return 1
@@ -122,22 +128,31 @@ class VideoAdapter(ABC):
 
     def prepare(self, frames: np.ndarray, metadata: dict[str, Any], question: str
                 ) -> PreparedItem:
-        """Chat template + the model's processor on frames we decoded ourselves.
+        """``preprocess`` then ``to_device``: an item ready for ``encode``."""
+        return self.to_device(self.preprocess(frames, metadata, question))
+
+    def preprocess(self, frames: np.ndarray, metadata: dict[str, Any], question: str
+                   ) -> PreparedItem:
+        """Chat template + the model's processor on frames we decoded ourselves, on the CPU.
 
         The metadata (source fps, total frames, sampled indices) drives Qwen2.5-VL's temporal
-        positions and Qwen3-VL's timestamps; frame sampling stays ours.
+        positions and Qwen3-VL's timestamps; frame sampling stays ours. Touches neither the
+        model nor the device, so it can run on a worker thread while the model works.
         """
         encoded = self.processor(text=[self.prompt(question)], videos=[frames],
                                  video_metadata=[metadata], do_sample_frames=False,
                                  return_tensors="pt")
-        inputs = {}
-        for key, value in encoded.items():
-            if not isinstance(value, torch.Tensor):
-                continue
-            value = value.to(self.device)
-            inputs[key] = value.to(self.model.dtype) if value.is_floating_point() else value
+        inputs = {key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)}
         video_token_mask = inputs["input_ids"][0] == self.video_token_id
         return PreparedItem(inputs=inputs, video_token_mask=video_token_mask)
+
+    def to_device(self, item: PreparedItem) -> PreparedItem:
+        """The item on the model's device, floating-point inputs in the model's dtype."""
+        inputs = {}
+        for key, value in item.inputs.items():
+            value = value.to(self.device)
+            inputs[key] = value.to(self.model.dtype) if value.is_floating_point() else value
+        return PreparedItem(inputs=inputs, video_token_mask=item.video_token_mask.to(self.device))
 
     def compress(self, item: PreparedItem, encoded: EncodedVideo, plan: KeepPlan
                  ) -> CompressedItem:

@@ -102,6 +102,25 @@ def read_model_type(reference: str) -> str:
     return model_type
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def refuse_pickle_only(directory: Path, reference: str) -> None:
+    """ModelLoadError for a checkpoint directory with pickle weights and no safetensors.
+
+    Unpickling can run arbitrary code, so such weights are never loaded (``use_safetensors``);
+    transformers' own message for this case only says that model.safetensors is missing.
+    """
+    if any(directory.glob("*.safetensors")):
+        return
+    pickles = sorted(path.name for path in directory.iterdir() if path.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelLoadError(
+            f"--model: {reference} has only pickle weights ({pickles[0]}), no .safetensors; "
+            "pickle files can run code when loaded, so they are refused: convert the "
+            "checkpoint to safetensors (save_pretrained) where you trust it")
+
+
 @dataclass
 class LoadedModel:
     """A model and processor ready to run, and how they were placed."""
@@ -128,6 +147,8 @@ def load_model(reference: str, options: LoadOptions = LoadOptions()) -> LoadedMo
     attention = resolve_attention(options.attention, device)
     source = str(Path(reference).expanduser()) if Path(reference).expanduser().is_dir() \
         else reference
+    if Path(source).is_dir():
+        refuse_pickle_only(Path(source), reference)
     try:
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
         model = AutoModelForImageTextToText.from_pretrained(
