@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jsonl_files import jsonl, records
 from typer.testing import CliRunner
 
 from vidcom2_cli.batch import (
@@ -44,16 +45,6 @@ COLOR, SCENE, COUNTING = (str(SAMPLES / name) for name in
 FAST = ["--frames", "4", "--max-new-tokens", "3", "--device", "cpu"]
 OPTIONS = ["red", "blue", "green"]
 runner = CliRunner()
-
-
-def jsonl(path: Path, rows: list[dict | str]) -> Path:
-    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n"
-                            for row in rows))
-    return path
-
-
-def records(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines()]
 
 
 def good_rows() -> list[dict]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from jsonl_files import jsonl
 from typer.testing import CliRunner
 
 from vidcom2_cli import engine as engine_module
@@ -31,12 +32,6 @@ SCRIPT = Path(sys.executable).with_name("vidcom2")
 OOM_MESSAGE = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
                "79.10 GiB of which 1.02 GiB is free.\nSecond line of the allocator report")
 runner = CliRunner()
-
-
-def write_jsonl(path: Path, rows: list[dict | str]) -> Path:
-    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n"
-                            for row in rows))
-    return path
 
 
 def many_rows(count: int) -> list[dict]:
@@ -112,7 +107,7 @@ def test_batch_out_of_memory_retries_each_item_alone(tmp_path, qwen, monkeypatch
     """OOM only on calls with several items: every item is still answered, alone, after the
     cache is emptied and with the failed call's activations already freed."""
     rows = [*many_rows(4), {"id": 99, "video": VIDEOS[2], "question": "Five?"}]
-    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    source = jsonl(tmp_path / "in.jsonl", rows)
     alone = tmp_path / "alone.jsonl"
     result = runner.invoke(app, ["batch", str(source), "--out", str(alone), *qwen])
     assert result.exit_code == 0, result.output
@@ -157,7 +152,7 @@ def test_batch_out_of_memory_every_time_records_each_item_and_goes_on(
 
     monkeypatch.setattr(engine_module.Engine, "generate", generate)
     rows = many_rows(10)  # item-9 names a missing video
-    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    source = jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     result = runner.invoke(app, ["batch", str(source), "--out", str(out), "--batch-size", "3",
                                  *qwen])
@@ -186,7 +181,7 @@ def test_batch_out_of_memory_in_the_vision_encoder_is_the_items_error(
 
     monkeypatch.setattr(QwenVLAdapter, "encode", encode)
     rows = many_rows(4)
-    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    source = jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     result = runner.invoke(app, ["batch", str(source), "--out", str(out), "--batch-size", "2",
                                  *qwen])
@@ -225,7 +220,7 @@ def wait_for_lines(path: Path, count: int, process: subprocess.Popen, log: Path,
 def interrupt_then_resume(tmp_path: Path, model: Path, sent: signal.Signals, *extra: str
                           ) -> tuple[int, str, list[dict], list[dict]]:
     rows = many_rows(80)
-    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    source = jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     log = tmp_path / "stderr.txt"
     process = start_batch(source, out, model, log, *extra)
@@ -304,7 +299,7 @@ def test_item_ids_never_become_paths(tmp_path, qwen, monkeypatch):
     rows = [{"id": item_id, "video": VIDEOS[number % 3], "question": "What happens?"}
             for number, item_id in enumerate(hostile)]
     rows.append({"id": "not-a-video", "video": "/etc/passwd", "question": "What is this?"})
-    write_jsonl(work / "in.jsonl", rows)
+    jsonl(work / "in.jsonl", rows)
     before = tree(tmp_path)
 
     result = runner.invoke(app, ["batch", "in.jsonl", "--out", "results/out.jsonl", *qwen])
@@ -321,7 +316,7 @@ def test_item_ids_never_become_paths(tmp_path, qwen, monkeypatch):
 def test_output_goes_exactly_where_given(tmp_path, qwen, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sub").mkdir()
-    write_jsonl(tmp_path / "in.jsonl", many_rows(2))
+    jsonl(tmp_path / "in.jsonl", many_rows(2))
     before = tree(tmp_path)
     given = "sub/../odd name [1].jsonl"
     result = runner.invoke(app, ["batch", "in.jsonl", "--out", given, *qwen])
@@ -398,7 +393,7 @@ def test_pickle_only_checkpoint_is_refused(pickle_only_checkpoint, tmp_path, mon
     monkeypatch.setattr(torch, "load", no_unpickling)
     out = tmp_path / "out.jsonl"
     args = ([VIDEOS[0], "What happens?"] if command == "ask"
-            else [str(write_jsonl(tmp_path / "in.jsonl", many_rows(2))), "--out", str(out)])
+            else [str(jsonl(tmp_path / "in.jsonl", many_rows(2))), "--out", str(out)])
     result = runner.invoke(app, [command, *args, "-m", str(pickle_only_checkpoint), *FAST])
     assert result.exit_code == 2, result.output
     assert result.stdout == ""

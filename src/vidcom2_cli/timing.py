@@ -6,8 +6,9 @@ import gc
 import resource
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -88,9 +89,21 @@ class GenerationTiming:
         return self.prefill_ms + self.decode_ms
 
 
+_PROC_STATUS = Path("/proc/self/status")
+_PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
 def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: the CUDA allocator's, or on a CPU the process's resident-set peak.
+
+    Linux resets the resident high-water mark (VmHWM) to the current resident set when "5" is
+    written to /proc/self/clear_refs; elsewhere the CPU peak is the process's lifetime peak.
+    """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    with suppress(OSError):
+        _PROC_CLEAR_REFS.write_text("5")
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -110,8 +123,9 @@ def release_cached_memory() -> None:
 
 @dataclass(frozen=True)
 class PeakMemory:
-    """Peak memory and where it was read: the CUDA allocator since the last reset, or on a
-    CPU the whole process's peak resident set (which never resets)."""
+    """Peak memory and where it was read: the CUDA allocator since the last reset, the
+    process's resident set since the last reset (Linux, "process_peak_rss"), or the process's
+    lifetime peak resident set where it cannot be reset ("process_max_rss")."""
 
     bytes: int
     source: str
@@ -120,4 +134,10 @@ class PeakMemory:
 def peak_memory(device: torch.device) -> PeakMemory:
     if device.type == "cuda":
         return PeakMemory(int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated")
+    try:
+        for line in _PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):  # "VmHWM:    24916 kB"
+                return PeakMemory(int(line.split()[1]) * 1024, "process_peak_rss")
+    except (OSError, ValueError, IndexError):
+        pass
     return PeakMemory(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_max_rss")
