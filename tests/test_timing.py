@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import torch
 
@@ -11,13 +13,22 @@ CPU = torch.device("cpu")
 MB = 2**20
 
 
+def _touch_fresh_pages(size: int) -> None:
+    """Make ``size`` bytes resident in new pages, then give them back.
+
+    An anonymous mapping, not an array: malloc may hand an array memory that an earlier test
+    left resident, which would not raise the resident set at all.
+    """
+    with mmap.mmap(-1, size) as block:
+        np.frombuffer(block, dtype=np.uint8)[:] = 1
+
+
 def test_cpu_peak_resets_between_stages():
     reset_peak_memory(CPU)
     before = peak_memory(CPU)
-    block = np.ones(300 * MB // 8)  # touched, so resident
-    del block
+    _touch_fresh_pages(300 * MB)
     during = peak_memory(CPU)
     assert during.source == "process_peak_rss"
     assert during.bytes - before.bytes > 250 * MB
-    reset_peak_memory(CPU)  # the block is gone: a new stage starts from the current size
+    reset_peak_memory(CPU)  # the pages are gone: a new stage starts from the current size
     assert peak_memory(CPU).bytes < during.bytes - 250 * MB
