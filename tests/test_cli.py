@@ -303,3 +303,30 @@ def test_answer_that_would_overflow_the_context_is_refused(tiny_checkpoints):
     result = ask(tiny_checkpoints("llava_onevision"), "--max-new-tokens", "5000")
     assert result.exit_code == 2
     assert "--max-new-tokens" in result.stderr
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    """No network: the hub client answers from its (empty) cache only."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-vidcom2-hf-home")
+
+
+def test_unknown_model_id_exits_2_on_one_line(offline_hub):
+    result = invoke("ask", CLIP, "What happens?", "--model", "nobody/no-such-video-llm")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and "nobody/no-such-video-llm" in message
+
+
+def test_unsupported_architecture_exits_2_naming_the_families(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    result = invoke("ask", CLIP, "What happens?", "--model", tmp_path)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and "'bert'" in message and "Qwen2.5-VL" in message
