@@ -164,3 +164,21 @@ def test_loading_defaults_on_cpu(tiny_checkpoints):
         assert loaded.dtype == torch.float32
         assert loaded.attention == "sdpa"
     assert loaded.model.dtype == loaded.dtype
+
+
+def test_qwen2_5_temporal_positions_survive_bf16(tiny_checkpoints):
+    """Only pixels take the model's dtype: bf16 would round the seconds per temporal patch,
+    and with them Qwen2.5-VL's temporal positions once they pass 256."""
+    frames, _ = clip(0)
+    slow = {"fps": 0.0199, "total_num_frames": 8, "duration": 8 / 0.0199,
+            "frames_indices": list(range(8))}  # ~100 s per 2-frame patch
+    positions = {}
+    for dtype in ("float32", "bfloat16"):
+        _, adapter = load_adapter(str(tiny_checkpoints("qwen2_5_vl")),
+                                  LoadOptions(device="cpu", dtype=dtype))
+        item = adapter.prepare(frames, slow, "When does it change?")
+        assert item.inputs["pixel_values_videos"].dtype == getattr(torch, dtype)
+        assert item.inputs["second_per_grid_ts"].dtype == torch.float32
+        positions[dtype] = adapter.full_positions(item)
+    assert int(positions["float32"][0].max()) > 256  # where bf16 can no longer count by ones
+    assert torch.equal(positions["bfloat16"], positions["float32"])

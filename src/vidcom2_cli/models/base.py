@@ -142,16 +142,19 @@ class VideoAdapter(ABC):
         encoded = self.processor(text=[self.prompt(question)], videos=[frames],
                                  video_metadata=[metadata], do_sample_frames=False,
                                  return_tensors="pt")
-        inputs = {key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)}
+        inputs = {key: value.to(self.model.dtype) if key.startswith("pixel_values") else value
+                  for key, value in encoded.items() if isinstance(value, torch.Tensor)}
         video_token_mask = inputs["input_ids"][0] == self.video_token_id
         return PreparedItem(inputs=inputs, video_token_mask=video_token_mask)
 
     def to_device(self, item: PreparedItem) -> PreparedItem:
-        """The item on the model's device, floating-point inputs in the model's dtype."""
-        inputs = {}
-        for key, value in item.inputs.items():
-            value = value.to(self.device)
-            inputs[key] = value.to(self.model.dtype) if value.is_floating_point() else value
+        """The item on the model's device.
+
+        Pixels are already in the model's dtype (cast on the CPU by ``preprocess``, which halves
+        the copy in bf16); every other input keeps its dtype: Qwen2.5-VL's
+        ``second_per_grid_ts`` scales temporal positions, which bf16 would round (2264 -> 2272).
+        """
+        inputs = {key: value.to(self.device) for key, value in item.inputs.items()}
         return PreparedItem(inputs=inputs, video_token_mask=item.video_token_mask.to(self.device))
 
     def compress(self, item: PreparedItem, encoded: EncodedVideo, plan: KeepPlan
