@@ -493,3 +493,16 @@ def test_unexpected_failure_preparing_one_item_is_its_error(tmp_path, workdir, q
     by_id = {row["id"]: row for row in written}
     assert by_id["count"]["error"] == "RuntimeError: decoder crashed"
     assert "answer" in by_id["scene-2"] and "answer" in by_id[4]
+
+
+def test_a_prompt_too_long_for_the_context_is_only_its_items_error(tmp_path, workdir,
+                                                                   qwen_engine):
+    good = good_rows()
+    rows = [good[0], {"id": "long", "video": SCENE, "question": "what happens next " * 1500},
+            good[1]]
+    items = parse_lines(jsonl(workdir / "long.jsonl", rows).read_bytes(), workdir)
+    written = _run(qwen_engine, items, tmp_path / "out.jsonl", prefetch=0, batch_size=3)
+    assert [row["id"] for row in written] == ["color", "long", "scene"]
+    assert "answer" in written[0] and "answer" in written[2]
+    error = written[1]["error"]
+    assert error.startswith(str(SCENE)) and "context is 4096 tokens" in error

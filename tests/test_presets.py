@@ -31,8 +31,8 @@ def test_every_required_preset_ships():
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMETERS))
 def test_preset_is_built_on_the_target_device_in_the_target_dtype(name):
-    # The meta device allocates nothing, so even the 8B presets build here in a moment; a
-    # parameter made elsewhere and moved would not be on it.
+    # The meta device allocates nothing, so even the 8B presets build here in a moment. (This
+    # checks where parameters end up, not that they were never elsewhere on the way.)
     loaded = build_random_model(f"random:{name}", LoadOptions(device="meta", dtype="bfloat16"))
     parameters = list(loaded.model.parameters())
     assert {p.device.type for p in parameters} == {"meta"}
@@ -46,6 +46,7 @@ def test_tokenizer_fills_the_vocabulary_and_the_config_points_at_its_special_tok
     loaded = build_random_model(f"random:{name}", LoadOptions(device="meta"))
     tokenizer, config = loaded.processor.tokenizer, loaded.model.config
     assert len(tokenizer) == preset_config(name).text_config.vocab_size
+    assert tokenizer.model_max_length == config.text_config.max_position_embeddings
     assert config.text_config.vocab_size == len(tokenizer)
     video_id = getattr(config, "video_token_id", None) or config.video_token_index
     assert tokenizer.convert_ids_to_tokens(video_id) in ("<video>", "<|video_pad|>")

@@ -464,6 +464,11 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
             if ready == 0:
                 reset_peak_memory(engine.device)  # the peak reported is that of the item's batch
             encoded = encode_item(engine, outcome)
+            if encoded is OUT_OF_MEMORY:  # answer the queued items, freeing their features
+                flush()
+                ready = 0
+                reset_peak_memory(engine.device)
+                encoded = encode_item(engine, outcome, retry=False)
             queue.append((item, encoded))
             if isinstance(encoded, str):
                 continue
@@ -492,11 +497,17 @@ def prepare_item(engine: Engine, item: BatchItem, sampling: SamplingOptions
         return f"{type(error).__name__}: {first_line(error)}"
 
 
-def encode_item(engine: Engine, prepared: PreparedRequest) -> EncodedRequest | str:
+OUT_OF_MEMORY = "out of memory"  # encode_item's answer when a retry may still succeed
+
+
+def encode_item(engine: Engine, prepared: PreparedRequest, retry: bool = True
+                ) -> EncodedRequest | str:
     """A prepared item through the vision encoder, or its error (one line).
 
-    Any failure, CUDA out of memory on a long video included, is the item's error and the run
-    goes on: ending the run would stop every ``--resume`` at the same item.
+    Running out of memory with ``retry`` gives ``OUT_OF_MEMORY``, so that the caller can free
+    memory (answer the items queued before it) and try once more. Any other failure, and
+    running out again, is the item's error and the run goes on: ending the run would stop every
+    ``--resume`` at the same item.
     """
     try:
         return engine.encode_prepared(prepared)
@@ -507,6 +518,8 @@ def encode_item(engine: Engine, prepared: PreparedRequest) -> EncodedRequest | s
         out_of_memory = is_out_of_memory(error)
     if out_of_memory:  # outside the except block, so the failed call's tensors are freed
         release_cached_memory()
+        if retry:
+            return OUT_OF_MEMORY
     return failure
 
 
@@ -518,7 +531,8 @@ def prepared_in_order(engine: Engine, items: list[BatchItem], sampling: Sampling
 
     With ``prefetch`` > 0, up to that many items after the one handed out are being prepared
     on worker threads meanwhile; leaving the block (Ctrl-C included) cancels those not
-    started and does not wait for the rest. With 0, each is prepared here when asked for.
+    started. The one or two decodes already running finish on their threads (the interpreter
+    joins them at exit, a few seconds at most). With 0, each is prepared here when asked for.
     """
     if prefetch == 0:
         yield ((item, prepare_item(engine, item, sampling)) for item in items)
@@ -556,6 +570,8 @@ def answer_batch(engine: Engine, batch: list[tuple[BatchItem, EncodedRequest]],
     try:
         answers = engine.answer([encoded for _, encoded in batch], options.compression,
                                 options.generation)
+    except InputError as error:  # e.g. one prompt too long for the context
+        failure, out_of_memory = first_line(error), False
     except Exception as error:
         failure = f"{type(error).__name__}: {first_line(error)}"
         out_of_memory = is_out_of_memory(error)
@@ -567,7 +583,11 @@ def answer_batch(engine: Engine, batch: list[tuple[BatchItem, EncodedRequest]],
         release_cached_memory()
     if len(batch) == 1:
         return [error_record(batch[0][0], failure)]
-    return [result for pair in batch for result in answer_batch(engine, [pair], options)]
+    results = []
+    for pair in batch:
+        reset_peak_memory(engine.device)  # each retried item reports its own peak
+        results += answer_batch(engine, [pair], options)
+    return results
 
 
 @contextmanager

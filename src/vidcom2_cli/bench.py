@@ -108,7 +108,7 @@ def _measure(engine: Engine, encoded: EncodedRequest, compression: CompressionOp
     compress_times, prefills, decodes, per_token, totals = [], [], [], [], []
     for run in range(warmup + repeats):
         plan, item, compress_ms = engine.compress(encoded, compression)
-        engine.check_context(encoded, item.length, generation)
+        engine.check_context(encoded, item, generation)
         result = engine.generate([item], generation)
         if run < warmup:
             continue

@@ -50,6 +50,7 @@ from .report import (
     render_answer,
     render_bench,
 )
+from .timing import is_out_of_memory
 from .video import VideoError, probe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -105,10 +106,8 @@ def cli_errors(debug: bool) -> Iterator[None]:
 
 
 def _runtime_message(error: Exception) -> str:
-    import torch
-
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return ("CUDA out of memory: lower --frames, lower --ratio, or use a smaller --model "
+    if is_out_of_memory(error):
+        return ("out of memory: lower --frames, lower --ratio, or use a smaller --model "
                 "(or a smaller --batch-size in batch mode)")
     return (f"{type(error).__name__}: {first_line(error)} (run again with --debug for the "
             "traceback)")

@@ -131,8 +131,9 @@ class Engine:
     def __init__(self, loaded: LoadedModel, adapter: VideoAdapter) -> None:
         self.loaded = loaded
         self.adapter = adapter
-        # One processor call at a time: a fast tokenizer may not be entered from two threads
-        # at once ("Already borrowed"); decoding, the slow part, still runs in parallel.
+        # One processor call at a time among the prefetch threads, a precaution: fast
+        # tokenizers have raised "Already borrowed" when entered from two threads at once
+        # (not reproduced here). Decoding, the slow part, still runs in parallel.
         self._processor_lock = threading.Lock()
 
     @classmethod
@@ -190,17 +191,21 @@ class Engine:
             item = self.adapter.compress(encoded.item, encoded.encoded, plan)
         return plan, item, timer.stages_ms["compress"]
 
-    def check_context(self, request: EncodedRequest, prompt_length: int,
+    def check_context(self, request: EncodedRequest, item: CompressedItem,
                       generation: GenerationOptions) -> None:
-        """InputError when the compressed prompt and the answer cannot fit the model's context."""
-        needed = prompt_length + generation.max_new_tokens
+        """InputError when the compressed prompt and the answer cannot fit the model's context.
+
+        The limit is on positions: with Qwen's M-RoPE a video's tokens share temporal
+        positions, so its prompt reaches a lower position than its token count.
+        """
+        prompt_positions = int(item.position_ids.max()) + 1
         context = self.adapter.context_length
-        if needed > context:
+        if prompt_positions + generation.max_new_tokens > context:
             raise InputError(
-                f"{request.request.video}: the prompt is {prompt_length} tokens after compression "
-                f"and up to {generation.max_new_tokens} more are generated, but the model's "
-                f"context is {context} tokens; lower --frames or --ratio, shorten the question, "
-                "or lower --max-new-tokens")
+                f"{request.request.video}: the prompt is {item.length} tokens after compression "
+                f"(reaching position {prompt_positions}) and up to {generation.max_new_tokens} "
+                f"more are generated, but the model's context is {context} tokens; lower "
+                "--frames or --ratio, shorten the question, or lower --max-new-tokens")
 
     def generate(self, items: list[CompressedItem], options: GenerationOptions
                  ) -> GenerationResult:
@@ -216,7 +221,7 @@ class Engine:
         check_options(compression, generation)
         compressed = [self.compress(request, compression) for request in encoded]
         for request, (_, item, _) in zip(encoded, compressed, strict=True):
-            self.check_context(request, item.length, generation)
+            self.check_context(request, item, generation)
         result = self.generate([item for _, item, _ in compressed], generation)
         answers = []
         for index, (request, (plan, item, compress_ms)) in enumerate(

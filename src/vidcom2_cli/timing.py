@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import gc
 import resource
+import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,7 @@ class GenerationTiming:
 
 _PROC_STATUS = Path("/proc/self/status")
 _PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+_cpu_peak_was_reset = False
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -99,16 +101,29 @@ def reset_peak_memory(device: torch.device) -> None:
     Linux resets the resident high-water mark (VmHWM) to the current resident set when "5" is
     written to /proc/self/clear_refs; elsewhere the CPU peak is the process's lifetime peak.
     """
+    global _cpu_peak_was_reset
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
-    with suppress(OSError):
+    try:
         _PROC_CLEAR_REFS.write_text("5")
+        _cpu_peak_was_reset = True
+    except OSError:  # not Linux, or a sandboxed /proc: report the lifetime peak, labelled so
+        _cpu_peak_was_reset = False
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is torch's out-of-memory error (``torch.cuda.OutOfMemoryError``)."""
-    return isinstance(error, torch.cuda.OutOfMemoryError)
+    """Whether ``error`` means the device ran out of memory.
+
+    torch raises ``OutOfMemoryError`` from its allocator, but cuBLAS and cuDNN workspace
+    failures arrive as a plain RuntimeError ("CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of
+    memory").
+    """
+    if isinstance(error, torch.OutOfMemoryError | torch.cuda.OutOfMemoryError):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in message or "CUBLAS_STATUS_ALLOC_FAILED" in message)
 
 
 def release_cached_memory() -> None:
@@ -134,10 +149,12 @@ class PeakMemory:
 def peak_memory(device: torch.device) -> PeakMemory:
     if device.type == "cuda":
         return PeakMemory(int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated")
-    try:
-        for line in _PROC_STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):  # "VmHWM:    24916 kB"
-                return PeakMemory(int(line.split()[1]) * 1024, "process_peak_rss")
-    except (OSError, ValueError, IndexError):
-        pass
-    return PeakMemory(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_max_rss")
+    if _cpu_peak_was_reset:
+        try:
+            for line in _PROC_STATUS.read_text().splitlines():
+                if line.startswith("VmHWM:"):  # "VmHWM:    24916 kB"
+                    return PeakMemory(int(line.split()[1]) * 1024, "process_peak_rss")
+        except (OSError, ValueError, IndexError):
+            pass
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, else KiB
+    return PeakMemory(max_rss if sys.platform == "darwin" else max_rss * 1024, "process_max_rss")

@@ -5,7 +5,9 @@ vocabulary, vision tower, image size), shipped as JSON in ``vidcom2_cli/presets`
 built on the target device in the target dtype, so a 7B preset is ready in seconds on a GPU;
 the tokenizer and processor come from ``offline`` at the real vision sizes, with the tokenizer
 padded to the config's vocabulary so that every id the random model emits decodes. Answers are
-meaningless, but shapes, code paths, memory and timings are those of the real model.
+meaningless, but shapes, memory and timings are those of the real model. Generation settings
+are ours (greedy, one end-of-turn token), not the checkpoint's generation_config (Qwen2-VL's,
+for one, adds a 1.05 repetition penalty).
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ def build_random_model(reference: str, options: LoadOptions = LoadOptions()) -> 
                              "use --device instead")
     vocab_size = preset_config(name).text_config.vocab_size
     tokenizer = build_tokenizer(model_type, vocab_size)
+    tokenizer.model_max_length = preset_config(name).text_config.max_position_embeddings
     token_ids = {token: tokenizer.convert_tokens_to_ids(token)
                  for token in tokenizer.all_special_tokens}
     config = preset_config(name, token_ids)
