@@ -100,16 +100,16 @@ def build_random_model(reference: str, options: LoadOptions = LoadOptions()) -> 
     from transformers import AutoModelForImageTextToText
 
     name = reference.removeprefix(RANDOM_PREFIX)
-    model_type = _read_preset(name)["model_type"]
+    sized = preset_config(name)  # sizes the tokenizer, whose special ids the model's config takes
+    model_type = sized.model_type
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
     attention = resolve_attention(options.attention, device)
     if options.device_map not in (None, str(device)):
         raise ModelLoadError("--device-map: random-weight presets are built on one device; "
                              "use --device instead")
-    vocab_size = preset_config(name).text_config.vocab_size
-    tokenizer = build_tokenizer(model_type, vocab_size)
-    tokenizer.model_max_length = preset_config(name).text_config.max_position_embeddings
+    tokenizer = build_tokenizer(model_type, sized.text_config.vocab_size)
+    tokenizer.model_max_length = sized.text_config.max_position_embeddings
     token_ids = {token: tokenizer.convert_tokens_to_ids(token)
                  for token in tokenizer.all_special_tokens}
     config = preset_config(name, token_ids)
