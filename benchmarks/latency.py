@@ -31,7 +31,7 @@ import transformers
 from vidcom2_cli.bench import BenchRow, parse_floats, run_bench
 from vidcom2_cli.engine import Engine, GenerationOptions, Request, SamplingOptions
 from vidcom2_cli.models import LoadOptions
-from vidcom2_cli.report import bench_rows_to_json
+from vidcom2_cli.report import bench_rows_to_json, megabytes
 from vidcom2_cli.timing import synchronize
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_videos" / "scene_cut.mp4"
@@ -50,10 +50,6 @@ def machine(device: torch.device) -> str:
     except OSError:
         pass
     return f"{cpu}, {torch.get_num_threads()} threads"
-
-
-def megabytes(count: int) -> str:
-    return f"{count / 2**20:,.0f} MiB"
 
 
 def table(model: str, rows: list[BenchRow]) -> list[str]:

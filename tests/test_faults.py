@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers
 from jsonl_files import jsonl
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from vidcom2_cli import engine as engine_module
 from vidcom2_cli.batch import existing_ids
@@ -51,6 +51,19 @@ def read_jsonl_strictly(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in data.splitlines()]
     assert all(isinstance(row, dict) and "id" in row for row in rows)
     return rows
+
+
+def batch_in_order(tmp_path: Path, rows: list[dict], model: list[str], batch_size: int,
+                   name: str = "out.jsonl") -> tuple[Result, list[dict]]:
+    """Run ``vidcom2 batch`` on ``rows``: it must exit 0 and write one record per row, in order."""
+    source = jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / name
+    result = runner.invoke(app, ["batch", str(source), "--out", str(out), "--batch-size",
+                                 str(batch_size), *model])
+    assert result.exit_code == 0, result.output
+    written = read_jsonl_strictly(out)
+    assert [row["id"] for row in written] == [row["id"] for row in rows]
+    return result, written
 
 
 def assert_each_id_once(rows: list[dict], expected: list[object]) -> None:
@@ -107,10 +120,7 @@ def test_batch_out_of_memory_retries_each_item_alone(tmp_path, qwen, monkeypatch
     """OOM only on calls with several items: every item is still answered, alone, after the
     cache is emptied and with the failed call's activations already freed."""
     rows = [*many_rows(4), {"id": 99, "video": VIDEOS[2], "question": "Five?"}]
-    source = jsonl(tmp_path / "in.jsonl", rows)
-    alone = tmp_path / "alone.jsonl"
-    result = runner.invoke(app, ["batch", str(source), "--out", str(alone), *qwen])
-    assert result.exit_code == 0, result.output
+    _, alone = batch_in_order(tmp_path, rows, qwen, batch_size=1, name="alone.jsonl")
 
     real_generate = engine_module.Engine.generate
     activations: list[weakref.ref] = []
@@ -129,14 +139,9 @@ def test_batch_out_of_memory_retries_each_item_alone(tmp_path, qwen, monkeypatch
         return real_generate(self, items, options)
 
     monkeypatch.setattr(engine_module.Engine, "generate", generate)
-    out = tmp_path / "out.jsonl"
-    result = runner.invoke(app, ["batch", str(source), "--out", str(out), "--batch-size", "2",
-                                 *qwen])
-    assert result.exit_code == 0, result.output
-    written = read_jsonl_strictly(out)
-    assert [row["id"] for row in written] == [row["id"] for row in rows]
+    result, written = batch_in_order(tmp_path, rows, qwen, batch_size=2)
     assert not any("error" in row for row in written)
-    expected = {row["id"]: row["answer"] for row in read_jsonl_strictly(alone)}
+    expected = {row["id"]: row["answer"] for row in alone}
     assert {row["id"]: row["answer"] for row in written} == expected
     # Batches: [0, 1], [2, 3], [99] (the last one alone, so it never fails).
     assert generate_calls == [2, "empty_cache", 1, 1, 2, "empty_cache", 1, 1, 1]
@@ -152,13 +157,7 @@ def test_batch_out_of_memory_every_time_records_each_item_and_goes_on(
 
     monkeypatch.setattr(engine_module.Engine, "generate", generate)
     rows = many_rows(10)  # item-9 names a missing video
-    source = jsonl(tmp_path / "in.jsonl", rows)
-    out = tmp_path / "out.jsonl"
-    result = runner.invoke(app, ["batch", str(source), "--out", str(out), "--batch-size", "3",
-                                 *qwen])
-    assert result.exit_code == 0, result.output
-    written = read_jsonl_strictly(out)
-    assert [row["id"] for row in written] == [row["id"] for row in rows]
+    result, written = batch_in_order(tmp_path, rows, qwen, batch_size=3)
     errors = [row["error"] for row in written]
     assert errors[:9] == ["OutOfMemoryError: " + OOM_MESSAGE.splitlines()[0]] * 9
     assert errors[9].endswith("missing.mp4: no such file")
@@ -191,14 +190,7 @@ def test_batch_out_of_memory_in_the_vision_encoder_retries_after_the_queue(
 
     monkeypatch.setattr(QwenVLAdapter, "encode", encode)
     monkeypatch.setattr(engine_module.Engine, "generate", generate)
-    rows = many_rows(4)
-    source = jsonl(tmp_path / "in.jsonl", rows)
-    out = tmp_path / "out.jsonl"
-    result = runner.invoke(app, ["batch", str(source), "--out", str(out), "--batch-size", "2",
-                                 *qwen])
-    assert result.exit_code == 0, result.output
-    written = read_jsonl_strictly(out)
-    assert [row["id"] for row in written] == [row["id"] for row in rows]
+    _, written = batch_in_order(tmp_path, many_rows(4), qwen, batch_size=2)
     if failures == 1:  # item 0 answered alone to make room, then item 1 encodes
         assert generate_calls == ["encode OOM", "empty_cache", 1, 2, 1]
         assert all("error" not in row for row in written)

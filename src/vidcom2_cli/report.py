@@ -57,7 +57,7 @@ def _percent(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.1f}%" if whole else "-"
 
 
-def _megabytes(count: int) -> str:
+def megabytes(count: int) -> str:
     return f"{count / 2**20:,.0f} MiB"
 
 
@@ -119,7 +119,7 @@ def timing_table(answer: Answer) -> Table:
                   f"{timing['decode_per_token']:.2f}" if steps else "-",
                   _per_second(steps, timing["decode"]))
     table.add_row("total", f"{timing['total']:,.1f}", "", "", "", style="bold")
-    table.caption = f"peak memory {_megabytes(answer.memory.bytes)} ({answer.memory.source})"
+    table.caption = f"peak memory {megabytes(answer.memory.bytes)} ({answer.memory.source})"
     return table
 
 
@@ -154,5 +154,5 @@ def render_bench(rows: list[BenchRow], title: str) -> Table:
                       f"{row.prefill_ms:.1f}", f"{row.decode_ms:.1f}",
                       f"{row.decode_ms_per_token:.2f}", f"{row.generation_ms:.1f}",
                       f"{row.end_to_end_ms:.1f}", f"{row.speedup:.2f}x",
-                      _megabytes(row.peak_memory_bytes), "yes" if row.same_answer else "no")
+                      megabytes(row.peak_memory_bytes), "yes" if row.same_answer else "no")
     return table
