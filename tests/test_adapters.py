@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from vidcom2_cli.compression import METHODS, select
-from vidcom2_cli.models import LoadOptions, ModelLoadError, load_adapter, load_model
+from vidcom2_cli.models import LoadOptions, ModelLoadError, load_adapter, load_model, loading
+from vidcom2_cli.models.loading import resolve_attention, resolve_dtype
 
 FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 QWEN = FAMILIES[1:]
@@ -164,6 +167,54 @@ def test_loading_defaults_on_cpu(tiny_checkpoints):
         assert loaded.dtype == torch.float32
         assert loaded.attention == "sdpa"
     assert loaded.model.dtype == loaded.dtype
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """What the dtype and attention choices read from a GPU, set per test."""
+    gpu = {"bf16": True, "capability": (9, 0), "flash": True}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: gpu["bf16"])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpu["capability"])
+    monkeypatch.setattr(loading, "flash_attention_2_installed", lambda: gpu["flash"])
+    return gpu
+
+
+CUDA = torch.device("cuda")
+
+
+def test_auto_dtype_is_bf16_only_where_the_gpu_computes_in_it(fake_gpu):
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", CUDA) == torch.bfloat16
+    fake_gpu["bf16"] = False  # a T4 or V100
+    assert resolve_dtype("auto", CUDA) == torch.float16
+    assert resolve_dtype("bf16", CUDA) == torch.bfloat16  # asked for: the user's choice
+
+
+@pytest.mark.parametrize(("gpu", "dtype", "problem"), [
+    ({}, torch.bfloat16, None),
+    ({}, torch.float16, None),
+    ({}, torch.float32, "runs in bf16 or fp16 only, not float32"),
+    ({"capability": (7, 5)}, torch.float16, "this GPU has 7.5"),
+    ({"flash": False}, torch.bfloat16, "pip install 'vidcom2-cli[flash]'"),
+])
+def test_flash_attention_only_where_it_can_run(fake_gpu, gpu, dtype, problem):
+    fake_gpu.update(gpu)
+    if problem is None:
+        assert resolve_attention("auto", CUDA, dtype) == "flash_attention_2"
+        assert resolve_attention("flash_attention_2", CUDA, dtype) == "flash_attention_2"
+    else:
+        assert resolve_attention("auto", CUDA, dtype) == "sdpa"
+        with pytest.raises(ModelLoadError, match=re.escape(problem)):
+            resolve_attention("flash_attention_2", CUDA, dtype)
+    assert resolve_attention("eager", CUDA, dtype) == "eager"
+
+
+def test_flash_attention_needs_a_gpu(fake_gpu):
+    cpu = torch.device("cpu")
+    assert resolve_attention("auto", cpu, torch.bfloat16) == "sdpa"
+    with pytest.raises(ModelLoadError, match="needs a CUDA GPU"):
+        resolve_attention("flash_attention_2", cpu, torch.bfloat16)
 
 
 def test_qwen2_5_temporal_positions_survive_bf16(tiny_checkpoints):

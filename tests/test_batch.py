@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from vidcom2_cli.batch import (
     is_correct,
     multiple_choice_prompt,
     parse_lines,
+    pending_items,
     prepare_output,
     read_input,
     run_batch,
@@ -140,9 +142,23 @@ def test_parse_lines_turns_bad_lines_into_errors(tmp_path):
 def test_resume_scan_cuts_a_partial_line(tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_text('{"id": "a"}\n{"id": 2, "error": "x"}\n{"id": "c", "ans')
-    assert existing_ids(out) == {"a", "2"}
+    assert existing_ids(out) == Counter({"a": 1, "2": 1})
     assert out.read_text() == '{"id": "a"}\n{"id": 2, "error": "x"}\n'
-    assert existing_ids(tmp_path / "absent.jsonl") == set()
+    assert existing_ids(tmp_path / "absent.jsonl") == Counter()
+
+
+def test_resume_gives_a_repeated_id_its_own_record(tmp_path):
+    """A repeated id's error record comes after the first item's record: a run killed
+    between the two must still write it on resume, and a finished run must write nothing."""
+    rows = [{"id": "a", "video": "x.mp4", "question": "Q?"},
+            {"id": "b", "video": "x.mp4", "question": "Q?"},
+            {"id": "a", "video": "x.mp4", "question": "again"}]
+    items = parse_lines(jsonl(tmp_path / "in.jsonl", rows).read_bytes(), tmp_path)
+    lines = [item.line for item in pending_items(items, Counter({"a": 1, "b": 1}))]
+    assert lines == [3]
+    assert [item.line for item in pending_items(items, Counter({"a": 1}))] == [2, 3]
+    assert pending_items(items, Counter({"a": 2, "b": 1})) == []
+    assert pending_items(items, Counter()) == items
 
 
 def test_output_checks(tmp_path):
@@ -150,7 +166,7 @@ def test_output_checks(tmp_path):
     out.write_text('{"id": "a"}\n')
     with pytest.raises(InputError, match="pass --resume"):
         prepare_output(str(out), False, "-")
-    assert prepare_output(str(out), True, "-") == {"a"}
+    assert prepare_output(str(out), True, "-") == Counter({"a": 1})
     with pytest.raises(InputError, match="is the input file"):
         prepare_output(str(out), True, str(out))
     with pytest.raises(InputError, match="needs --out to be a file"):
@@ -294,7 +310,7 @@ def test_run_batch_retries_a_failed_batch_item_by_item(tmp_path, workdir, tiny_c
                            GenerationOptions(max_new_tokens=2), batch_size=3)
     out = tmp_path / "out.jsonl"
     with ResultWriter.open(str(out)) as writer:
-        summary = run_batch(engine, items, options, writer, done={"4"})
+        summary = run_batch(engine, items, options, writer, done=Counter({"4": 1}))
     written = records(out.read_text())
     assert [row["id"] for row in written] == ["color", "scene", "count"]
     assert written[1]["error"] == "RuntimeError: simulated failure"
@@ -335,7 +351,7 @@ def prefetch_rows(workdir: Path) -> list[dict | str]:
 
 
 def _run(engine: Engine, items: list, out: Path, prefetch: int, batch_size: int = 2,
-         done: frozenset[str] = frozenset()) -> list[dict]:
+         done: Counter[str] | None = None) -> list[dict]:
     options = BatchOptions(SamplingOptions(frames=4), CompressionOptions(ratio=0.5),
                            GenerationOptions(max_new_tokens=3), batch_size=batch_size,
                            prefetch=prefetch)
@@ -366,7 +382,7 @@ def test_prefetch_gives_the_same_records_in_the_same_order(tmp_path, workdir, qw
 def test_prefetch_with_resume_skips_done_ids(tmp_path, workdir, qwen_engine, prefetch_rows):
     items = parse_lines(jsonl(workdir / "prefetch.jsonl", prefetch_rows).read_bytes(), workdir)
     written = _run(qwen_engine, items, tmp_path / "out.jsonl", prefetch=3,
-                   done=frozenset({"scene", "broken", "4"}))
+                   done=Counter({"scene": 1, "broken": 1, "4": 1}))
     assert [row["id"] for row in written] == ["color", "missing", "count", "line-6", "scene-2",
                                               "color-2"]
 

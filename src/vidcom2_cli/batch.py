@@ -16,8 +16,8 @@ import os
 import re
 import string
 import sys
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -322,40 +322,56 @@ def is_correct(prediction: str, expected: str, options: tuple[str, ...] | list[s
 
 # --- output --------------------------------------------------------------------------------
 
-def existing_ids(path: Path) -> set[str]:
-    """Ids of the complete lines of an earlier output; cuts away a partial last line.
+def existing_ids(path: Path) -> Counter[str]:
+    """How many complete records of an earlier output carry each id; cuts away a partial last
+    line.
 
     A line without its newline is the remains of a killed write: the item is answered again.
+    Ids are counted, not just collected, because a repeated input id has a record of its own
+    (its error) that may still be missing.
     """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return set()
+        return Counter()
     except OSError as error:
         raise InputError(f"--out: cannot read {path} ({error.strerror or error})") from None
     complete = data.rfind(b"\n") + 1
     if complete < len(data):
         os.truncate(path, complete)
-    ids = set()
+    ids: Counter[str] = Counter()
     for line in data[:complete].splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
         if isinstance(record, dict) and "id" in record:
-            ids.add(str(record["id"]))
+            ids[str(record["id"])] += 1
     return ids
 
 
-def prepare_output(out: str, resume: bool, input_path: str) -> set[str]:
-    """Check the output before the model loads; returns the ids to skip.
+def pending_items(items: list[BatchItem], done: Mapping[str, int]) -> list[BatchItem]:
+    """The items still without a record: each record in ``done`` accounts for one item with
+    its id, the earliest first (records are written in input order)."""
+    unclaimed = Counter(done)
+    pending = []
+    for item in items:
+        if unclaimed[item.key] > 0:
+            unclaimed[item.key] -= 1
+        else:
+            pending.append(item)
+    return pending
+
+
+def prepare_output(out: str, resume: bool, input_path: str) -> Counter[str]:
+    """Check the output before the model loads; returns the records already there, by id.
 
     Without ``resume`` an existing non-empty file is refused rather than overwritten.
     """
     if out == "-":
         if resume:
             raise InputError("--resume: needs --out to be a file, not -")
-        return set()
+        return Counter()
     path = Path(out)
     if path.is_dir():
         raise InputError(f"--out: {out} is a directory")
@@ -368,7 +384,7 @@ def prepare_output(out: str, resume: bool, input_path: str) -> set[str]:
     if path.exists() and path.stat().st_size > 0:
         raise InputError(f"--out: {out} exists and is not empty; pass --resume to continue it, "
                          "or remove it")
-    return set()
+    return Counter()
 
 
 class ResultWriter:
@@ -430,16 +446,18 @@ def result_record(item: BatchItem, answer: Answer) -> dict[str, Any]:
 # --- the run -------------------------------------------------------------------------------
 
 def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
-              writer: ResultWriter, done: set[str] | frozenset[str] = frozenset(),
+              writer: ResultWriter, done: Mapping[str, int] | None = None,
               on_record: Callable[[BatchSummary], None] | None = None) -> BatchSummary:
-    """Answer every item whose id is not in ``done``, writing one record per item.
+    """Answer every item without a record in ``done`` (see ``pending_items``), writing one
+    record per item.
 
     Items are decoded and preprocessed up to ``options.prefetch_items`` ahead on worker
     threads, then encoded one at a time on this thread; every ``batch_size`` encoded ones
     share a generate call. Bad input becomes an error record and the run goes on. Records
     keep the input's order: an error waits for the batch it falls in.
     """
-    summary = BatchSummary(total=len(items), skipped=sum(item.key in done for item in items))
+    todo = pending_items(items, done or {})
+    summary = BatchSummary(total=len(items), skipped=len(items) - len(todo))
     queue: list[tuple[BatchItem, EncodedRequest | str]] = []  # str: the item's error
     ready = 0  # encoded items in the queue
 
@@ -455,7 +473,6 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
                 on_record(summary)
         queue.clear()
 
-    todo = [item for item in items if item.key not in done]
     with prepared_in_order(engine, todo, options.sampling, options.prefetch_items) as prepared:
         for item, outcome in prepared:
             if isinstance(outcome, str):

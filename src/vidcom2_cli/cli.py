@@ -22,6 +22,7 @@ from .batch import (
     BatchOptions,
     ResultWriter,
     check_batch_options,
+    pending_items,
     prepare_output,
     progress_bar,
     read_input,
@@ -65,9 +66,10 @@ ModelOption = Annotated[str, typer.Option("--model", "-m", help="Hub id, local c
                                           "directory, or random:NAME for a random-weight "
                                           "preset (see `vidcom2 models`).")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
-DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, "
-                                          "fp32.")]
-AttnOption = Annotated[str, typer.Option("--attn", help="auto, flash_attention_2, sdpa, eager.")]
+DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on an Ampere+ GPU, else fp16; fp32 on "
+                                          "CPU), bf16, fp16, fp32.")]
+AttnOption = Annotated[str, typer.Option("--attn", help="auto (flash_attention_2 where it can "
+                                         "run, else sdpa), flash_attention_2, sdpa, eager.")]
 DeviceMapOption = Annotated[str | None, typer.Option(help="Spread the model over several GPUs, "
                                                      "e.g. 'auto'.")]
 FramesOption = Annotated[int, typer.Option(help="Frames sampled evenly over the whole video.")]
@@ -284,7 +286,7 @@ def batch(
         items = read_input(input_path)
         done = prepare_output(out, resume, input_path)
         engine = _load_engine(model, device, dtype, attn, device_map)
-        todo = sum(item.key not in done for item in items)
+        todo = len(pending_items(items, done))
         with ResultWriter.open(out) as writer, progress_bar(stderr, todo) as on_record:
             summary = run_batch(engine, items, options, writer, done, on_record)
         stderr.print(summary.render(), highlight=False, markup=False)

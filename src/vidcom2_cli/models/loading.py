@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,23 +56,50 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on a GPU that computes in it (Ampere and newer), else fp16; fp32 on CPU."""
     if dtype not in DTYPE_CHOICES:
         raise ModelLoadError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
     chosen = DTYPE_CHOICES[dtype]
-    if chosen is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return chosen
+    if chosen is not None:
+        return chosen
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) \
+        else torch.float16
 
 
-def resolve_attention(attention: str, device: torch.device) -> str:
+def flash_attention_2_installed() -> bool:
+    """The flash-attn 2 package (FlashAttention 4 installs under the same module name)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
+
+
+def flash_attention_problem(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why FlashAttention-2 cannot run with this device and dtype, or None when it can."""
+    if device.type != "cuda":
+        return "needs a CUDA GPU"
+    if not flash_attention_2_installed():
+        return "needs the flash-attn 2 package (pip install 'vidcom2-cli[flash]')"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"runs in bf16 or fp16 only, not {str(dtype).removeprefix('torch.')}"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return f"needs compute capability 8.0 or newer (Ampere); this GPU has {major}.{minor}"
+    return None
+
+
+def resolve_attention(attention: str, device: torch.device, dtype: torch.dtype) -> str:
+    """``auto``: FlashAttention-2 where it can run, else PyTorch's SDPA."""
     if attention not in ATTENTION_CHOICES:
         raise ModelLoadError(f"--attn: {attention!r} is not one of {', '.join(ATTENTION_CHOICES)}")
-    flash_available = importlib.util.find_spec("flash_attn") is not None
+    if attention not in ("auto", "flash_attention_2"):
+        return attention
+    problem = flash_attention_problem(device, dtype)
     if attention == "auto":
-        return "flash_attention_2" if flash_available and device.type == "cuda" else "sdpa"
-    if attention == "flash_attention_2" and not (flash_available and device.type == "cuda"):
-        raise ModelLoadError("--attn: flash_attention_2 needs a CUDA GPU and the flash-attn "
-                             "package (pip install 'vidcom2-cli[flash]')")
+        return "sdpa" if problem else "flash_attention_2"
+    if problem:
+        raise ModelLoadError(f"--attn: flash_attention_2 {problem}")
     return attention
 
 
@@ -144,7 +170,7 @@ def load_model(reference: str, options: LoadOptions = LoadOptions()) -> LoadedMo
     model_type = read_model_type(reference)
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
-    attention = resolve_attention(options.attention, device)
+    attention = resolve_attention(options.attention, device, dtype)
     source = str(Path(reference).expanduser()) if Path(reference).expanduser().is_dir() \
         else reference
     if Path(source).is_dir():

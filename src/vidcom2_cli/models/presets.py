@@ -104,7 +104,7 @@ def build_random_model(reference: str, options: LoadOptions = LoadOptions()) -> 
     model_type = sized.model_type
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
-    attention = resolve_attention(options.attention, device)
+    attention = resolve_attention(options.attention, device, dtype)
     if options.device_map not in (None, str(device)):
         raise ModelLoadError("--device-map: random-weight presets are built on one device; "
                              "use --device instead")
