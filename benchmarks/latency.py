@@ -144,9 +144,9 @@ def main() -> None:
                       f"of {args.video.name} · {args.new_tokens} forced new tokens · "
                       f"medians of {args.repeats} after {args.warmup} warm-up · times in ms")
             print(header, flush=True)
-        encoded = engine.encode(Request(str(args.video), "Describe what happens in this video."),
-                                SamplingOptions(frames=args.frames))
-        rows = run_bench(engine, encoded, ratios, methods, generation, repeats=args.repeats,
+        prepared = engine.prepare(Request(str(args.video), "Describe what happens in this video."),
+                                  SamplingOptions(frames=args.frames))
+        rows = run_bench(engine, prepared, ratios, methods, generation, repeats=args.repeats,
                          warmup=args.warmup)
         label = model + (" (random weights)" if engine.random_weights else "")
         print(f"{model}: ready in {load_s:.1f} s", flush=True)
@@ -155,11 +155,11 @@ def main() -> None:
         targets += check_targets(rows)
         results.append({"model": model, "random_weights": engine.random_weights,
                         "load_s": load_s,
-                        "shared_ms": {key: encoded.stages_ms[key]
+                        "shared_ms": {key: prepared.stages_ms[key]
                                       for key in ("video_decode", "preprocess")},
                         "rows": bench_rows_to_json(rows)})
         print("\n".join(lines[-len(rows):]), flush=True)
-        del engine, encoded
+        del engine, prepared
         gc.collect()
         torch.cuda.empty_cache()
     print()

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from vidcom2_cli.compression import METHODS, select
+from vidcom2_cli.engine import (
+    CompressionOptions,
+    Engine,
+    GenerationOptions,
+    Request,
+    SamplingOptions,
+)
 from vidcom2_cli.models import LoadOptions, ModelLoadError, load_adapter, load_model, loading
 from vidcom2_cli.models.loading import resolve_attention, resolve_dtype
 
 FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 QWEN = FAMILIES[1:]
 pytestmark = pytest.mark.slow
+
+
+SCENE_CUT = Path(__file__).resolve().parents[1] / "sample_videos" / "scene_cut.mp4"
 
 
 def clip(seed: int, frames: int = 8) -> tuple[np.ndarray, dict]:
@@ -93,7 +104,12 @@ def test_qwen_kept_tokens_keep_their_rope_positions(tiny_checkpoints, family):
     item, encoded = prepared(adapter)
     plan = select(encoded.features, 0.25, grid=encoded.grid)
     compressed = adapter.compress(item, encoded, plan)
-    full = adapter.full_positions(item)  # (3, L), the model's own get_rope_index
+    arguments = {k: v for k, v in item.inputs.items()
+                 if k in ("input_ids", "mm_token_type_ids", "video_grid_thw",
+                          "second_per_grid_ts", "attention_mask")}
+    model_positions, delta = loaded.model.model.get_rope_index(**arguments)
+    full = item.positions  # (3, L), computed on the CPU by preprocess
+    assert torch.equal(full, model_positions[:, 0])
     video = item.video_token_mask
     kept_video = compressed.input_ids == adapter.video_token_id
     assert torch.equal(compressed.position_ids[:, kept_video],
@@ -101,10 +117,6 @@ def test_qwen_kept_tokens_keep_their_rope_positions(tiny_checkpoints, family):
     # text after the video keeps its original positions
     assert torch.equal(compressed.position_ids[:, ~kept_video], full[:, ~video])
     # the first decoded token sits where the uncompressed run would put it: L + rope delta
-    arguments = {k: v for k, v in item.inputs.items()
-                 if k in ("input_ids", "mm_token_type_ids", "video_grid_thw",
-                          "second_per_grid_ts", "attention_mask")}
-    _, delta = loaded.model.model.get_rope_index(**arguments)
     batch = adapter.collate([compressed])
     assert batch["position_ids"].shape == (4, 1, compressed.length)
     assert int(batch["position_ids"][1:, 0, -1].max()) + 1 == item.length + int(delta)
@@ -146,6 +158,21 @@ def test_features_layout_matches_the_real_grid(family_adapter):
     assert units == (8 if family == "llava_onevision" else 4)
     structural = 1 if family == "llava_onevision" else 0
     assert int(item.video_token_mask.sum()) == units * tokens + structural
+
+
+def test_an_encoded_request_holds_no_pixels_and_still_answers(family_adapter):
+    """After the vision encoder the pixels are dropped (in a batch, encoded items wait for
+    their generate call), and what is left is enough to compress and generate."""
+    _, loaded, adapter = family_adapter
+    engine = Engine(loaded, adapter)
+    prepared = engine.prepare(Request(str(SCENE_CUT), "What happens?"), SamplingOptions(frames=4))
+    encoded = engine.encode_prepared(prepared)
+    assert not any(key.startswith("pixel_values") for key in encoded.item.inputs)
+    assert "pixel_values_videos" in prepared.item.inputs  # the CPU copy is left as it was
+    answer = engine.answer([encoded], CompressionOptions(ratio=0.5),
+                           GenerationOptions(max_new_tokens=2, min_new_tokens=2))[0]
+    assert answer.tokens.generated == 2
+    assert answer.tokens.prompt_kept < answer.tokens.prompt_full
 
 
 def test_loading_rejects_unsupported_and_missing(tmp_path, tiny_checkpoints):
@@ -230,6 +257,6 @@ def test_qwen2_5_temporal_positions_survive_bf16(tiny_checkpoints):
         item = adapter.prepare(frames, slow, "When does it change?")
         assert item.inputs["pixel_values_videos"].dtype == getattr(torch, dtype)
         assert item.inputs["second_per_grid_ts"].dtype == torch.float32
-        positions[dtype] = adapter.full_positions(item)
+        positions[dtype] = item.positions
     assert int(positions["float32"][0].max()) > 256  # where bf16 can no longer count by ones
     assert torch.equal(positions["bfloat16"], positions["float32"])

@@ -231,20 +231,20 @@ def bench(
         check_sampling(sampling)
         _check_video(video)
         engine = _load_engine(model, device, dtype, attn, device_map, json_output)
-        encoded = engine.encode(Request(str(video), question), sampling)
+        prepared = engine.prepare(Request(str(video), question), sampling)
         with stderr.status("benchmarking ...") if not json_output else nullcontext():
-            rows = run_bench(engine, encoded, ratio_list, method_list, generation,
+            rows = run_bench(engine, prepared, ratio_list, method_list, generation,
                              repeats=repeats, warmup=warmup, seed=seed)
         if json_output:
             _print_json(bench_rows_to_json(rows))
             return
-        title = (f"{model} · {len(encoded.video.indices)} frames · "
+        title = (f"{model} · {len(prepared.video.indices)} frames · "
                  f"{engine.device.type} {str(engine.loaded.dtype).removeprefix('torch.')} "
                  f"{engine.loaded.attention} · median of {repeats}, {max_new_tokens} new tokens")
         if engine.random_weights:
             title += " · RANDOM WEIGHTS"
         stdout.print(render_bench(rows, title))
-        shared = ", ".join(f"{key} {encoded.stages_ms[key]:.1f} ms"
+        shared = ", ".join(f"{key} {prepared.stages_ms[key]:.1f} ms"
                            for key in ("video_decode", "preprocess"))
         stdout.print(f"measured once for all rows: {shared}")
 

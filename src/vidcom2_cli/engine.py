@@ -172,14 +172,16 @@ class Engine:
     def encode_prepared(self, prepared: PreparedRequest) -> EncodedRequest:
         """Copy a prepared request to the device and run the vision encoder, timed.
 
-        The copy is added to ``preprocess``; ``vision`` is the encoder alone.
+        The copy is added to ``preprocess``; ``vision`` is the encoder alone. The encoded request
+        keeps no pixels on the device.
         """
         timer = StageTimer(self.device, dict(prepared.stages_ms))
         with timer.stage("preprocess"):
             item = self.adapter.to_device(prepared.item)
         with timer.stage("vision"):
             encoded = self.adapter.encode(item)
-        return EncodedRequest(prepared.request, prepared.video, item, encoded, timer.stages_ms)
+        return EncodedRequest(prepared.request, prepared.video, item.without_pixels(), encoded,
+                              timer.stages_ms)
 
     def compress(self, encoded: EncodedRequest, options: CompressionOptions
                  ) -> tuple[KeepPlan, CompressedItem, float]:

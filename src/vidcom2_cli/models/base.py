@@ -24,14 +24,23 @@ from ..timing import GenerationTiming, TokenClock
 @dataclass
 class PreparedItem:
     """One (video, question) after the processor, batch dimension 1: on the CPU after
-    ``preprocess``, on the model's device after ``to_device``."""
+    ``preprocess``, on the model's device after ``to_device`` (but the token mask, which is
+    only read on the host, stays on the CPU)."""
 
     inputs: dict[str, torch.Tensor]
-    video_token_mask: torch.Tensor  # (L,) True at video placeholder tokens
+    video_token_mask: torch.Tensor  # (L,) True at video placeholder tokens, on the CPU
+    positions: torch.Tensor  # (P, L) positions of the uncompressed sequence
 
     @property
     def length(self) -> int:
         return int(self.inputs["input_ids"].shape[1])
+
+    def without_pixels(self) -> PreparedItem:
+        """The item less its pixels, which nothing reads after the vision encoder: an item
+        waiting for its batch's ``generate`` then holds only token ids and features."""
+        inputs = {key: value for key, value in self.inputs.items()
+                  if not key.startswith("pixel_values")}
+        return PreparedItem(inputs, self.video_token_mask, self.positions)
 
 
 @dataclass
@@ -98,20 +107,20 @@ class VideoAdapter(ABC):
         """Mask over the item's video placeholder tokens (structural ones always kept)."""
 
     @abstractmethod
-    def slice_output(self, output: Any, feature_mask: torch.Tensor) -> Any:
-        """The encoder output restricted to the kept video tokens."""
+    def slice_output(self, output: Any, kept_features: torch.Tensor) -> Any:
+        """The encoder output restricted to the kept video tokens (indices, ascending)."""
 
     @abstractmethod
     def merge_outputs(self, outputs: list[Any]) -> Any:
         """One encoder output for a batch, items in order."""
 
     @abstractmethod
-    def full_positions(self, item: PreparedItem) -> torch.Tensor:
+    def full_positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(P, L) positions of the uncompressed sequence, as the model itself computes them."""
 
     @abstractmethod
-    def kept_positions(self, full: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """(P, L') positions of the kept tokens."""
+    def kept_positions(self, full: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """(P, L') positions of the kept tokens (indices into the sequence, ascending)."""
 
     @abstractmethod
     def batch_positions(self, positions: torch.Tensor, attention_mask: torch.Tensor
@@ -136,8 +145,10 @@ class VideoAdapter(ABC):
         """Chat template + the model's processor on frames we decoded ourselves, on the CPU.
 
         The metadata (source fps, total frames, sampled indices) drives Qwen2.5-VL's temporal
-        positions and Qwen3-VL's timestamps; frame sampling stays ours. Touches neither the
-        model nor the device, so it can run on a worker thread while the model works.
+        positions and Qwen3-VL's timestamps; frame sampling stays ours. The positions are
+        computed here too (Qwen's M-RoPE index walks the sequence on the host). Touches neither
+        the model's weights nor the device, so it can run on a worker thread while the model
+        works.
         """
         encoded = self.processor(text=[self.prompt(question)], videos=[frames],
                                  video_metadata=[metadata], do_sample_frames=False,
@@ -145,7 +156,8 @@ class VideoAdapter(ABC):
         inputs = {key: value.to(self.model.dtype) if key.startswith("pixel_values") else value
                   for key, value in encoded.items() if isinstance(value, torch.Tensor)}
         video_token_mask = inputs["input_ids"][0] == self.video_token_id
-        return PreparedItem(inputs=inputs, video_token_mask=video_token_mask)
+        return PreparedItem(inputs=inputs, video_token_mask=video_token_mask,
+                            positions=self.full_positions(inputs))
 
     def to_device(self, item: PreparedItem) -> PreparedItem:
         """The item on the model's device.
@@ -155,20 +167,26 @@ class VideoAdapter(ABC):
         ``second_per_grid_ts`` scales temporal positions, which bf16 would round (2264 -> 2272).
         """
         inputs = {key: value.to(self.device) for key, value in item.inputs.items()}
-        return PreparedItem(inputs=inputs, video_token_mask=item.video_token_mask.to(self.device))
+        return PreparedItem(inputs=inputs, video_token_mask=item.video_token_mask,
+                            positions=item.positions.to(self.device))
 
     def compress(self, item: PreparedItem, encoded: EncodedVideo, plan: KeepPlan
                  ) -> CompressedItem:
-        """Apply a plan: one keep-mask slices the sequence, its positions and the features."""
+        """Apply a plan: one keep-mask slices the sequence, its positions and the features.
+
+        The mask becomes indices once (the kept count sizes every tensor after it, so this is
+        where the host waits for the device), and every slice is an ``index_select``.
+        """
         feature_mask = self.feature_keep_mask(plan).to(self.device)
         keep = torch.ones(item.length, dtype=torch.bool, device=self.device)
         keep[item.video_token_mask] = feature_mask
+        kept = keep.nonzero().squeeze(1)
         types = item.inputs.get("mm_token_type_ids")
         return CompressedItem(
-            input_ids=item.inputs["input_ids"][0, keep],
-            mm_token_type_ids=None if types is None else types[0, keep],
-            position_ids=self.kept_positions(self.full_positions(item), keep),
-            output=self.slice_output(encoded.output, feature_mask),
+            input_ids=item.inputs["input_ids"][0].index_select(0, kept),
+            mm_token_type_ids=None if types is None else types[0].index_select(0, kept),
+            position_ids=self.kept_positions(item.positions, kept),
+            output=self.slice_output(encoded.output, feature_mask.nonzero().squeeze(1)),
             full_length=item.length,
         )
 

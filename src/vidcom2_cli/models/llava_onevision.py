@@ -37,8 +37,10 @@ class LlavaOnevisionAdapter(VideoAdapter):
         newline = torch.ones(1, dtype=torch.bool, device=plan.mask.device)
         return torch.cat([plan.flat_mask(), newline])
 
-    def slice_output(self, output: Any, feature_mask: torch.Tensor) -> Any:
-        return BaseModelOutputWithPooling(pooler_output=output.pooler_output[:, feature_mask])
+    def slice_output(self, output: Any, kept_features: torch.Tensor) -> Any:
+        pooled = output.pooler_output  # with device_map, on the projector's GPU
+        return BaseModelOutputWithPooling(
+            pooler_output=pooled.index_select(1, kept_features.to(pooled.device)))
 
     def merge_outputs(self, outputs: list[Any]) -> Any:
         # forward flattens (videos, tokens) before scattering, so one row of all tokens works
@@ -46,11 +48,11 @@ class LlavaOnevisionAdapter(VideoAdapter):
         pooled = torch.cat([output.pooler_output for output in outputs], dim=1)
         return BaseModelOutputWithPooling(pooler_output=pooled)
 
-    def full_positions(self, item: PreparedItem) -> torch.Tensor:
-        return torch.arange(item.length, device=self.device)[None]
+    def full_positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.arange(inputs["input_ids"].shape[1])[None]
 
-    def kept_positions(self, full: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return torch.arange(int(keep.sum()), device=self.device)[None]
+    def kept_positions(self, full: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        return torch.arange(kept.numel(), device=full.device)[None]
 
     def batch_positions(self, positions: torch.Tensor, attention_mask: torch.Tensor
                         ) -> torch.Tensor:

@@ -47,10 +47,13 @@ class QwenVLAdapter(VideoAdapter):
     def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
         return plan.flat_mask()
 
-    def slice_output(self, output: Any, feature_mask: torch.Tensor) -> Any:
-        fields = {"pooler_output": (output.pooler_output[0][feature_mask],)}
+    def slice_output(self, output: Any, kept_features: torch.Tensor) -> Any:
+        def kept(tokens: torch.Tensor) -> torch.Tensor:  # with device_map, on the merger's GPU
+            return tokens.index_select(0, kept_features.to(tokens.device))
+
+        fields = {"pooler_output": (kept(output.pooler_output[0]),)}
         if getattr(output, "deepstack_features", None) is not None:
-            fields["deepstack_features"] = [(layer[0][feature_mask],)
+            fields["deepstack_features"] = [(kept(layer[0]),)
                                             for layer in output.deepstack_features]
         return type(output)(**fields)
 
@@ -62,15 +65,16 @@ class QwenVLAdapter(VideoAdapter):
                                             for layer in range(layers)]
         return type(outputs[0])(**fields)
 
-    def full_positions(self, item: PreparedItem) -> torch.Tensor:
+    def full_positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        # get_rope_index reads only its arguments and the config, so it runs on the CPU inputs.
         rope_index = self.model.model.get_rope_index
         accepted = inspect.signature(rope_index).parameters
-        arguments = {key: value for key, value in item.inputs.items() if key in accepted}
-        positions, _ = rope_index(**arguments)
+        positions, _ = rope_index(**{key: value for key, value in inputs.items()
+                                     if key in accepted})
         return positions[:, 0]  # (3, L)
 
-    def kept_positions(self, full: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return full[:, keep]
+    def kept_positions(self, full: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        return full.index_select(1, kept)
 
     def batch_positions(self, positions: torch.Tensor, attention_mask: torch.Tensor
                         ) -> torch.Tensor:
