@@ -479,12 +479,12 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
                 queue.append((item, outcome))
                 continue
             if ready == 0:
-                reset_peak_memory(engine.device)  # the peak reported is that of the item's batch
+                reset_peak_memory(engine.devices)  # the peak reported is that of the item's batch
             encoded = encode_item(engine, outcome)
             if encoded is OUT_OF_MEMORY:  # answer the queued items, freeing their features
                 flush()
                 ready = 0
-                reset_peak_memory(engine.device)
+                reset_peak_memory(engine.devices)
                 encoded = encode_item(engine, outcome, retry=False)
             queue.append((item, encoded))
             if isinstance(encoded, str):
@@ -602,7 +602,7 @@ def answer_batch(engine: Engine, batch: list[tuple[BatchItem, EncodedRequest]],
         return [error_record(batch[0][0], failure)]
     results = []
     for pair in batch:
-        reset_peak_memory(engine.device)  # each retried item reports its own peak
+        reset_peak_memory(engine.devices)  # each retried item reports its own peak
         results += answer_batch(engine, [pair], options)
     return results
 

@@ -106,7 +106,7 @@ class _Measurement:
 def _measure(engine: Engine, encoded: EncodedRequest, compression: CompressionOptions,
              generation: GenerationOptions, repeats: int, warmup: int) -> _Measurement:
     """Medians over ``repeats`` runs after ``warmup`` unmeasured ones."""
-    reset_peak_memory(engine.device)
+    reset_peak_memory(engine.devices)
     compress_times, prefills, decodes, per_token, totals = [], [], [], [], []
     for run in range(warmup + repeats):
         plan, item, compress_ms = engine.compress(encoded, compression)
@@ -126,7 +126,7 @@ def _measure(engine: Engine, encoded: EncodedRequest, compression: CompressionOp
         decode_ms_per_token=statistics.median(per_token),
         generation_ms=statistics.median(totals), answer=result.texts[0],
         visual_kept=visual_full - (plan.total_full - plan.total_kept), visual_full=visual_full,
-        prompt_length=item.length, memory=peak_memory(engine.device))
+        prompt_length=item.length, memory=peak_memory(engine.devices))
 
 
 def _encode(engine: Engine, prepared: PreparedRequest, repeats: int, warmup: int

@@ -145,6 +145,11 @@ class Engine:
         return self.loaded.device
 
     @property
+    def devices(self) -> list[torch.device]:
+        """Every device the model's memory is on (several GPUs with a device_map)."""
+        return self.loaded.devices
+
+    @property
     def random_weights(self) -> bool:
         return self.loaded.reference.startswith("random:")
 
@@ -239,7 +244,7 @@ class Engine:
                 model=self.loaded.reference, method=plan.method, ratio=plan.ratio, plan=plan,
                 video=request.video, frames_per_unit=self.adapter.frames_multiple,
                 tokens=token_counts(request.item, plan, item, len(result.token_ids[index])),
-                timing_ms=timing, memory=peak_memory(self.device),
+                timing_ms=timing, memory=peak_memory(self.devices),
                 random_weights=self.random_weights))
         return answers
 
@@ -247,7 +252,7 @@ class Engine:
             compression: CompressionOptions = CompressionOptions(),
             generation: GenerationOptions = GenerationOptions()) -> Answer:
         check_options(compression, generation)
-        reset_peak_memory(self.device)
+        reset_peak_memory(self.devices)
         return self.answer([self.encode(request, sampling)], compression, generation)[0]
 
 

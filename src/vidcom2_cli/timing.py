@@ -6,7 +6,7 @@ import gc
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,15 +95,18 @@ _PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 _cpu_peak_was_reset = False
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak: the CUDA allocator's, or on a CPU the process's resident-set peak.
+def reset_peak_memory(devices: Sequence[torch.device]) -> None:
+    """Start a new peak: the CUDA allocator's on each GPU of ``devices``, or on a CPU the
+    process's resident-set peak.
 
     Linux resets the resident high-water mark (VmHWM) to the current resident set when "5" is
     written to /proc/self/clear_refs; elsewhere the CPU peak is the process's lifetime peak.
     """
     global _cpu_peak_was_reset
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    gpus = [device for device in devices if device.type == "cuda"]
+    if gpus:
+        for gpu in gpus:
+            torch.cuda.reset_peak_memory_stats(gpu)
         return
     try:
         _PROC_CLEAR_REFS.write_text("5")
@@ -146,9 +149,13 @@ class PeakMemory:
     source: str
 
 
-def peak_memory(device: torch.device) -> PeakMemory:
-    if device.type == "cuda":
-        return PeakMemory(int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated")
+def peak_memory(devices: Sequence[torch.device]) -> PeakMemory:
+    """The peak since ``reset_peak_memory(devices)``: summed over the GPUs (a model spread by a
+    device_map), or the CPU process's."""
+    gpus = [device for device in devices if device.type == "cuda"]
+    if gpus:
+        return PeakMemory(sum(int(torch.cuda.max_memory_allocated(gpu)) for gpu in gpus),
+                          "cuda_max_allocated")
     if _cpu_peak_was_reset:
         try:
             for line in _PROC_STATUS.read_text().splitlines():

@@ -159,6 +159,23 @@ class LoadedModel:
     dtype: torch.dtype
     attention: str
 
+    @property
+    def devices(self) -> list[torch.device]:
+        """Where the model's memory is: every GPU its device_map places a part on, else its
+        one device."""
+        placed = getattr(self.model, "hf_device_map", None) or {}
+        gpus = {gpu for gpu in map(_as_gpu, placed.values()) if gpu is not None}
+        return sorted(gpus, key=lambda gpu: gpu.index or 0) if gpus else [self.device]
+
+
+def _as_gpu(place: object) -> torch.device | None:
+    """A device_map entry (GPU index, "cuda:1", "cpu", "disk") as a CUDA device, or None."""
+    if isinstance(place, int):
+        return torch.device("cuda", place)
+    if isinstance(place, str | torch.device) and str(place).startswith("cuda"):
+        return torch.device(place)
+    return None
+
 
 def load_model(reference: str, options: LoadOptions = LoadOptions()) -> LoadedModel:
     """Load a supported video LLM and its processor from a hub id or a local directory.
