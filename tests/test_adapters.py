@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -120,6 +121,20 @@ def test_qwen_kept_tokens_keep_their_rope_positions(tiny_checkpoints, family):
     batch = adapter.collate([compressed])
     assert batch["position_ids"].shape == (4, 1, compressed.length)
     assert int(batch["position_ids"][1:, 0, -1].max()) + 1 == item.length + int(delta)
+
+
+@pytest.mark.parametrize("family", QWEN)
+def test_qwen_frames_get_the_reference_pixel_cap(tiny_checkpoints, family):
+    """The cap is on: lowering its token budget shrinks the frames (without it, the budget
+    would change nothing)."""
+    _, adapter = load_adapter(str(tiny_checkpoints(family)), LoadOptions(device="cpu"))
+    video, metadata = clip(0)
+    processor = adapter.processor.video_processor
+    processor.size = dataclasses.replace(processor.size, shortest_edge=16 * 16)  # the cap's floor
+    uncapped = int(adapter.preprocess(video, metadata, "Q?").video_token_mask.sum())
+    processor.max_video_tokens = 1  # the cap's budget: far below a 64x64 frame
+    capped = int(adapter.preprocess(video, metadata, "Q?").video_token_mask.sum())
+    assert capped < uncapped
 
 
 def test_a_batch_gives_each_item_its_single_answer(family_adapter):

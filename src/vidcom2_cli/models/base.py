@@ -98,6 +98,11 @@ class VideoAdapter(ABC):
         """The frame count must be a multiple of this (Qwen's temporal patch is 2 frames)."""
         return 1
 
+    @property
+    def processor_options(self) -> dict[str, Any]:
+        """Extra keyword arguments for the processor call."""
+        return {}
+
     @abstractmethod
     def encode(self, item: PreparedItem) -> EncodedVideo:
         """Run the vision encoder on one item's video."""
@@ -152,7 +157,7 @@ class VideoAdapter(ABC):
         """
         encoded = self.processor(text=[self.prompt(question)], videos=[frames],
                                  video_metadata=[metadata], do_sample_frames=False,
-                                 return_tensors="pt")
+                                 return_tensors="pt", **self.processor_options)
         inputs = {key: value.to(self.model.dtype) if key.startswith("pixel_values") else value
                   for key, value in encoded.items() if isinstance(value, torch.Tensor)}
         video_token_mask = inputs["input_ids"][0] == self.video_token_id

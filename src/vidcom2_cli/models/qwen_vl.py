@@ -23,6 +23,15 @@ class QwenVLAdapter(VideoAdapter):
     def frames_multiple(self) -> int:
         return int(self.model.config.vision_config.temporal_patch_size)
 
+    @property
+    def processor_options(self) -> dict[str, Any]:
+        """Size frames as the reference (qwen-vl-utils) does, a per-frame pixel cap that
+        transformers applies only when asked (until it becomes its default): without it a few
+        frames of a large video keep nearly native resolution and cost far more tokens."""
+        if hasattr(self.processor.video_processor, "cap_pixels_per_frame"):
+            return {"cap_pixels_per_frame": True}
+        return {}  # a transformers release from before the option
+
     @torch.inference_mode()
     def encode(self, item: PreparedItem) -> EncodedVideo:
         grid_thw = item.inputs["video_grid_thw"]
