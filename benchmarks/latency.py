@@ -155,8 +155,6 @@ def main() -> None:
         targets += check_targets(rows)
         results.append({"model": model, "random_weights": engine.random_weights,
                         "load_s": load_s,
-                        "shared_ms": {key: prepared.stages_ms[key]
-                                      for key in ("video_decode", "preprocess")},
                         "rows": bench_rows_to_json(rows)})
         print("\n".join(lines[-len(rows):]), flush=True)
         del engine, prepared

@@ -64,5 +64,8 @@ def test_gpu_peak_covers_every_gpu_of_a_device_map(monkeypatch):
     reset_peak_memory(loaded.devices)
     assert reset == [gpu0, gpu1]
     assert peak_memory(loaded.devices) == PeakMemory(12 * MB, "cuda_max_allocated")
+    inputs_elsewhere = LoadedModel("m", "qwen2_vl", spread, None, torch.device("cuda", 2),
+                                   torch.bfloat16, "sdpa")
+    assert inputs_elsewhere.devices == [gpu0, gpu1, torch.device("cuda", 2)]
     whole = LoadedModel("m", "qwen2_vl", torch.nn.Linear(1, 1), None, CPU, torch.float32, "sdpa")
     assert whole.devices == [CPU]

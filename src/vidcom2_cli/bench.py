@@ -24,13 +24,15 @@ class BenchRow:
     visual_kept: int
     visual_full: int
     prompt_length: int
+    video_decode_ms: float  # decoding the sampled frames, measured once for all rows
+    preprocess_ms: float  # processor + copy to the device, measured once for all rows
     vision_ms: float  # the vision encoder, the same work at every ratio (median of its own runs)
     compress_ms: float
     prefill_ms: float
     decode_ms: float
     decode_ms_per_token: float
     generation_ms: float  # prefill + decode: the language model's share
-    end_to_end_ms: float  # video decode + preprocess (measured once) + vision + compress + LLM
+    end_to_end_ms: float  # video decode + preprocess + vision + compress + LLM
     speedup: float  # LLM generation time at ratio 1.0 / this row's, same run
     peak_memory_bytes: int
     memory_source: str
@@ -65,7 +67,9 @@ def run_bench(engine: Engine, prepared: PreparedRequest, ratios: list[float], me
     measured first as the baseline."""
     check_bench_options(ratios, methods, generation, repeats, warmup, seed)
     encoded, vision_ms = _encode(engine, prepared, repeats, warmup)
-    shared_ms = encoded.stages_ms["video_decode"] + encoded.stages_ms["preprocess"] + vision_ms
+    video_decode_ms = encoded.stages_ms["video_decode"]
+    preprocess_ms = encoded.stages_ms["preprocess"]
+    shared_ms = video_decode_ms + preprocess_ms + vision_ms
     baseline = _measure(engine, encoded, CompressionOptions(1.0, methods[0], seed), generation,
                         repeats, warmup)
     rows = []
@@ -77,6 +81,7 @@ def run_bench(engine: Engine, prepared: PreparedRequest, ratios: list[float], me
             rows.append(BenchRow(
                 method=method, ratio=ratio, visual_kept=measured.visual_kept,
                 visual_full=measured.visual_full, prompt_length=measured.prompt_length,
+                video_decode_ms=video_decode_ms, preprocess_ms=preprocess_ms,
                 vision_ms=vision_ms, compress_ms=measured.compress_ms,
                 prefill_ms=measured.prefill_ms, decode_ms=measured.decode_ms,
                 decode_ms_per_token=measured.decode_ms_per_token,

@@ -179,8 +179,9 @@ class VideoAdapter(ABC):
                  ) -> CompressedItem:
         """Apply a plan: one keep-mask slices the sequence, its positions and the features.
 
-        The mask becomes indices once (the kept count sizes every tensor after it, so this is
-        where the host waits for the device), and every slice is an ``index_select``.
+        The masks over the sequence and over the features each become indices once (the kept
+        count sizes every tensor after it, so these two ``nonzero`` calls are where the host
+        waits for the device), and every slice is an ``index_select``.
         """
         feature_mask = self.feature_keep_mask(plan).to(self.device)
         keep = torch.ones(item.length, dtype=torch.bool, device=self.device)

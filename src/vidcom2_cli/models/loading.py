@@ -56,7 +56,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on a GPU that computes in it (Ampere and newer), else fp16; fp32 on CPU."""
+    """``auto``: bf16 on a GPU that computes in it (compute capability 8.0+, Ampere), else
+    fp16; fp32 on CPU."""
     if dtype not in DTYPE_CHOICES:
         raise ModelLoadError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
     chosen = DTYPE_CHOICES[dtype]
@@ -64,8 +65,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         return chosen
     if device.type != "cuda":
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) \
-        else torch.float16
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
 
 
 def flash_attention_2_installed() -> bool:
@@ -161,10 +162,10 @@ class LoadedModel:
 
     @property
     def devices(self) -> list[torch.device]:
-        """Where the model's memory is: every GPU its device_map places a part on, else its
-        one device."""
+        """Where the model's memory is: its device (inputs live there), and every GPU its
+        device_map places a part on."""
         placed = getattr(self.model, "hf_device_map", None) or {}
-        gpus = {gpu for gpu in map(_as_gpu, placed.values()) if gpu is not None}
+        gpus = {gpu for gpu in map(_as_gpu, [self.device, *placed.values()]) if gpu is not None}
         return sorted(gpus, key=lambda gpu: gpu.index or 0) if gpus else [self.device]
 
 
