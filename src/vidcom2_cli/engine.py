@@ -7,7 +7,6 @@ Several requests can share one ``generate`` call, each with its own plan.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,10 +130,6 @@ class Engine:
     def __init__(self, loaded: LoadedModel, adapter: VideoAdapter) -> None:
         self.loaded = loaded
         self.adapter = adapter
-        # One processor call at a time among the prefetch threads, a precaution: fast
-        # tokenizers have raised "Already borrowed" when entered from two threads at once
-        # (not reproduced here). Decoding, the slow part, still runs in parallel.
-        self._processor_lock = threading.Lock()
 
     @classmethod
     def load(cls, model: str, options: LoadOptions = LoadOptions()) -> Engine:
@@ -170,7 +165,7 @@ class Engine:
             video = load_video(Path(request.video), num_frames=sampling.frames, fps=sampling.fps,
                                max_frames=sampling.max_frames,
                                multiple_of=self.adapter.frames_multiple)
-        with self._processor_lock, timer.stage("preprocess"):
+        with timer.stage("preprocess"):
             item = self.adapter.preprocess(video.frames, video.metadata(), request.question)
         return PreparedRequest(request, video, item, timer.stages_ms)
 

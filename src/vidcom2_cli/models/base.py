@@ -10,6 +10,7 @@ transformers is patched; with an all-True plan the model sees exactly its usual 
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,10 @@ class VideoAdapter(ABC):
         self.processor = processor
         self.device = device
         self.video_token_id = int(model.config.video_token_id)
+        # One processor call at a time among the prefetch threads, a precaution: fast
+        # tokenizers have raised "Already borrowed" when entered from two threads at once
+        # (not reproduced here). Decoding, the slow part, still runs in parallel.
+        self._processor_lock = threading.Lock()
 
     # --- family specifics ---------------------------------------------------------------
 
@@ -155,9 +160,10 @@ class VideoAdapter(ABC):
         the model's weights nor the device, so it can run on a worker thread while the model
         works.
         """
-        encoded = self.processor(text=[self.prompt(question)], videos=[frames],
-                                 video_metadata=[metadata], do_sample_frames=False,
-                                 return_tensors="pt", **self.processor_options)
+        with self._processor_lock:
+            encoded = self.processor(text=[self.prompt(question)], videos=[frames],
+                                     video_metadata=[metadata], do_sample_frames=False,
+                                     return_tensors="pt", **self.processor_options)
         inputs = {key: value.to(self.model.dtype) if key.startswith("pixel_values") else value
                   for key, value in encoded.items() if isinstance(value, torch.Tensor)}
         video_token_mask = inputs["input_ids"][0] == self.video_token_id
