@@ -67,5 +67,13 @@ def test_gpu_peak_covers_every_gpu_of_a_device_map(monkeypatch):
     inputs_elsewhere = LoadedModel("m", "qwen2_vl", spread, None, torch.device("cuda", 2),
                                    torch.bfloat16, "sdpa")
     assert inputs_elsewhere.devices == [gpu0, gpu1, torch.device("cuda", 2)]
+    # --device cuda (no index) with the map transformers makes for it: one GPU, counted once
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    single = torch.nn.Linear(1, 1)
+    single.hf_device_map = {"": torch.device("cuda", 0)}
+    plain_cuda = LoadedModel("m", "qwen2_vl", single, None, torch.device("cuda"), torch.bfloat16,
+                             "sdpa")
+    assert plain_cuda.devices == [gpu0]
+    assert peak_memory(plain_cuda.devices) == PeakMemory(5 * MB, "cuda_max_allocated")
     whole = LoadedModel("m", "qwen2_vl", torch.nn.Linear(1, 1), None, CPU, torch.float32, "sdpa")
     assert whole.devices == [CPU]

@@ -166,15 +166,19 @@ class LoadedModel:
         device_map places a part on."""
         placed = getattr(self.model, "hf_device_map", None) or {}
         gpus = {gpu for gpu in map(_as_gpu, [self.device, *placed.values()]) if gpu is not None}
-        return sorted(gpus, key=lambda gpu: gpu.index or 0) if gpus else [self.device]
+        return sorted(gpus, key=lambda gpu: gpu.index) if gpus else [self.device]
 
 
 def _as_gpu(place: object) -> torch.device | None:
-    """A device_map entry (GPU index, "cuda:1", "cpu", "disk") as a CUDA device, or None."""
+    """A device or device_map entry (GPU index, "cuda", "cuda:1", "cpu", "disk") as a CUDA
+    device with its index ("cuda" is the current GPU, so that it and "cuda:0" are one), or
+    None."""
     if isinstance(place, int):
         return torch.device("cuda", place)
     if isinstance(place, str | torch.device) and str(place).startswith("cuda"):
-        return torch.device(place)
+        device = torch.device(place)
+        return device if device.index is not None else torch.device(
+            "cuda", torch.cuda.current_device())
     return None
 
 
