@@ -7,15 +7,26 @@ Several requests can share one ``generate`` call, each with its own plan.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .compression import KeepPlan, get_method, select
 from .compression.checks import check_ratio
+from .feature_cache import CachedEncoding, FeatureCache
 from .models import LoadedModel, LoadOptions, VideoAdapter, load_adapter
-from .models.base import CompressedItem, EncodedVideo, GenerationResult, PreparedItem
+from .models.base import (
+    CompressedItem,
+    EncodedVideo,
+    GenerationResult,
+    PrefixCache,
+    PreparedItem,
+)
 from .timing import PeakMemory, StageTimer, peak_memory, reset_peak_memory
 from .video import (
     DEFAULT_MAX_FRAMES,
@@ -74,25 +85,59 @@ class Request:
 class PreparedRequest:
     """A request after decoding and preprocessing, on the CPU: ready for the vision encoder.
 
-    ``stages_ms`` has ``video_decode`` and ``preprocess``, timed where ``Engine.prepare`` ran
-    (a worker thread in batch mode), without waiting for the device.
+    ``stages_ms`` has ``video_decode``, ``preprocess`` and ``feature_cache``, timed where
+    ``Engine.prepare`` ran (a worker thread in batch mode), without waiting for the device.
+    With a feature-cache hit, ``cached`` holds the encoder output, the item has no pixels and
+    the video no frames: neither decoding nor the vision encoder runs.
     """
 
     request: Request
     video: SampledVideo
     item: PreparedItem  # CPU tensors
     stages_ms: dict[str, float] = field(default_factory=dict)
+    cached: CachedEncoding | None = None
+    key: str | None = None  # the feature-cache key, when a cache is in use
+
+    @property
+    def feature_cache(self) -> str | None:
+        """"hit" or "miss" with a feature cache, None without one."""
+        if self.key is None:
+            return None
+        return "hit" if self.cached is not None else "miss"
 
 
 @dataclass
 class EncodedRequest:
-    """A request after decoding, preprocessing and the vision encoder: ready to compress."""
+    """A request after decoding, preprocessing and the vision encoder: ready to compress.
+
+    ``item`` is on the device; ``host_item`` is the same without pixels on the CPU, where the
+    prompt of another question about the video is built.
+    """
 
     request: Request
     video: SampledVideo
     item: PreparedItem
     encoded: EncodedVideo
     stages_ms: dict[str, float] = field(default_factory=dict)
+    host_item: PreparedItem | None = None
+    feature_cache: str | None = None
+
+
+@dataclass
+class VideoContext:
+    """One video decoded, encoded and compressed once (one ratio and method), asked any
+    number of questions.
+
+    VidCom2's plan never looks at the question, and the chat template puts the video before
+    it, so the prompt up to the video's end (``prefix``) is the same for every question: it is
+    prefilled once into a ``PrefixCache`` and each question prefills only its own tokens.
+    """
+
+    encoded: EncodedRequest
+    plan: KeepPlan
+    compress_ms: float
+    prefix: CompressedItem  # the kept tokens before the question
+    reported: bool = False  # whether an answer has carried the shared stages' times yet
 
 
 @dataclass(frozen=True)
@@ -104,6 +149,7 @@ class TokenCounts:
     prompt_full: int
     prompt_kept: int
     generated: int
+    prefix_reused: int = 0  # prompt tokens served from a cached prefix, not prefilled again
 
 
 @dataclass(frozen=True)
@@ -122,18 +168,28 @@ class Answer:
     timing_ms: dict[str, float]
     memory: PeakMemory
     random_weights: bool
+    feature_cache: str | None = None  # "hit", "miss", or None without a feature cache
+
+
+# The stages every answer reports, in pipeline order; their sum is ``total``.
+STAGES = ("feature_cache", "video_decode", "preprocess", "vision", "compress", "prefill",
+          "decode")
 
 
 class Engine:
     """A loaded model and its adapter, answering requests."""
 
-    def __init__(self, loaded: LoadedModel, adapter: VideoAdapter) -> None:
+    def __init__(self, loaded: LoadedModel, adapter: VideoAdapter,
+                 feature_cache: FeatureCache | None = None) -> None:
         self.loaded = loaded
         self.adapter = adapter
+        self.feature_cache = feature_cache
+        self._fingerprint: str | None = None
 
     @classmethod
-    def load(cls, model: str, options: LoadOptions = LoadOptions()) -> Engine:
-        return cls(*load_adapter(model, options))
+    def load(cls, model: str, options: LoadOptions = LoadOptions(),
+             feature_cache: FeatureCache | None = None) -> Engine:
+        return cls(*load_adapter(model, options), feature_cache=feature_cache)
 
     @property
     def device(self) -> torch.device:
@@ -155,33 +211,79 @@ class Engine:
     def prepare(self, request: Request, sampling: SamplingOptions) -> PreparedRequest:
         """Decode the sampled frames and run the processor, timed: the CPU half of ``encode``.
 
-        Uses neither the model nor the device, so several threads may call it while the
-        model works (each decode opens its own video reader).
+        With a feature cache, a hit replaces both by the stored entry (and the question's
+        prompt built on it). Uses neither the model nor the device, so several threads may
+        call it while the model works (each decode opens its own video reader).
         """
         if not request.question.strip():
             raise InputError("question: the question is empty")
         timer = StageTimer(torch.device("cpu"))  # CPU work: never wait for the device here
+        key = None
+        if self.feature_cache is not None:
+            with timer.stage("feature_cache"):
+                key = self.feature_cache.key(Path(request.video), self.fingerprint,
+                                             sampling_key(sampling, self.adapter.frames_multiple))
+                cached = self.feature_cache.load(key)
+            if cached is not None:
+                with timer.stage("preprocess"):
+                    item = self.adapter.with_question(cached.item, request.question)
+                video = SampledVideo(frames=np.zeros((0, 0, 0, 3), dtype=np.uint8),
+                                     indices=cached.indices, info=cached.info,
+                                     padded=cached.padded)
+                return PreparedRequest(request, video, item, _stage_times(timer), cached, key)
         with timer.stage("video_decode"):
             video = load_video(Path(request.video), num_frames=sampling.frames, fps=sampling.fps,
                                max_frames=sampling.max_frames,
                                multiple_of=self.adapter.frames_multiple)
         with timer.stage("preprocess"):
             item = self.adapter.preprocess(video.frames, video.metadata(), request.question)
-        return PreparedRequest(request, video, item, timer.stages_ms)
+        return PreparedRequest(request, video, item, _stage_times(timer), key=key)
 
     def encode_prepared(self, prepared: PreparedRequest) -> EncodedRequest:
-        """Copy a prepared request to the device and run the vision encoder, timed.
+        """Copy a prepared request to the device and run the vision encoder, timed (or take
+        the encoder output from the feature cache: ``vision`` is then 0).
 
         The copy is added to ``preprocess``; ``vision`` is the encoder alone. The encoded request
-        keeps no pixels on the device.
+        keeps no pixels on the device. A miss is written to the feature cache.
         """
         timer = StageTimer(self.device, dict(prepared.stages_ms))
+        timer.stages_ms.setdefault("vision", 0.0)
+        host_item = prepared.item.without_pixels()
         with timer.stage("preprocess"):
             item = self.adapter.to_device(prepared.item)
-        with timer.stage("vision"):
-            encoded = self.adapter.encode(item)
+        if prepared.cached is not None:
+            with timer.stage("feature_cache"):
+                output = self.adapter.output_from_tensors(
+                    {name: tensor.to(self.device) for name, tensor
+                     in prepared.cached.tensors.items()})
+                encoded = self.adapter.describe(output, item.inputs)
+        else:
+            with timer.stage("vision"):
+                encoded = self.adapter.encode(item)
+            if self.feature_cache is not None and prepared.key is not None:
+                with timer.stage("feature_cache"):
+                    self.feature_cache.store(prepared.key, CachedEncoding(
+                        tensors=self.adapter.output_tensors(encoded.output), item=host_item,
+                        indices=list(prepared.video.indices), info=prepared.video.info,
+                        padded=prepared.video.padded))
         return EncodedRequest(prepared.request, prepared.video, item.without_pixels(), encoded,
-                              timer.stages_ms)
+                              timer.stages_ms, host_item, prepared.feature_cache)
+
+    @property
+    def fingerprint(self) -> str:
+        """What makes this model's encoder output what it is, for feature-cache keys: the
+        reference, the config, the processor's settings, the chat template, the dtype and the
+        kind of device (the same weights give other rounding on another kind)."""
+        if self._fingerprint is None:
+            processor = self.adapter.processor
+            parts = [self.loaded.reference, self.loaded.model.config.to_json_string(),
+                     processor.video_processor.to_json_string(),
+                     str(getattr(processor, "chat_template", None)),
+                     str(len(processor.tokenizer)), repr(sorted(
+                         self.adapter.processor_options.items())),
+                     str(self.loaded.dtype), self.device.type]
+            self._fingerprint = hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+        return self._fingerprint
 
     def compress(self, encoded: EncodedRequest, options: CompressionOptions
                  ) -> tuple[KeepPlan, CompressedItem, float]:
@@ -209,13 +311,15 @@ class Engine:
                 f"more are generated, but the model's context is {context} tokens; lower "
                 "--frames or --ratio, shorten the question, or lower --max-new-tokens")
 
-    def generate(self, items: list[CompressedItem], options: GenerationOptions
-                 ) -> GenerationResult:
+    def generate(self, items: list[CompressedItem], options: GenerationOptions,
+                 prefix: PrefixCache | None = None, rows: list[int] | None = None,
+                 on_text: Callable[[str], None] | None = None) -> GenerationResult:
         if options.do_sample:
             torch.manual_seed(options.seed)
         return self.adapter.generate(items, max_new_tokens=options.max_new_tokens,
                                      min_new_tokens=options.min_new_tokens,
-                                     do_sample=options.do_sample, **options.sampling_kwargs())
+                                     do_sample=options.do_sample, prefix=prefix, rows=rows,
+                                     on_text=on_text, **options.sampling_kwargs())
 
     def answer(self, encoded: list[EncodedRequest], compression: CompressionOptions,
                generation: GenerationOptions) -> list[Answer]:
@@ -225,22 +329,91 @@ class Engine:
         for request, (_, item, _) in zip(encoded, compressed, strict=True):
             self.check_context(request, item, generation)
         result = self.generate([item for _, item, _ in compressed], generation)
+        memory = peak_memory(self.devices)
+        return [self._answer(request, plan, request.item, item, result, index,
+                             {**request.stages_ms, "compress": compress_ms}, memory)
+                for index, (request, (plan, item, compress_ms)) in enumerate(
+                    zip(encoded, compressed, strict=True))]
+
+    def _answer(self, encoded: EncodedRequest, plan: KeepPlan, item: PreparedItem,
+                compressed: CompressedItem, result: GenerationResult, index: int,
+                stages_ms: dict[str, float], memory: PeakMemory, prefix_reused: int = 0
+                ) -> Answer:
+        """One item of a generate call's result as an ``Answer``; ``stages_ms`` has the times
+        before prefill (stages this answer does not carry count 0)."""
+        timing = {stage: stages_ms.get(stage, 0.0) for stage in STAGES[:5]}
+        timing["prefix_prefill"] = stages_ms.get("prefix_prefill", 0.0)
+        timing["prefill"] = timing["prefix_prefill"] + result.timing.prefill_ms
+        timing["decode"] = result.timing.decode_ms
+        timing["decode_per_token"] = result.timing.decode_ms_per_token
+        timing["llm_generation"] = timing["prefill"] + timing["decode"]
+        timing["total"] = sum(timing[stage] for stage in STAGES)
+        return Answer(
+            request=encoded.request, answer=result.texts[index], model=self.loaded.reference,
+            method=plan.method, ratio=plan.ratio, plan=plan, video=encoded.video,
+            frames_per_unit=self.adapter.frames_multiple,
+            tokens=token_counts(item, plan, compressed, len(result.token_ids[index]),
+                                prefix_reused),
+            timing_ms=timing, memory=memory, random_weights=self.random_weights,
+            feature_cache=encoded.feature_cache)
+
+    # --- one video, many questions ----------------------------------------------------------
+
+    def context(self, encoded: EncodedRequest, compression: CompressionOptions) -> VideoContext:
+        """Compress an encoded video once for every question to be asked about it."""
+        check_compression(compression)
+        plan, item, compress_ms = self.compress(encoded, compression)
+        split = self.adapter.prefix_length(encoded.item.inputs["input_ids"][0].tolist())
+        kept = split - (plan.total_full - plan.total_kept)  # every video token is in the prefix
+        prefix = CompressedItem(
+            input_ids=item.input_ids[:kept],
+            mm_token_type_ids=None if item.mm_token_type_ids is None
+            else item.mm_token_type_ids[:kept],
+            position_ids=item.position_ids[:, :kept], output=item.output, full_length=split)
+        return VideoContext(encoded, plan, compress_ms, prefix)
+
+    def prefill(self, contexts: list[VideoContext]) -> PrefixCache:
+        """Prefill the prefixes of several videos in one batch (left-padded)."""
+        return self.adapter.prefill([context.prefix for context in contexts])
+
+    def ask_contexts(self, contexts: list[VideoContext], prefix: PrefixCache,
+                     asked: list[tuple[int, Request]], generation: GenerationOptions,
+                     on_text: Callable[[str], None] | None = None) -> list[Answer]:
+        """Answer questions in one generate call, each on a copy of its video's prefilled
+        prefix: ``asked`` pairs a row of ``contexts`` (and of ``prefix``) with a question.
+
+        A video's first answer carries the times of the work shared by all its questions
+        (decoding, encoding, compression, the prefix prefill); later ones carry only their own
+        and report the prefix tokens they reused.
+        """
+        check_generation(generation)
+        built = []
+        for row, request in asked:
+            context = contexts[row]
+            timer = StageTimer(torch.device("cpu"))
+            with timer.stage("preprocess"):
+                item = self.adapter.to_device(self.adapter.with_question(
+                    context.encoded.host_item, request.question))
+            compressed = self.adapter.compress(item, context.encoded.encoded, context.plan)
+            encoded = dataclasses.replace(context.encoded, request=request)
+            self.check_context(encoded, compressed, generation)
+            built.append((row, encoded, item, compressed, timer.stages_ms))
+        result = self.generate([compressed for *_, compressed, _ in built], generation,
+                               prefix=prefix, rows=[row for row, *_ in built], on_text=on_text)
+        memory = peak_memory(self.devices)
         answers = []
-        for index, (request, (plan, item, compress_ms)) in enumerate(
-                zip(encoded, compressed, strict=True)):
-            timing = {**request.stages_ms, "compress": compress_ms,
-                      "prefill": result.timing.prefill_ms, "decode": result.timing.decode_ms,
-                      "decode_per_token": result.timing.decode_ms_per_token}
-            timing["llm_generation"] = result.timing.total_ms
-            timing["total"] = sum(timing[key] for key in (
-                "video_decode", "preprocess", "vision", "compress", "prefill", "decode"))
-            answers.append(Answer(
-                request=request.request, answer=result.texts[index],
-                model=self.loaded.reference, method=plan.method, ratio=plan.ratio, plan=plan,
-                video=request.video, frames_per_unit=self.adapter.frames_multiple,
-                tokens=token_counts(request.item, plan, item, len(result.token_ids[index])),
-                timing_ms=timing, memory=peak_memory(self.devices),
-                random_weights=self.random_weights))
+        for index, (row, encoded, item, compressed, own_ms) in enumerate(built):
+            context = contexts[row]
+            if context.reported:
+                stages, reused = own_ms, prefix.lengths[row]
+            else:
+                stages = {**context.encoded.stages_ms, "compress": context.compress_ms,
+                          "prefix_prefill": prefix.prefill_ms}
+                stages["preprocess"] = stages.get("preprocess", 0.0) + own_ms["preprocess"]
+                reused = 0
+                context.reported = True
+            answers.append(self._answer(encoded, context.plan, item, compressed, result, index,
+                                        stages, memory, reused))
         return answers
 
     def ask(self, request: Request, sampling: SamplingOptions = SamplingOptions(),
@@ -253,6 +426,11 @@ class Engine:
 
 def check_options(compression: CompressionOptions, generation: GenerationOptions) -> None:
     """InputError naming the option, before any expensive work."""
+    check_compression(compression)
+    check_generation(generation)
+
+
+def check_compression(compression: CompressionOptions) -> None:
     try:
         check_ratio(compression.ratio)
     except ValueError as error:
@@ -261,6 +439,9 @@ def check_options(compression: CompressionOptions, generation: GenerationOptions
         get_method(compression.method)
     except ValueError as error:
         raise InputError(f"--method: {error}") from None
+
+
+def check_generation(generation: GenerationOptions) -> None:
     if generation.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens: must be at least 1, got {generation.max_new_tokens}")
 
@@ -274,8 +455,19 @@ def check_sampling(sampling: SamplingOptions) -> None:
         raise InputError(f"--frames/--fps/--max-frames: {error}") from None
 
 
+def sampling_key(sampling: SamplingOptions, frames_multiple: int) -> str:
+    """The sampling options as part of a feature-cache key."""
+    return (f"frames={sampling.frames if sampling.fps is None else None},fps={sampling.fps},"
+            f"max_frames={sampling.max_frames},multiple_of={frames_multiple}")
+
+
+def _stage_times(timer: StageTimer) -> dict[str, float]:
+    return {stage: timer.stages_ms.get(stage, 0.0)
+            for stage in ("feature_cache", "video_decode", "preprocess")}
+
+
 def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
-                 generated: int) -> TokenCounts:
+                 generated: int, prefix_reused: int = 0) -> TokenCounts:
     visual_full = int(item.video_token_mask.sum())
     return TokenCounts(
         visual_full=visual_full,
@@ -285,4 +477,5 @@ def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
         prompt_full=item.length,
         prompt_kept=compressed.length,
         generated=generated,
+        prefix_reused=prefix_reused,
     )

@@ -10,8 +10,11 @@ transformers is patched; with an all-True plan the model sees exactly its usual 
 
 from __future__ import annotations
 
+import copy
+import inspect
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 
 from ..compression import KeepPlan
-from ..timing import GenerationTiming, TokenClock
+from ..timing import GenerationTiming, StageTimer, TokenClock
 
 
 @dataclass
@@ -35,6 +38,10 @@ class PreparedItem:
     @property
     def length(self) -> int:
         return int(self.inputs["input_ids"].shape[1])
+
+    @property
+    def has_pixels(self) -> bool:
+        return any(key.startswith("pixel_values") for key in self.inputs)
 
     def without_pixels(self) -> PreparedItem:
         """The item less its pixels, which nothing reads after the vision encoder: an item
@@ -66,6 +73,24 @@ class CompressedItem:
     @property
     def length(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+@dataclass
+class PrefixCache:
+    """The language model's cache after one prefill of the compressed prompt prefixes (system
+    turn and video, up to the question) of one or more videos, left-padded into one batch.
+
+    Every question about those videos is answered on a copy of it, so the video tokens are
+    prefilled once whatever the number of questions.
+    """
+
+    cache: Any
+    lengths: list[int]  # kept prefix tokens of each video (row)
+    prefill_ms: float
+
+    @property
+    def width(self) -> int:
+        return max(self.lengths)
 
 
 @dataclass(frozen=True)
@@ -109,8 +134,21 @@ class VideoAdapter(ABC):
         return {}
 
     @abstractmethod
-    def encode(self, item: PreparedItem) -> EncodedVideo:
-        """Run the vision encoder on one item's video."""
+    def run_encoder(self, item: PreparedItem) -> Any:
+        """The vision encoder on one item's video: the output the language model reads (as
+        ``mm_encoder_outputs["video"]``), nothing more."""
+
+    @abstractmethod
+    def describe(self, output: Any, inputs: dict[str, torch.Tensor]) -> EncodedVideo:
+        """The (T, N, D) features and grid the compressor scores, views of ``output``."""
+
+    @abstractmethod
+    def output_tensors(self, output: Any) -> dict[str, torch.Tensor]:
+        """The encoder output as named tensors (what a feature cache stores)."""
+
+    @abstractmethod
+    def output_from_tensors(self, tensors: dict[str, torch.Tensor]) -> Any:
+        """The inverse of ``output_tensors``."""
 
     @abstractmethod
     def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
@@ -137,7 +175,18 @@ class VideoAdapter(ABC):
                         ) -> torch.Tensor:
         """Left-padded (P, B, L) positions as ``generate`` wants them for this family."""
 
+    @property
+    def video_end_ids(self) -> frozenset[int]:
+        """Structural tokens that close a video (Qwen's ``<|vision_end|>``): they belong to the
+        question-independent prefix of a prompt."""
+        end = getattr(self.model.config, "vision_end_token_id", None)
+        return frozenset() if end is None else frozenset({int(end)})
+
     # --- shared steps -------------------------------------------------------------------
+
+    def encode(self, item: PreparedItem) -> EncodedVideo:
+        """Run the vision encoder on one item's video."""
+        return self.describe(self.run_encoder(item), item.inputs)
 
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "video"},
@@ -168,6 +217,48 @@ class VideoAdapter(ABC):
                   for key, value in encoded.items() if isinstance(value, torch.Tensor)}
         video_token_mask = inputs["input_ids"][0] == self.video_token_id
         return PreparedItem(inputs=inputs, video_token_mask=video_token_mask,
+                            positions=self.full_positions(inputs))
+
+    def prefix_length(self, input_ids: list[int]) -> int:
+        """Where the question starts in a prompt: after the video's last token and the
+        structural tokens that close it. Everything before is the same for every question
+        about the video (the chat template puts the video first)."""
+        last = max((index for index, token in enumerate(input_ids)
+                    if token == self.video_token_id), default=None)
+        if last is None:
+            raise ValueError("the prompt holds no video token")
+        end = last + 1
+        while end < len(input_ids) and input_ids[end] in self.video_end_ids:
+            end += 1
+        return end
+
+    def question_suffix(self, question: str) -> torch.Tensor:
+        """The token ids that follow the prefix when ``question`` is asked, from the model's
+        chat template and tokenizer alone (no processor, no pixels).
+
+        These are the ids the processor gives: it only repeats the video placeholder, and the
+        text after a special token is tokenized on its own.
+        """
+        with self._processor_lock:
+            ids = self.processor.tokenizer(self.prompt(question),
+                                           add_special_tokens=False)["input_ids"]
+        return torch.tensor(ids[self.prefix_length(ids):], dtype=torch.long)
+
+    def with_question(self, item: PreparedItem, question: str) -> PreparedItem:
+        """``item`` (on the CPU) asking ``question`` instead: the same prefix, the new
+        question's tokens after it, and positions from the model's own function on the whole
+        new sequence (Qwen's text positions after a video are the model's to decide)."""
+        split = self.prefix_length(item.inputs["input_ids"][0].tolist())
+        suffix = self.question_suffix(question)[None]
+        inputs = dict(item.inputs)
+        for key, fill in (("input_ids", None), ("attention_mask", 1), ("mm_token_type_ids", 0)):
+            if key in inputs:
+                tail = suffix if fill is None else torch.full_like(suffix, fill)
+                inputs[key] = torch.cat([inputs[key][:, :split], tail.to(inputs[key].dtype)],
+                                        dim=1)
+        mask = torch.cat([item.video_token_mask[:split],
+                          torch.zeros(suffix.shape[1], dtype=torch.bool)])
+        return PreparedItem(inputs=inputs, video_token_mask=mask,
                             positions=self.full_positions(inputs))
 
     def to_device(self, item: PreparedItem) -> PreparedItem:
@@ -202,29 +293,68 @@ class VideoAdapter(ABC):
             full_length=item.length,
         )
 
-    def collate(self, items: list[CompressedItem]) -> dict[str, Any]:
-        """Left-pad compressed items into ``generate`` keyword arguments."""
-        width = max(item.length for item in items)
-        pad_id = self.pad_token_id
+    def collate(self, items: list[CompressedItem], prefix_lengths: list[int] | None = None,
+                prefix_width: int = 0) -> dict[str, Any]:
+        """Left-pad compressed items into ``generate`` keyword arguments.
+
+        With ``prefix_lengths`` (the tokens of each item already in a ``PrefixCache``, whose
+        rows are ``prefix_width`` wide), each item's prefix and question are left-padded
+        apart: the prefix part lines up with the cached row, the questions follow it, and the
+        encoder outputs are left out (their tokens are in the cache).
+        """
+        cuts = ([[0, item.length] for item in items] if prefix_lengths is None else
+                [[0, cached, item.length] for item, cached in zip(items, prefix_lengths,
+                                                                  strict=True)])
+        widths = [max(cut[part + 1] - cut[part] for cut in cuts)
+                  for part in range(len(cuts[0]) - 1)]
+        if prefix_lengths is not None:
+            widths[0] = prefix_width
 
         def left_pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
-            out = torch.full((len(rows), *rows[0].shape[:-1], width), value,
-                             dtype=rows[0].dtype, device=self.device)
-            for index, row in enumerate(rows):
-                out[index, ..., width - row.shape[-1]:] = row
-            return out
+            parts = []
+            for part, width in enumerate(widths):
+                out = torch.full((len(rows), *rows[0].shape[:-1], width), value,
+                                 dtype=rows[0].dtype, device=self.device)
+                for index, row in enumerate(rows):
+                    piece = row[..., cuts[index][part]:cuts[index][part + 1]]
+                    out[index, ..., width - piece.shape[-1]:] = piece
+                parts.append(out)
+            return torch.cat(parts, dim=-1)
 
         attention_mask = left_pad([torch.ones_like(item.input_ids) for item in items], 0)
         positions = left_pad([item.position_ids for item in items], 0).transpose(0, 1)
         batch = {
-            "input_ids": left_pad([item.input_ids for item in items], pad_id),
+            "input_ids": left_pad([item.input_ids for item in items], self.pad_token_id),
             "attention_mask": attention_mask,
             "position_ids": self.batch_positions(positions, attention_mask),
-            "mm_encoder_outputs": {"video": self.merge_outputs([item.output for item in items])},
         }
+        if prefix_lengths is None:
+            batch["mm_encoder_outputs"] = {
+                "video": self.merge_outputs([item.output for item in items])}
         if items[0].mm_token_type_ids is not None:
             batch["mm_token_type_ids"] = left_pad([item.mm_token_type_ids for item in items], 0)
         return batch
+
+    @property
+    def _cache_argument(self) -> str:
+        """The keyword ``forward``/``generate`` take a cache by: ``cache`` in recent
+        transformers 5.x, ``past_key_values`` before."""
+        parameters = inspect.signature(self.model.forward).parameters
+        return "cache" if "cache" in parameters else "past_key_values"
+
+    @torch.inference_mode()
+    def prefill(self, prefixes: list[CompressedItem]) -> PrefixCache:
+        """One forward pass over the compressed prompt prefixes (left-padded into a batch),
+        keeping the language model's cache: keys and values, and whatever recurrent state
+        the model's layers keep."""
+        timer = StageTimer(self.device)
+        with timer.stage("prefill"):
+            output = self.model(**self.collate(prefixes), use_cache=True, logits_to_keep=1)
+        cache = getattr(output, "cache", None)
+        if cache is None:
+            cache = output.past_key_values
+        return PrefixCache(cache=cache, lengths=[item.length for item in prefixes],
+                           prefill_ms=timer.stages_ms["prefill"])
 
     @property
     def pad_token_id(self) -> int:
@@ -235,14 +365,32 @@ class VideoAdapter(ABC):
     @torch.inference_mode()
     def generate(self, items: list[CompressedItem], max_new_tokens: int = 64,
                  do_sample: bool = False, min_new_tokens: int | None = None,
-                 **sampling: Any) -> GenerationResult:
-        """Generate for a batch of compressed items in one ``generate`` call."""
-        batch = self.collate(items)
+                 prefix: PrefixCache | None = None, rows: list[int] | None = None,
+                 on_text: Callable[[str], None] | None = None, **sampling: Any
+                 ) -> GenerationResult:
+        """Generate for a batch of compressed items in one ``generate`` call.
+
+        With ``prefix``, item i continues row ``rows[i]`` of that prefix cache (default: row i)
+        on a copy of it, so only its question is prefilled. ``on_text`` receives the answer's
+        text as it is generated (a batch of one).
+        """
+        if prefix is None:
+            batch = self.collate(items)
+        else:
+            rows = list(range(len(items))) if rows is None else rows
+            batch = self.collate(items, [prefix.lengths[row] for row in rows], prefix.width)
+            cache = copy.deepcopy(prefix.cache)
+            if rows != list(range(len(prefix.lengths))):
+                cache.batch_select_indices(torch.tensor(rows, device=self.device))
+            batch[self._cache_argument] = cache
         clock = TokenClock(self.device)
+        streamer = None if on_text is None else TextStreamer(
+            self.processor.tokenizer, on_text, set(self._eos_ids()) or {self.pad_token_id})
         clock.begin()
         sequences = self.model.generate(
             **batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
             do_sample=do_sample, stopping_criteria=[clock], pad_token_id=self.pad_token_id,
+            streamer=streamer,
             **({} if do_sample else {"temperature": None, "top_p": None, "top_k": None}),
             **sampling,
         )
@@ -269,6 +417,45 @@ class VideoAdapter(ABC):
         """Logits of one prefill forward pass over a batch (for checking, not generation)."""
         batch = self.collate(items)
         return self.model(**batch, use_cache=False).logits
+
+
+class TextStreamer:
+    """A ``generate`` streamer that hands the new text to a callback as tokens arrive.
+
+    ``generate`` first puts the prompt, then each new token; text is decoded from all the
+    answer's tokens so far (a token may end inside a multi-byte character, which waits for the
+    next one), and nothing after a stop token is passed on.
+    """
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None], stops: set[int]) -> None:
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.stops = stops
+        self.prompt_seen = False
+        self.stopped = False
+        self.tokens: list[int] = []
+        self.sent = 0
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self.stopped = self.stopped or token in self.stops
+            if not self.stopped:
+                self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
+        if text.endswith("\ufffd"):
+            return
+        if len(text) > self.sent:
+            self.on_text(text[self.sent:])
+            self.sent = len(text)
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
+        if len(text) > self.sent:
+            self.on_text(text[self.sent:])
+            self.sent = len(text)
 
 
 def _cut_at_stop(row: list[int], stops: set[int]) -> list[int]:

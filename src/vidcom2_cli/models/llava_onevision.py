@@ -19,19 +19,27 @@ from .base import EncodedVideo, PreparedItem, VideoAdapter
 
 class LlavaOnevisionAdapter(VideoAdapter):
     @torch.inference_mode()
-    def encode(self, item: PreparedItem) -> EncodedVideo:
-        pixels = item.inputs["pixel_values_videos"]
-        output = self.model.model.get_video_features(pixel_values_videos=pixels, return_dict=True)
-        tokens = output.pooler_output[0]  # (T * N + 1, D): the last row is the newline
-        units = pixels.shape[1]
+    def run_encoder(self, item: PreparedItem) -> Any:
+        output = self.model.model.get_video_features(
+            pixel_values_videos=item.inputs["pixel_values_videos"], return_dict=True)
+        # (1, T * N + 1, D): the last token is the newline
+        return BaseModelOutputWithPooling(pooler_output=output.pooler_output[0][None])
+
+    def describe(self, output: Any, inputs: dict[str, torch.Tensor]) -> EncodedVideo:
+        tokens = output.pooler_output[0]
         vision = self.model.config.vision_config
         side = math.ceil(vision.image_size // vision.patch_size / 2)
-        features = tokens[:-1].reshape(units, -1, tokens.shape[-1])
-        if features.shape[1] != side * side:
-            raise RuntimeError(f"expected {side}x{side} pooled tokens per frame, got "
-                               f"{features.shape[1]}")
-        return EncodedVideo(features=features, grid=(side, side),
-                            output=BaseModelOutputWithPooling(pooler_output=tokens[None]))
+        if (tokens.shape[0] - 1) % (side * side):
+            raise RuntimeError(f"expected {side}x{side} pooled tokens per frame and a newline, "
+                               f"got {tokens.shape[0]} tokens")
+        features = tokens[:-1].reshape(-1, side * side, tokens.shape[-1])
+        return EncodedVideo(features=features, grid=(side, side), output=output)
+
+    def output_tensors(self, output: Any) -> dict[str, torch.Tensor]:
+        return {"pooler_output": output.pooler_output}
+
+    def output_from_tensors(self, tensors: dict[str, torch.Tensor]) -> Any:
+        return BaseModelOutputWithPooling(pooler_output=tensors["pooler_output"])
 
     def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
         newline = torch.ones(1, dtype=torch.bool, device=plan.mask.device)

@@ -10,12 +10,23 @@ Qwen3-VL's deepstack features are sliced with the same mask as the main features
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..compression import KeepPlan
 from .base import EncodedVideo, PreparedItem, VideoAdapter
+
+
+@dataclass
+class VideoEncoderOutput(BaseModelOutputWithPooling):
+    """What the language model reads of the vision encoder's output (one tensor per video in
+    ``pooler_output``; Qwen3-VL adds per-layer ``deepstack_features``), whether it comes from
+    the encoder, a compression plan or a feature cache."""
+
+    deepstack_features: list[tuple[torch.Tensor, ...]] | None = None
 
 
 class QwenVLAdapter(VideoAdapter):
@@ -33,25 +44,34 @@ class QwenVLAdapter(VideoAdapter):
         return {}  # a transformers release from before the option
 
     @torch.inference_mode()
-    def encode(self, item: PreparedItem) -> EncodedVideo:
-        grid_thw = item.inputs["video_grid_thw"]
+    def run_encoder(self, item: PreparedItem) -> Any:
         output = self.model.model.get_video_features(
-            pixel_values_videos=item.inputs["pixel_values_videos"], video_grid_thw=grid_thw,
-            return_dict=True)
+            pixel_values_videos=item.inputs["pixel_values_videos"],
+            video_grid_thw=item.inputs["video_grid_thw"], return_dict=True)
+        deepstack = getattr(output, "deepstack_features", None)
+        return VideoEncoderOutput(pooler_output=output.pooler_output,
+                                  deepstack_features=deepstack)
+
+    def describe(self, output: Any, inputs: dict[str, torch.Tensor]) -> EncodedVideo:
         merge = int(self.model.config.vision_config.spatial_merge_size)
-        units, height, width = (int(v) for v in grid_thw[0])
+        units, height, width = (int(v) for v in inputs["video_grid_thw"][0])
         grid = (height // merge, width // merge)
         tokens = output.pooler_output[0]
         features = tokens.reshape(units, grid[0] * grid[1], tokens.shape[-1])
-        return EncodedVideo(features=features, grid=grid, output=self._keep_fields(output))
+        return EncodedVideo(features=features, grid=grid, output=output)
 
-    @staticmethod
-    def _keep_fields(output: Any) -> Any:
-        """Only what the language model reads: the pooled tokens and (Qwen3-VL) deepstack."""
-        fields = {"pooler_output": output.pooler_output}
-        if getattr(output, "deepstack_features", None) is not None:
-            fields["deepstack_features"] = output.deepstack_features
-        return type(output)(**fields)
+    def output_tensors(self, output: Any) -> dict[str, torch.Tensor]:
+        tensors = {"pooler_output": output.pooler_output[0]}
+        for layer, features in enumerate(output.deepstack_features or []):
+            tensors[f"deepstack.{layer}"] = features[0]
+        return tensors
+
+    def output_from_tensors(self, tensors: dict[str, torch.Tensor]) -> Any:
+        layers = sorted((key for key in tensors if key.startswith("deepstack.")),
+                        key=lambda key: int(key.split(".")[1]))
+        return VideoEncoderOutput(
+            pooler_output=(tensors["pooler_output"],),
+            deepstack_features=[(tensors[key],) for key in layers] or None)
 
     def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
         return plan.flat_mask()
@@ -60,19 +80,19 @@ class QwenVLAdapter(VideoAdapter):
         def kept(tokens: torch.Tensor) -> torch.Tensor:  # with device_map, on the merger's GPU
             return tokens.index_select(0, kept_features.to(tokens.device))
 
-        fields = {"pooler_output": (kept(output.pooler_output[0]),)}
-        if getattr(output, "deepstack_features", None) is not None:
-            fields["deepstack_features"] = [(kept(layer[0]),)
-                                            for layer in output.deepstack_features]
-        return type(output)(**fields)
+        deepstack = output.deepstack_features
+        return VideoEncoderOutput(
+            pooler_output=(kept(output.pooler_output[0]),),
+            deepstack_features=None if deepstack is None else [(kept(layer[0]),)
+                                                               for layer in deepstack])
 
     def merge_outputs(self, outputs: list[Any]) -> Any:
-        fields = {"pooler_output": tuple(o.pooler_output[0] for o in outputs)}
-        if getattr(outputs[0], "deepstack_features", None) is not None:
-            layers = len(outputs[0].deepstack_features)
-            fields["deepstack_features"] = [tuple(o.deepstack_features[layer][0] for o in outputs)
-                                            for layer in range(layers)]
-        return type(outputs[0])(**fields)
+        deepstack = outputs[0].deepstack_features
+        return VideoEncoderOutput(
+            pooler_output=tuple(o.pooler_output[0] for o in outputs),
+            deepstack_features=None if deepstack is None else [
+                tuple(o.deepstack_features[layer][0] for o in outputs)
+                for layer in range(len(deepstack))])
 
     def full_positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         # get_rope_index reads only its arguments and the config, so it runs on the CPU inputs.

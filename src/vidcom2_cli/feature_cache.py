@@ -1,0 +1,167 @@
+"""An on-disk cache of vision-encoder outputs, so a video is decoded and encoded once.
+
+An entry is one safetensors file named by its key: a hash of the video file's bytes (not its
+path or time), the model's fingerprint (reference, config, processor settings, dtype, device
+kind) and the sampling options. It holds the encoder output, the processor's token inputs
+(no pixels) and which frames were sampled, which is everything a later question, ratio or
+method needs. Entries are written to a temporary file and renamed into place, so a killed run
+never leaves half an entry under a real name and processes may share a directory; a checksum
+over the tensors catches a truncated or altered file, which is reported once, removed and
+recomputed. Nothing is written unless a cache directory is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .models.base import PreparedItem
+from .video import VideoInfo
+
+FORMAT = "vidcom2-feature-cache/1"
+SUFFIX = ".safetensors"
+ENVIRONMENT_VARIABLE = "VIDCOM2_FEATURE_CACHE"
+_CHUNK = 1 << 20
+
+
+@dataclass
+class CachedEncoding:
+    """One video's encoder output and what produced it (all on the CPU)."""
+
+    tensors: dict[str, torch.Tensor]  # the adapter's ``output_tensors``
+    item: PreparedItem  # the processor's output without pixels
+    indices: list[int]
+    info: VideoInfo
+    padded: int
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    entries: int
+    bytes: int
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """A directory of cached encodings; ``report`` receives a one-line notice when an entry is
+    unusable or cannot be written (once per entry), and the run goes on without it."""
+
+    def __init__(self, directory: Path, report: Callable[[str], None] | None = None) -> None:
+        self.directory = Path(directory)
+        self.report = report
+        self._reported: set[str] = set()
+        self._digests: dict[tuple[str, int, int], str] = {}
+
+    def key(self, video: Path, fingerprint: str, sampling: str) -> str:
+        """The entry name for a video file's content, a model and the sampling options.
+
+        The file is hashed once per process for each (path, size, modification time).
+        """
+        stat = video.stat()
+        identity = (str(video.resolve()), stat.st_size, stat.st_mtime_ns)
+        if identity not in self._digests:
+            self._digests[identity] = file_digest(video)
+        parts = (FORMAT, self._digests[identity], fingerprint, sampling)
+        return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{key}{SUFFIX}"
+
+    def load(self, key: str) -> CachedEncoding | None:
+        """The entry for ``key``, or None when there is none or it is unusable (then removed)."""
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            if metadata.get("format") != FORMAT or metadata.get("key") != key:
+                raise ValueError("written for another key or format")
+            if metadata.get("checksum") != _checksum(tensors):
+                raise ValueError("checksum mismatch")
+            video = json.loads(metadata["video"])
+            return CachedEncoding(
+                tensors={name[4:]: value for name, value in tensors.items()
+                         if name.startswith("out/")},
+                item=PreparedItem(
+                    inputs={name[3:]: value for name, value in tensors.items()
+                            if name.startswith("in/")},
+                    video_token_mask=tensors["video_token_mask"],
+                    positions=tensors["positions"]),
+                indices=[int(index) for index in video["indices"]],
+                info=VideoInfo(**video["info"]), padded=int(video["padded"]))
+        except Exception as error:  # a truncated, altered or foreign file: recompute
+            self._notice(key, f"feature cache: entry {path.name} is unusable ({error}); "
+                              "recomputing it")
+            path.unlink(missing_ok=True)
+            return None
+
+    def store(self, key: str, entry: CachedEncoding) -> None:
+        """Write an entry atomically (a temporary file renamed into place)."""
+        tensors = {f"out/{name}": value for name, value in entry.tensors.items()}
+        tensors.update({f"in/{name}": value for name, value in entry.item.inputs.items()})
+        tensors["video_token_mask"] = entry.item.video_token_mask
+        tensors["positions"] = entry.item.positions
+        tensors = {name: value.detach().to("cpu").contiguous().clone()
+                   for name, value in tensors.items()}
+        metadata = {"format": FORMAT, "key": key, "checksum": _checksum(tensors),
+                    "video": json.dumps({"indices": entry.indices, "padded": entry.padded,
+                                         "info": dataclasses.asdict(entry.info)})}
+        temporary = self.directory / f".{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(temporary), metadata=metadata)
+            with temporary.open("rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, self._path(key))
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            self._notice(key, f"feature cache: cannot write to {self.directory} "
+                              f"({error.strerror or error}); going on without it")
+
+    def usage(self) -> CacheUsage:
+        entries = list(self.directory.glob(f"*{SUFFIX}")) if self.directory.is_dir() else []
+        return CacheUsage(len(entries), sum(entry.stat().st_size for entry in entries))
+
+    def clear(self) -> CacheUsage:
+        """Remove every entry (and temporary files left by killed runs); returns what was
+        removed."""
+        removed = self.usage()
+        if self.directory.is_dir():
+            for path in [*self.directory.glob(f"*{SUFFIX}"), *self.directory.glob(".*.tmp")]:
+                path.unlink(missing_ok=True)
+        return removed
+
+    def _notice(self, key: str, message: str) -> None:
+        if key not in self._reported:
+            self._reported.add(key)
+            if self.report is not None:
+                self.report(message)
