@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,6 +171,7 @@ class Answer:
     feature_cache: str | None = None  # "hit", "miss", or None without a feature cache
 
 
+OPENING_QUESTION = "Describe this video."
 # The stages every answer reports, in pipeline order; their sum is ``total``.
 STAGES = ("feature_cache", "video_decode", "preprocess", "vision", "compress", "prefill",
           "decode")
@@ -415,6 +416,43 @@ class Engine:
             answers.append(self._answer(encoded, context.plan, item, compressed, result, index,
                                         stages, memory, reused))
         return answers
+
+    def open(self, video: str, sampling: SamplingOptions, compression: CompressionOptions,
+             on_stage: Callable[[str], None] | None = None
+             ) -> tuple[VideoContext, PrefixCache]:
+        """Decode, encode, compress and prefill one video's prompt prefix, once for all the
+        questions to come; ``on_stage`` hears each stage start.
+
+        The processor needs a prompt, so it gets ``OPENING_QUESTION``; only the prefix of that
+        prompt is kept, which is the same whatever the question.
+        """
+        check_compression(compression)
+        reset_peak_memory(self.devices)
+        announce = on_stage or (lambda stage: None)
+        announce("decoding")
+        prepared = self.prepare(Request(video, OPENING_QUESTION), sampling)
+        announce("encoding")
+        encoded = self.encode_prepared(prepared)
+        announce("compressing")
+        context = self.context(encoded, compression)
+        announce("prefilling")
+        return context, self.prefill([context])
+
+    def ask_many(self, video: str, questions: list[str], sampling: SamplingOptions,
+                 compression: CompressionOptions, generation: GenerationOptions,
+                 on_text: Callable[[str], None] | None = None) -> Iterator[Answer]:
+        """Answer several questions about one video from one decode, one encode, one
+        compression and one prefix prefill; yields each answer as soon as it is ready."""
+        check_options(compression, generation)
+        if not questions:
+            raise InputError("question: give at least one question")
+        for question in questions:
+            if not question.strip():
+                raise InputError("question: a question is empty")
+        context, prefix = self.open(video, sampling, compression)
+        for question in questions:
+            yield self.ask_contexts([context], prefix, [(0, Request(video, question))],
+                                    generation, on_text)[0]
 
     def ask(self, request: Request, sampling: SamplingOptions = SamplingOptions(),
             compression: CompressionOptions = CompressionOptions(),

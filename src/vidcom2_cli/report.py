@@ -13,8 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from .bench import BenchRow
-from .engine import Answer
+from .engine import Answer, VideoContext
 from .heatmap import budget_sparkline, favoured_units, spatial_heatmap
+from .models.base import PrefixCache
 
 RANDOM_WEIGHTS_NOTE = "random weights: the answer is meaningless; timings and shapes are real"
 
@@ -45,6 +46,7 @@ def answer_to_json(answer: Answer) -> dict[str, Any]:
                    "grid": list(answer.plan.grid) if answer.plan.grid else None},
         "timing_ms": {key: round(value, 3) for key, value in answer.timing_ms.items()},
         "memory": {"peak_bytes": answer.memory.bytes, "source": answer.memory.source},
+        "feature_cache": answer.feature_cache,
     }
 
 
@@ -123,21 +125,81 @@ def timing_table(answer: Answer) -> Table:
     return table
 
 
-def render_answer(answer: Answer) -> Group:
+def _header(answer: Answer) -> Text:
     count, padded = len(answer.video.indices), answer.video.padded
     frames = f"{count} frame{'s' if count != 1 else ''}" + (
         f" ({padded} padded)" if padded else "")
-    header = (f"{answer.method} R={answer.ratio:g} · {frames} of "
-              f"{answer.video.info.frame_count} · {Path(answer.model).name or answer.model}")
-    parts: list[RenderableType] = [Panel(answer.answer or "(empty answer)", title=header,
-                                         title_align="left")]
+    return Text(f"{answer.method} R={answer.ratio:g} · {frames} of "
+                f"{answer.video.info.frame_count} · {Path(answer.model).name or answer.model}")
+
+
+def _notes(answer: Answer) -> list[RenderableType]:
+    notes: list[RenderableType] = []
     if answer.random_weights:
-        parts.append(Text(RANDOM_WEIGHTS_NOTE, style="bold yellow"))
+        notes.append(Text(RANDOM_WEIGHTS_NOTE, style="bold yellow"))
     if answer.video.padded:
-        parts.append(Text(f"last frame repeated {answer.video.padded}x to fill the model's "
+        notes.append(Text(f"last frame repeated {answer.video.padded}x to fill the model's "
                           f"{answer.frames_per_unit}-frame temporal units", style="dim"))
+    if answer.feature_cache == "hit":
+        notes.append(Text("vision encoder output read from the feature cache (no decoding, "
+                          "no encoder)", style="dim"))
+    return notes
+
+
+def render_answer(answer: Answer) -> Group:
+    parts: list[RenderableType] = [Panel(Text(answer.answer or "(empty answer)"),
+                                         title=_header(answer), title_align="left")]
+    parts += _notes(answer)
     parts += [token_table(answer), heatmap_summary(answer), timing_table(answer)]
     return Group(*parts)
+
+
+def render_summary(answer: Answer) -> Group:
+    """What several questions about one video share, shown once: the compression and the
+    work done once for all of them."""
+    timing = answer.timing_ms
+    shared = ", ".join(f"{label} {timing[key]:,.1f} ms" for key, label in (
+        ("video_decode", "video decode"), ("preprocess", "preprocess"),
+        ("vision", "vision encoder"), ("compress", "compression"),
+        ("prefix_prefill", "prefix prefill")))
+    parts: list[RenderableType] = [Text.assemble(("Video ", "bold"), _header(answer))]
+    parts += _notes(answer)
+    parts += [token_table(answer), heatmap_summary(answer),
+              Text(f"done once for all questions: {shared}"),
+              Text(f"peak memory {megabytes(answer.memory.bytes)} ({answer.memory.source})",
+                   style="dim")]
+    return Group(*parts)
+
+
+def question_footer(answer: Answer) -> str:
+    """One line of a question's own cost: its prefill (reused prefix tokens apart) and decode."""
+    timing, tokens = answer.timing_ms, answer.tokens
+    prefilled = tokens.prompt_kept - tokens.prefix_reused
+    steps = max(tokens.generated - 1, 0)
+    reused = f", {tokens.prefix_reused} reused from the cached prefix" if (
+        tokens.prefix_reused) else ""
+    return (f"prefill {timing['prefill']:,.1f} ms ({prefilled} prompt tokens{reused}) · "
+            f"decode {timing['decode']:,.1f} ms ({steps} tokens, "
+            f"{_per_second(steps, timing['decode'])} tokens/s)")
+
+
+def render_question_answer(answer: Answer, index: int) -> Group:
+    title = Text(f"Q{index + 1}: {answer.request.question}")
+    return Group(Panel(Text(answer.answer or "(empty answer)"), title=title,
+                       title_align="left"),
+                 Text(question_footer(answer), style="dim"))
+
+
+def chat_ready_line(context: VideoContext, prefix: PrefixCache) -> str:
+    """What ``chat`` says once the video is ready for questions."""
+    encoded, plan = context.encoded, context.plan
+    timing = encoded.stages_ms
+    cached = " (from the feature cache)" if encoded.feature_cache == "hit" else ""
+    return (f"ready: {len(encoded.video.indices)} frames, {plan.total_kept} of "
+            f"{plan.total_full} video tokens kept ({plan.method} R={plan.ratio:g}); decode "
+            f"{timing.get('video_decode', 0.0):,.0f} ms, vision {timing.get('vision', 0.0):,.0f} "
+            f"ms{cached}, prefix prefill {prefix.prefill_ms:,.0f} ms "
+            f"({prefix.lengths[0]} tokens). Ask a question; an empty line or Ctrl-D ends.")
 
 
 def render_bench(rows: list[BenchRow], title: str) -> Table:
