@@ -307,7 +307,7 @@ def test_run_batch_retries_a_failed_batch_item_by_item(tmp_path, workdir, tiny_c
     monkeypatch.setattr(engine, "answer", flaky)
     items = read_input(str(workdir / "good.jsonl"))
     options = BatchOptions(SamplingOptions(frames=4), CompressionOptions(ratio=0.5),
-                           GenerationOptions(max_new_tokens=2), batch_size=3)
+                           GenerationOptions(max_new_tokens=2), batch_size=3, reuse=False)
     out = tmp_path / "out.jsonl"
     with ResultWriter.open(str(out)) as writer:
         summary = run_batch(engine, items, options, writer, done=Counter({"4": 1}))
@@ -351,10 +351,10 @@ def prefetch_rows(workdir: Path) -> list[dict | str]:
 
 
 def _run(engine: Engine, items: list, out: Path, prefetch: int, batch_size: int = 2,
-         done: Counter[str] | None = None) -> list[dict]:
+         done: Counter[str] | None = None, reuse: bool = False) -> list[dict]:
     options = BatchOptions(SamplingOptions(frames=4), CompressionOptions(ratio=0.5),
                            GenerationOptions(max_new_tokens=3), batch_size=batch_size,
-                           prefetch=prefetch)
+                           prefetch=prefetch, reuse=reuse)
     with ResultWriter.open(str(out)) as writer:
         run_batch(engine, items, options, writer, done)
     return records(out.read_text())

@@ -56,11 +56,12 @@ def read_jsonl_strictly(path: Path) -> list[dict]:
 
 def batch_in_order(tmp_path: Path, rows: list[dict], model: list[str], batch_size: int,
                    name: str = "out.jsonl") -> tuple[Result, list[dict]]:
-    """Run ``vidcom2 batch`` on ``rows``: it must exit 0 and write one record per row, in order."""
+    """Run ``vidcom2 batch --no-reuse`` on ``rows``: it must exit 0 and write one record per
+    row, in order."""
     source = jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / name
     result = runner.invoke(app, ["batch", str(source), "--out", str(out), "--batch-size",
-                                 str(batch_size), *model])
+                                 str(batch_size), "--no-reuse", *model])
     assert result.exit_code == 0, result.output
     written = read_jsonl_strictly(out)
     assert [row["id"] for row in written] == [row["id"] for row in rows]
@@ -316,7 +317,9 @@ def test_item_ids_never_become_paths(tmp_path, qwen, monkeypatch):
     assert tree(tmp_path) == before | {"a/b/work/results/out.jsonl"}
     assert not Path(absolute).exists()
     written = read_jsonl_strictly(work / "results" / "out.jsonl")
-    assert [row["id"] for row in written] == [row["id"] for row in rows]  # ids kept verbatim
+    # ids kept verbatim (records come grouped by video)
+    assert sorted(row["id"] for row in written) == sorted(row["id"] for row in rows)
+    assert written[-1]["id"] == "not-a-video"
     assert not any("error" in row for row in written[:-1])
     error = written[-1]["error"]
     assert error.startswith("/etc/passwd") and "root:" not in error  # no file content echoed

@@ -44,10 +44,12 @@ from .engine import (
     PreparedRequest,
     Request,
     SamplingOptions,
+    VideoContext,
     check_options,
     check_sampling,
 )
 from .errors import first_line
+from .models.base import PrefixCache
 from .report import answer_to_json
 from .timing import is_out_of_memory, release_cached_memory, reset_peak_memory
 from .video import VideoError
@@ -73,6 +75,9 @@ class BatchOptions:
     # Items decoded and preprocessed ahead on CPU threads while the model runs; 0: none,
     # None: 2 x batch_size (the next batch ready when the current one ends, and one more).
     prefetch: int | None = None
+    # Answer all the questions about one video from one encoding and one prefix prefill
+    # (records grouped by video); False: every line on its own, in input order.
+    reuse: bool = True
 
     @property
     def prefetch_items(self) -> int:
@@ -451,32 +456,42 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
     """Answer every item without a record in ``done`` (see ``pending_items``), writing one
     record per item.
 
-    Items are decoded and preprocessed up to ``options.prefetch_items`` ahead on worker
-    threads, then encoded one at a time on this thread; every ``batch_size`` encoded ones
-    share a generate call. Bad input becomes an error record and the run goes on. Records
-    keep the input's order: an error waits for the batch it falls in.
+    The work is split into groups: with ``options.reuse`` all the questions about one video
+    (in order of their video's first question), else one group per item. Groups are decoded
+    and preprocessed up to ``options.prefetch_items`` ahead on worker threads, then encoded
+    one at a time on this thread; every ``batch_size`` encoded groups are answered together
+    (see ``answer_groups`` and ``answer_batch``), and their records written as soon as they
+    are. Bad input becomes an error record and the run goes on; an error waits for the batch
+    it falls in, so records keep the groups' order.
     """
     todo = pending_items(items, done or {})
     summary = BatchSummary(total=len(items), skipped=len(items) - len(todo))
-    queue: list[tuple[BatchItem, EncodedRequest | str]] = []  # str: the item's error
-    ready = 0  # encoded items in the queue
+    groups = video_groups(todo) if options.reuse else [[item] for item in todo]
+    queue: list[tuple[list[BatchItem], EncodedRequest | str]] = []  # str: the group's error
+    ready = 0  # encoded groups in the queue
 
     def flush() -> None:
-        answers = iter(answer_batch(engine, [(item, outcome) for item, outcome in queue
-                                             if isinstance(outcome, EncodedRequest)], options))
-        for item, outcome in queue:
-            result = next(answers) if isinstance(outcome, EncodedRequest) else error_record(
-                item, outcome)
-            writer.write(result)
-            summary.add(result)
-            if on_record is not None:
-                on_record(summary)
+        encoded = [(group, outcome) for group, outcome in queue
+                   if isinstance(outcome, EncodedRequest)]
+        if options.reuse:
+            answered = iter(answer_groups(engine, encoded, options))
+        else:
+            answered = iter([record] for record in answer_batch(
+                engine, [(group[0], outcome) for group, outcome in encoded], options))
+        for group, outcome in queue:
+            results = next(answered) if isinstance(outcome, EncodedRequest) else [
+                error_record(item, outcome) for item in group]
+            for result in results:
+                writer.write(result)
+                summary.add(result)
+                if on_record is not None:
+                    on_record(summary)
         queue.clear()
 
-    with prepared_in_order(engine, todo, options.sampling, options.prefetch_items) as prepared:
-        for item, outcome in prepared:
+    with prepared_in_order(engine, groups, options.sampling, options.prefetch_items) as prepared:
+        for group, outcome in prepared:
             if isinstance(outcome, str):
-                queue.append((item, outcome))
+                queue.append((group, outcome))
                 continue
             if ready == 0:
                 reset_peak_memory(engine.devices)  # the peak reported is that of the item's batch
@@ -486,7 +501,7 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
                 ready = 0
                 reset_peak_memory(engine.devices)
                 encoded = encode_item(engine, outcome, retry=False)
-            queue.append((item, encoded))
+            queue.append((group, encoded))
             if isinstance(encoded, str):
                 continue
             ready += 1
@@ -495,6 +510,25 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
                 ready = 0
     flush()
     return summary
+
+
+def video_groups(items: list[BatchItem]) -> list[list[BatchItem]]:
+    """The items grouped by video file, in order of each video's first item; an item that
+    cannot run (its ``error``) is a group of its own."""
+    groups: dict[str, list[BatchItem]] = {}
+    alone: list[list[BatchItem]] = []
+    order: list[list[BatchItem]] = []
+    for item in items:
+        if item.error is not None:
+            alone.append([item])
+            order.append(alone[-1])
+            continue
+        key = os.path.abspath(item.video)
+        if key not in groups:
+            groups[key] = []
+            order.append(groups[key])
+        groups[key].append(item)
+    return order
 
 
 def prepare_item(engine: Engine, item: BatchItem, sampling: SamplingOptions
@@ -541,33 +575,34 @@ def encode_item(engine: Engine, prepared: PreparedRequest, retry: bool = True
 
 
 @contextmanager
-def prepared_in_order(engine: Engine, items: list[BatchItem], sampling: SamplingOptions,
+def prepared_in_order(engine: Engine, groups: list[list[BatchItem]], sampling: SamplingOptions,
                       prefetch: int
-                      ) -> Iterator[Iterator[tuple[BatchItem, PreparedRequest | str]]]:
-    """The items in order, each with its ``prepare_item`` outcome.
+                      ) -> Iterator[Iterator[tuple[list[BatchItem], PreparedRequest | str]]]:
+    """The groups in order, each with the ``prepare_item`` outcome of its first item (the
+    video and the processor's output are the same for every item of a group).
 
-    With ``prefetch`` > 0, up to that many items after the one handed out are being prepared
+    With ``prefetch`` > 0, up to that many groups after the one handed out are being prepared
     on worker threads meanwhile; leaving the block (Ctrl-C included) cancels those not
     started. The one or two decodes already running finish on their threads (the interpreter
     joins them at exit, a few seconds at most). With 0, each is prepared here when asked for.
     """
     if prefetch == 0:
-        yield ((item, prepare_item(engine, item, sampling)) for item in items)
+        yield ((group, prepare_item(engine, group[0], sampling)) for group in groups)
         return
     pool = ThreadPoolExecutor(max_workers=min(prefetch, PREFETCH_WORKERS),
                               thread_name_prefix="vidcom2-prefetch")
     try:
-        yield _prefetched(pool, engine, items, sampling, prefetch)
+        yield _prefetched(pool, engine, groups, sampling, prefetch)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _prefetched(pool: ThreadPoolExecutor, engine: Engine, items: list[BatchItem],
+def _prefetched(pool: ThreadPoolExecutor, engine: Engine, groups: list[list[BatchItem]],
                 sampling: SamplingOptions, prefetch: int
-                ) -> Iterator[tuple[BatchItem, PreparedRequest | str]]:
-    pending: deque[tuple[BatchItem, Future[PreparedRequest | str]]] = deque()
-    for item in items:
-        pending.append((item, pool.submit(prepare_item, engine, item, sampling)))
+                ) -> Iterator[tuple[list[BatchItem], PreparedRequest | str]]:
+    pending: deque[tuple[list[BatchItem], Future[PreparedRequest | str]]] = deque()
+    for group in groups:
+        pending.append((group, pool.submit(prepare_item, engine, group[0], sampling)))
         if len(pending) > prefetch:
             head, future = pending.popleft()
             yield head, future.result()
@@ -587,11 +622,8 @@ def answer_batch(engine: Engine, batch: list[tuple[BatchItem, EncodedRequest]],
     try:
         answers = engine.answer([encoded for _, encoded in batch], options.compression,
                                 options.generation)
-    except InputError as error:  # e.g. one prompt too long for the context
-        failure, out_of_memory = first_line(error), False
     except Exception as error:
-        failure = f"{type(error).__name__}: {first_line(error)}"
-        out_of_memory = is_out_of_memory(error)
+        failure, out_of_memory = _failure(error)
     else:
         return [result_record(item, answer)
                 for (item, _), answer in zip(batch, answers, strict=True)]
@@ -605,6 +637,72 @@ def answer_batch(engine: Engine, batch: list[tuple[BatchItem, EncodedRequest]],
         reset_peak_memory(engine.devices)  # each retried item reports its own peak
         results += answer_batch(engine, [pair], options)
     return results
+
+
+def answer_groups(engine: Engine, batch: list[tuple[list[BatchItem], EncodedRequest]],
+                  options: BatchOptions) -> list[list[dict[str, Any]]]:
+    """Each group's records: the videos compressed and their prompt prefixes prefilled in one
+    batch, then every question answered on a copy of its video's prefix, ``batch_size``
+    questions per generate call.
+
+    When the prefill fails, each video is tried alone before its questions become errors;
+    when a generate call fails, each of its questions is tried alone before becoming an error.
+    """
+    if not batch:
+        return []
+    try:
+        contexts = [engine.context(encoded, options.compression) for _, encoded in batch]
+        prefix = engine.prefill(contexts)
+    except Exception as error:
+        failure, out_of_memory = _failure(error)
+    else:
+        asked = [(row, item) for row, (group, _) in enumerate(batch) for item in group]
+        records: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(asked), options.batch_size):
+            chunk = asked[start:start + options.batch_size]
+            records.update(_answer_questions(engine, contexts, prefix, chunk, options, start))
+        numbered = iter(range(len(asked)))
+        return [[records[next(numbered)] for _ in group] for group, _ in batch]
+    if out_of_memory:  # outside the except block: the failed call's tensors are gone
+        release_cached_memory()
+    if len(batch) == 1:
+        return [[error_record(item, failure) for item in batch[0][0]]]
+    results = []
+    for pair in batch:
+        reset_peak_memory(engine.devices)
+        results += answer_groups(engine, [pair], options)
+    return results
+
+
+def _answer_questions(engine: Engine, contexts: list[VideoContext], prefix: PrefixCache,
+                      chunk: list[tuple[int, BatchItem]], options: BatchOptions,
+                      first: int) -> dict[int, dict[str, Any]]:
+    """Records of one generate call's questions, keyed by their position in the whole batch
+    (``first`` is the chunk's; each question alone again when the call fails)."""
+    requests = [(row, Request(item.video, item.prompt or "", item.key)) for row, item in chunk]
+    try:
+        answers = engine.ask_contexts(contexts, prefix, requests, options.generation)
+    except Exception as error:
+        failure, out_of_memory = _failure(error)
+    else:
+        return {first + index: result_record(item, answer)
+                for index, ((_, item), answer) in enumerate(zip(chunk, answers, strict=True))}
+    if out_of_memory:
+        release_cached_memory()
+    if len(chunk) == 1:
+        return {first: error_record(chunk[0][1], failure)}
+    records = {}
+    for index, pair in enumerate(chunk):
+        records.update(_answer_questions(engine, contexts, prefix, [pair], options,
+                                         first + index))
+    return records
+
+
+def _failure(error: Exception) -> tuple[str, bool]:
+    """An error as its item's one-line message, and whether it means out of memory."""
+    if isinstance(error, InputError):  # e.g. one prompt too long for the context
+        return first_line(error), False
+    return f"{type(error).__name__}: {first_line(error)}", is_out_of_memory(error)
 
 
 @contextmanager
