@@ -1,0 +1,453 @@
+"""Encode once, ask many: prefix reuse in the engine, `ask` with several questions, `chat`,
+batch reuse, and the feature cache, on tiny offline checkpoints of every family."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from jsonl_files import jsonl, records
+from typer.testing import CliRunner
+
+from vidcom2_cli import engine as engine_module
+from vidcom2_cli.batch import BatchOptions, ResultWriter, parse_lines, run_batch
+from vidcom2_cli.cli import app
+from vidcom2_cli.engine import (
+    CompressionOptions,
+    Engine,
+    GenerationOptions,
+    Request,
+    SamplingOptions,
+)
+from vidcom2_cli.feature_cache import SUFFIX, FeatureCache
+from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.models.base import VideoAdapter
+
+pytestmark = pytest.mark.slow
+FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
+COLOR, SCENE, COUNTING = (str(SAMPLES / name) for name in
+                          ("color_change.mp4", "scene_cut.mp4", "counting.mp4"))
+QUESTIONS = ["What happens?", "Describe the colours of everything you see in this clip.",
+             "Is there a square? Answer yes or no."]
+SAMPLING = SamplingOptions(frames=6)
+COMPRESSION = CompressionOptions(ratio=0.25)
+GENERATION = GenerationOptions(max_new_tokens=6)
+FAST = ["--frames", "6", "--max-new-tokens", "6", "--device", "cpu"]
+SCRIPT = Path(sys.executable).with_name("vidcom2")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_engine(request, tiny_checkpoints) -> tuple[str, Engine]:
+    return request.param, Engine.load(str(tiny_checkpoints(request.param)),
+                                      LoadOptions(device="cpu", attention="sdpa"))
+
+
+@pytest.fixture
+def encoder_calls(monkeypatch) -> list[int]:
+    """Counts vision-encoder runs, whatever the family."""
+    calls: list[int] = []
+    real = VideoAdapter.encode
+
+    def encode(self, item):
+        calls.append(1)
+        return real(self, item)
+
+    monkeypatch.setattr(VideoAdapter, "encode", encode)
+    return calls
+
+
+def comparable(answer) -> tuple:
+    tokens = answer.tokens
+    return (answer.answer, tokens.prompt_full, tokens.prompt_kept, tokens.visual_kept,
+            tokens.generated, tuple(tokens.per_frame_kept))
+
+
+# --- the engine ------------------------------------------------------------------------------
+
+def test_question_suffix_is_what_the_processor_gives(family_engine):
+    """The tokens after the prefix, built from the template and tokenizer alone, equal the
+    processor's for the same question; the prefix is the same for every question."""
+    _, engine = family_engine
+    adapter = engine.adapter
+    prefixes = set()
+    for question in QUESTIONS:
+        prepared = engine.prepare(Request(SCENE, question), SAMPLING)
+        ids = prepared.item.inputs["input_ids"][0].tolist()
+        split = adapter.prefix_length(ids)
+        assert adapter.question_suffix(question).tolist() == ids[split:]
+        assert not prepared.item.video_token_mask[split:].any()  # the whole video is before
+        prefixes.add(tuple(ids[:split]))
+        rebuilt = adapter.with_question(prepared.item.without_pixels(), question)
+        assert torch.equal(rebuilt.inputs["input_ids"], prepared.item.inputs["input_ids"])
+        assert torch.equal(rebuilt.positions, prepared.item.positions)
+    assert len(prefixes) == 1
+
+
+def test_many_questions_give_the_answers_of_single_asks(family_engine, encoder_calls):
+    _, engine = family_engine
+    alone = [engine.ask(Request(SCENE, question), SAMPLING, COMPRESSION, GENERATION)
+             for question in QUESTIONS]
+    encoder_calls.clear()
+    many = list(engine.ask_many(SCENE, QUESTIONS, SAMPLING, COMPRESSION, GENERATION))
+    assert len(encoder_calls) == 1
+    assert [comparable(answer) for answer in many] == [comparable(answer) for answer in alone]
+    assert [answer.request.question for answer in many] == QUESTIONS
+    reused = [answer.tokens.prefix_reused for answer in many]
+    assert reused[0] == 0 and reused[1] == reused[2] > 0
+    # the shared stages are reported once; later answers prefill only their own tokens
+    assert many[0].timing_ms["vision"] > 0 and many[1].timing_ms["vision"] == 0
+    assert many[1].timing_ms["video_decode"] == 0 and many[1].timing_ms["prefix_prefill"] == 0
+    assert many[0].timing_ms["prefix_prefill"] > 0
+
+
+def test_several_questions_and_videos_in_one_generate_call(family_engine):
+    """Rows of two videos' prefixes, three questions, middle-padded into one call."""
+    _, engine = family_engine
+    contexts = [engine.context(engine.encode(Request(video, "?"), SAMPLING), COMPRESSION)
+                for video in (SCENE, COLOR)]
+    prefix = engine.prefill(contexts)
+    asked = [(1, Request(COLOR, QUESTIONS[0])), (0, Request(SCENE, QUESTIONS[1])),
+             (0, Request(SCENE, QUESTIONS[2]))]
+    together = engine.ask_contexts(contexts, prefix, asked, GENERATION)
+    for (_, request), answer in zip(asked, together, strict=True):
+        alone = engine.ask(request, SAMPLING, COMPRESSION, GENERATION)
+        assert comparable(answer) == comparable(alone)
+
+
+def test_first_token_logits_match_the_full_prompt(family_engine):
+    """Prefix cache + question prefill gives the logits of one forward over the whole
+    compressed prompt, within float tolerance."""
+    _, engine = family_engine
+    adapter = engine.adapter
+    context = engine.context(engine.encode(Request(SCENE, "?"), SAMPLING), COMPRESSION)
+    prefix = engine.prefill([context])
+    item = adapter.with_question(context.encoded.host_item, QUESTIONS[1])
+    compressed = adapter.compress(item, context.encoded.encoded, context.plan)
+    full = adapter.forward_logits([compressed])[0, -1]
+    batch = adapter.collate([compressed], prefix.lengths, prefix.width)
+    import copy
+
+    with torch.inference_mode():
+        batch[adapter._cache_argument] = copy.deepcopy(prefix.cache)
+        batch["input_ids"] = batch["input_ids"][:, prefix.width:]
+        batch["position_ids"] = batch["position_ids"][..., prefix.width:]
+        if "mm_token_type_ids" in batch:
+            batch["mm_token_type_ids"] = batch["mm_token_type_ids"][:, prefix.width:]
+        reused = adapter.model(**batch, use_cache=True).logits[0, -1]
+    torch.testing.assert_close(reused, full, rtol=1e-4, atol=1e-4)
+    assert int(reused.argmax()) == int(full.argmax())
+
+
+# --- ask and chat -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen3_vl"])
+def test_ask_with_several_questions_prints_json_lines(tiny_checkpoints, family, encoder_calls):
+    model = str(tiny_checkpoints(family))
+    singles = []
+    for question in QUESTIONS:
+        result = runner.invoke(app, ["ask", SCENE, question, "-m", model, *FAST, "--json"])
+        assert result.exit_code == 0, result.output
+        singles.append(json.loads(result.stdout))
+    encoder_calls.clear()
+    result = runner.invoke(app, ["ask", SCENE, *QUESTIONS, "-m", model, *FAST, "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(encoder_calls) == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["question"] for line in lines] == QUESTIONS
+    for line, single in zip(lines, singles, strict=True):
+        assert set(single) <= set(line)
+        assert line["answer"] == single["answer"]
+        for key in ("prompt_full", "prompt_kept", "visual_kept", "generated"):
+            assert line["tokens"][key] == single["tokens"][key]
+    assert lines[0]["tokens"]["prefix_reused"] == 0 < lines[1]["tokens"]["prefix_reused"]
+
+
+def test_ask_with_several_questions_renders_the_summary_once(tiny_checkpoints):
+    result = runner.invoke(app, ["ask", SCENE, *QUESTIONS[:2], "-m",
+                                 str(tiny_checkpoints("qwen2_vl")), *FAST])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("Retained tokens") == 1
+    assert "Q1: What happens?" in result.stdout and "Q2: Describe" in result.stdout
+    assert "reused from the cached prefix" in result.stdout
+
+
+def test_chat_from_stdin_answers_like_ask(tiny_checkpoints, encoder_calls):
+    model = str(tiny_checkpoints("qwen2_5_vl"))
+    asked = runner.invoke(app, ["ask", SCENE, *QUESTIONS, "-m", model, *FAST, "--json"])
+    encoder_calls.clear()
+    chat = runner.invoke(app, ["chat", SCENE, "-m", model, *FAST, "--json"],
+                         input="\n".join(QUESTIONS) + "\n\n")
+    assert chat.exit_code == 0, chat.output
+    assert len(encoder_calls) == 1
+    expected = [json.loads(line) for line in asked.stdout.splitlines()]
+    got = [json.loads(line) for line in chat.stdout.splitlines()]
+    assert [(row["question"], row["answer"], row["tokens"]["prompt_kept"]) for row in got] == [
+        (row["question"], row["answer"], row["tokens"]["prompt_kept"]) for row in expected]
+
+
+def test_chat_with_empty_stdin_exits_2_with_one_line(tiny_checkpoints):
+    result = runner.invoke(app, ["chat", SCENE, "-m", str(tiny_checkpoints("qwen2_vl")),
+                                 *FAST], input="\n")
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "stdin" in result.stderr
+
+
+# --- batch ------------------------------------------------------------------------------------
+
+def batch_rows() -> list[dict | str]:
+    """Video-MME-shaped: several questions per video, interleaved, with bad lines among them."""
+    return [
+        {"id": "s1", "video": SCENE, "question": QUESTIONS[0]},
+        {"id": "c1", "video": COLOR, "question": QUESTIONS[0], "options": ["a", "b"],
+         "answer": "A"},
+        {"id": "s2", "video": SCENE, "question": QUESTIONS[1]},
+        {"id": "gone", "video": "missing.mp4", "question": "Q?"},
+        "{not json",
+        {"id": "n1", "video": COUNTING, "question": QUESTIONS[2]},
+        {"id": "c2", "video": COLOR, "question": QUESTIONS[1]},
+        {"id": "s3", "video": SCENE, "question": QUESTIONS[2]},
+        {"id": "gone-2", "video": "missing.mp4", "question": "Q2?"},
+    ]
+
+
+def run(engine: Engine, path: Path, out: Path, reuse: bool, batch_size: int = 1,
+        prefetch: int | None = None, done: Counter | None = None) -> list[dict]:
+    items = parse_lines(path.read_bytes(), path.parent)
+    options = BatchOptions(SAMPLING, COMPRESSION, GENERATION, batch_size=batch_size,
+                           prefetch=prefetch, reuse=reuse)
+    with ResultWriter.open(str(out)) as writer:
+        run_batch(engine, items, options, writer, done)
+    return records(out.read_text())
+
+
+def by_id(rows: list[dict]) -> dict:
+    keep = ("answer", "error", "kept_ratio", "correct")
+    return {row["id"]: ({key: row.get(key) for key in keep},
+                        {key: row["tokens"][key] for key in ("prompt_full", "prompt_kept",
+                                                             "visual_kept", "generated")}
+                        if "tokens" in row else None)
+            for row in rows}
+
+
+@pytest.fixture(scope="module")
+def batch_input(tmp_path_factory) -> Path:
+    return jsonl(tmp_path_factory.mktemp("reuse") / "in.jsonl", batch_rows())
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen3_vl"])
+def test_batch_reuse_gives_the_records_of_no_reuse(tiny_checkpoints, tmp_path, batch_input,
+                                                   family, encoder_calls):
+    engine = Engine.load(str(tiny_checkpoints(family)), LoadOptions(device="cpu"))
+    plain = run(engine, batch_input, tmp_path / "plain.jsonl", reuse=False)
+    encoder_calls.clear()
+    reused = run(engine, batch_input, tmp_path / "reused.jsonl", reuse=True)
+    assert len(encoder_calls) == 3  # scene, color, counting: once each
+    assert by_id(reused) == by_id(plain)
+    assert len(reused) == 9
+    # grouped by video (the two missing ones too), in order of each video's first question
+    assert [row["id"] for row in reused] == ["s1", "s2", "s3", "c1", "c2", "gone", "gone-2",
+                                             "line-5", "n1"]
+    reuse_counts = {row["id"]: row["tokens"]["prefix_reused"] for row in reused
+                    if "tokens" in row}
+    assert reuse_counts["s1"] == reuse_counts["c1"] == reuse_counts["n1"] == 0
+    assert reuse_counts["s2"] > 0 and reuse_counts["c2"] > 0
+    for batch_size, prefetch in ((2, 0), (3, 4)):
+        again = run(engine, batch_input, tmp_path / f"b{batch_size}.jsonl", reuse=True,
+                    batch_size=batch_size, prefetch=prefetch)
+        assert by_id(again) == by_id(plain)
+
+
+def test_batch_reuse_interrupted_then_resumed_gives_every_id_once(tiny_checkpoints, tmp_path,
+                                                                  batch_input, monkeypatch):
+    engine = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"))
+    real = engine.ask_contexts
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # the first question of the second video
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "ask_contexts", interrupted)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run(engine, batch_input, out, reuse=True)
+    first = records(out.read_text())
+    assert [row["id"] for row in first] == ["s1", "s2", "s3"]  # the first video's group
+    monkeypatch.setattr(engine, "ask_contexts", real)
+    from vidcom2_cli.batch import existing_ids
+
+    final = run(engine, batch_input, out, reuse=True, done=existing_ids(out))
+    assert Counter(row["id"] for row in final) == Counter(
+        {key: 1 for key in ["s1", "s2", "s3", "c1", "c2", "gone", "line-5", "n1", "gone-2"]})
+
+
+def test_batch_reuse_out_of_memory_retries_alone(tiny_checkpoints, tmp_path, batch_input,
+                                                 monkeypatch):
+    engine = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"))
+    plain = run(engine, batch_input, tmp_path / "plain.jsonl", reuse=False)
+    real_prefill, real_ask = engine.prefill, engine.ask_contexts
+    sizes: list[tuple[str, int]] = []
+
+    def prefill(contexts):
+        sizes.append(("prefill", len(contexts)))
+        if len(contexts) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_prefill(contexts)
+
+    def ask_contexts(contexts, prefix, asked, generation, on_text=None):
+        sizes.append(("ask", len(asked)))
+        if len(asked) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real_ask(contexts, prefix, asked, generation, on_text)
+
+    monkeypatch.setattr(engine, "prefill", prefill)
+    monkeypatch.setattr(engine, "ask_contexts", ask_contexts)
+    reused = run(engine, batch_input, tmp_path / "reused.jsonl", reuse=True, batch_size=2)
+    assert by_id(reused) == by_id(plain)
+    assert ("prefill", 2) in sizes and ("ask", 2) in sizes
+    assert all(size == 1 for what, size in sizes[sizes.index(("prefill", 2)) + 1:][:1])
+
+
+def test_batch_cli_no_reuse_and_reuse_agree(tiny_checkpoints, tmp_path, batch_input):
+    model = ["-m", str(tiny_checkpoints("qwen2_vl")), *FAST]
+    outs = {}
+    for flag in ("--reuse", "--no-reuse"):
+        out = tmp_path / f"{flag}.jsonl"
+        result = runner.invoke(app, ["batch", str(batch_input), "--out", str(out), flag,
+                                     *model])
+        assert result.exit_code == 0, result.output
+        outs[flag] = records(out.read_text())
+    assert by_id(outs["--reuse"]) == by_id(outs["--no-reuse"])
+    assert [row["id"] for row in outs["--no-reuse"]] == [
+        "s1", "c1", "s2", "gone", "line-5", "n1", "c2", "s3", "gone-2"]
+
+
+# --- the feature cache ------------------------------------------------------------------------
+
+def entries(folder: Path) -> list[Path]:
+    return sorted(folder.glob(f"*{SUFFIX}"))
+
+
+def test_feature_cache_hit_skips_decoding_and_the_encoder(tiny_checkpoints, tmp_path,
+                                                          encoder_calls, monkeypatch):
+    folder = tmp_path / "cache"
+    engine = Engine.load(str(tiny_checkpoints("qwen3_vl")), LoadOptions(device="cpu"),
+                         feature_cache=FeatureCache(folder))
+    first = engine.ask(Request(SCENE, QUESTIONS[0]), SAMPLING, COMPRESSION, GENERATION)
+    assert first.feature_cache == "miss" and len(encoder_calls) == 1
+    assert len(entries(folder)) == 1
+    decodes = []
+    real_load = engine_module.load_video
+    monkeypatch.setattr(engine_module, "load_video",
+                        lambda *a, **k: decodes.append(1) or real_load(*a, **k))
+    for ratio, question in ((0.25, QUESTIONS[0]), (0.5, QUESTIONS[1]), (1.0, QUESTIONS[2])):
+        compression = CompressionOptions(ratio=ratio)
+        hit = engine.ask(Request(SCENE, question), SAMPLING, compression, GENERATION)
+        fresh = Engine(engine.loaded, engine.adapter).ask(Request(SCENE, question), SAMPLING,
+                                                          compression, GENERATION)
+        assert hit.feature_cache == "hit" and hit.timing_ms["vision"] == 0
+        assert comparable(hit) == comparable(fresh)
+        assert hit.video.indices == fresh.video.indices
+    assert len(encoder_calls) == 1 + 3  # only the uncached runs
+    assert len(decodes) == 3  # likewise
+
+
+def test_feature_cache_is_keyed_by_content_model_and_sampling(tiny_checkpoints, tmp_path,
+                                                              encoder_calls):
+    folder = tmp_path / "cache"
+    cache = FeatureCache(folder)
+    qwen2 = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"),
+                        feature_cache=cache)
+    qwen25 = Engine.load(str(tiny_checkpoints("qwen2_5_vl")), LoadOptions(device="cpu"),
+                         feature_cache=cache)
+    renamed = tmp_path / "renamed.mp4"
+    shutil.copy(SCENE, renamed)
+    altered = tmp_path / "altered.mp4"
+    altered.write_bytes(Path(SCENE).read_bytes() + b"\0")  # same frames, other bytes
+    runs = [(qwen2, SCENE, SAMPLING), (qwen2, str(renamed), SAMPLING),  # hit: same content
+            (qwen25, SCENE, SAMPLING), (qwen2, SCENE, SamplingOptions(frames=4)),
+            (qwen2, str(altered), SAMPLING)]
+    outcomes = [engine.ask(Request(video, "What happens?"), sampling, COMPRESSION,
+                           GENERATION).feature_cache for engine, video, sampling in runs]
+    assert outcomes == ["miss", "hit", "miss", "miss", "miss"]
+    assert len(encoder_calls) == 4 and len(entries(folder)) == 4
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_entry_is_reported_once_and_recomputed(tiny_checkpoints, tmp_path, damage):
+    folder = tmp_path / "cache"
+    notices: list[str] = []
+    engine = Engine.load(str(tiny_checkpoints("llava_onevision")), LoadOptions(device="cpu"),
+                         feature_cache=FeatureCache(folder, report=notices.append))
+    request = Request(SCENE, "What happens?")
+    reference = engine.ask(request, SAMPLING, COMPRESSION, GENERATION)
+    (entry,) = entries(folder)
+    data = bytearray(entry.read_bytes())
+    if damage == "truncate":
+        del data[len(data) // 2:]
+    else:
+        data[-100] ^= 0xFF  # inside the tensor data: only the checksum can tell
+    entry.write_bytes(bytes(data))
+    again = engine.ask(request, SAMPLING, COMPRESSION, GENERATION)
+    assert again.feature_cache == "miss" and comparable(again) == comparable(reference)
+    assert len(notices) == 1 and entry.name in notices[0]
+    assert engine.ask(request, SAMPLING, COMPRESSION, GENERATION).feature_cache == "hit"
+    assert len(notices) == 1
+
+
+def test_two_processes_writing_one_entry_leave_one_valid_entry(tiny_checkpoints, tmp_path):
+    folder = tmp_path / "cache"
+    model = str(tiny_checkpoints("qwen2_vl"))
+    command = [str(SCRIPT), "ask", SCENE, "What happens?", "-m", model, *FAST, "--json",
+               "--feature-cache", str(folder)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    answers = {json.loads(stdout)["answer"] for stdout, _ in outputs}
+    assert len(answers) == 1
+    assert len(entries(folder)) == 1 and not list(folder.glob(".*.tmp"))
+    hit = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    payload = json.loads(hit.stdout)
+    assert payload["feature_cache"] == "hit" and payload["answer"] in answers
+    assert payload["timing_ms"]["vision"] == 0
+
+
+def test_cache_info_and_clear(tiny_checkpoints, tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    model = str(tiny_checkpoints("qwen2_vl"))
+    monkeypatch.setenv("VIDCOM2_FEATURE_CACHE", str(folder))  # the default folder
+    assert runner.invoke(app, ["ask", SCENE, "Q?", "-m", model, *FAST, "-q"]).exit_code == 0
+    assert runner.invoke(app, ["ask", COLOR, "Q?", "-m", model, *FAST, "-q"]).exit_code == 0
+    info = runner.invoke(app, ["cache", "info", "--json"])
+    assert info.exit_code == 0, info.output
+    usage = json.loads(info.stdout)
+    assert usage["entries"] == 2 and usage["bytes"] == sum(
+        path.stat().st_size for path in entries(folder))
+    cleared = runner.invoke(app, ["cache", "clear"])
+    assert cleared.exit_code == 0 and "removed 2 entries" in cleared.stdout
+    assert entries(folder) == []
+    monkeypatch.delenv("VIDCOM2_FEATURE_CACHE")
+    missing = runner.invoke(app, ["cache", "info"])
+    assert missing.exit_code == 2 and "--feature-cache" in missing.stderr
+
+
+def test_no_cache_folder_no_files(tiny_checkpoints, tmp_path, monkeypatch):
+    """Without --feature-cache nothing is written anywhere."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VIDCOM2_FEATURE_CACHE", raising=False)
+    result = runner.invoke(app, ["ask", SCENE, "Q?", "-m", str(tiny_checkpoints("qwen2_vl")),
+                                 *FAST, "-q"])
+    assert result.exit_code == 0
+    assert list(tmp_path.iterdir()) == []
