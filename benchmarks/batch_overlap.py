@@ -115,7 +115,8 @@ def main() -> None:
         generation = GenerationOptions(max_new_tokens=args.max_new_tokens,
                                        min_new_tokens=args.max_new_tokens)
         base = BatchOptions(SamplingOptions(frames=args.frames),
-                            CompressionOptions(ratio=args.ratio), generation, args.batch_size)
+                            CompressionOptions(ratio=args.ratio), generation, args.batch_size,
+                            reuse=False)  # every item on its own: overlap alone is measured
         prefetch = base.prefetch_items if args.prefetch is None else args.prefetch
         if prefetch < 1:
             parser.error("--prefetch: the overlapped run needs at least 1")

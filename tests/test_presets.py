@@ -18,6 +18,7 @@ from vidcom2_cli.models.registry import load_adapter
 PUBLISHED_PARAMETERS = {
     "llava-onevision-0.5b": 0.894,
     "llava-onevision-7b": 8.03,
+    "qwen2-vl-2b": 2.21,
     "qwen2-vl-7b": 8.29,
     "qwen2.5-vl-7b": 8.29,
     "qwen3-vl-8b": 8.77,
