@@ -4,7 +4,6 @@ batch reuse, and the feature cache, on tiny offline checkpoints of every family.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -451,3 +450,48 @@ def test_no_cache_folder_no_files(tiny_checkpoints, tmp_path, monkeypatch):
                                  *FAST, "-q"])
     assert result.exit_code == 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_with_a_warm_feature_cache_reports_the_hit(tiny_checkpoints, tmp_path):
+    folder = tmp_path / "cache"
+    command = ["bench", SCENE, "-m", str(tiny_checkpoints("qwen2_vl")), "--frames", "4",
+               "--ratios", "1.0,0.5", "--repeats", "1", "--warmup", "0",
+               "--max-new-tokens", "2", "--device", "cpu", "--json",
+               "--feature-cache", str(folder)]
+    cold = runner.invoke(app, command)
+    warm = runner.invoke(app, command)
+    assert cold.exit_code == warm.exit_code == 0, warm.output
+    cold_rows, warm_rows = json.loads(cold.stdout), json.loads(warm.stdout)
+    assert {row["feature_cache"] for row in cold_rows} == {"miss"}
+    assert {row["feature_cache"] for row in warm_rows} == {"hit"}
+    assert all(row["vision_ms"] == 0 and row["video_decode_ms"] == 0 for row in warm_rows)
+    assert [row["visual_kept"] for row in warm_rows] == [row["visual_kept"] for row in cold_rows]
+    assert len(entries(folder)) == 1
+
+
+def test_interactive_chat_streams_each_answer(tiny_checkpoints, monkeypatch, capsys):
+    """The terminal loop: questions from input() until an empty line, each answer streamed
+    token by token (the pieces make up the answer) and followed by a footer on stderr."""
+    from vidcom2_cli import cli
+
+    engine = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"))
+    expected = [engine.ask(Request(SCENE, question), SAMPLING, COMPRESSION, GENERATION).answer
+                for question in QUESTIONS[:2]]
+    context, prefix = engine.open(SCENE, SAMPLING, COMPRESSION)
+    typed = iter([QUESTIONS[0], QUESTIONS[1], ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    pieces: list[str] = []
+    real_write = sys.stdout.write
+
+    def write(text: str) -> int:
+        pieces.append(text)
+        return real_write(text)
+
+    monkeypatch.setattr(sys.stdout, "write", write)
+    cli._chat_loop(engine, context, prefix, GENERATION)
+    streamed = "".join(pieces).split("\n")
+    assert [line.strip() for line in streamed if line.strip()] == [
+        answer for answer in expected if answer]
+    assert len(pieces) > len(expected) + 1  # more than one piece per answer: streamed
+    footers = capsys.readouterr().err
+    assert footers.count("prefill") == 2 and "reused from the cached prefix" in footers

@@ -38,6 +38,7 @@ class BenchRow:
     memory_source: str
     answer: str
     same_answer: bool  # equals the ratio-1.0 answer
+    feature_cache: str | None = None  # "hit": the encoder output came from the cache (vision 0)
 
 
 def parse_floats(text: str, option: str) -> list[float]:
@@ -90,7 +91,8 @@ def run_bench(engine: Engine, prepared: PreparedRequest, ratios: list[float], me
                 speedup=baseline.generation_ms / measured.generation_ms
                 if measured.generation_ms else 0.0,
                 peak_memory_bytes=measured.memory.bytes, memory_source=measured.memory.source,
-                answer=measured.answer, same_answer=measured.answer == baseline.answer))
+                answer=measured.answer, same_answer=measured.answer == baseline.answer,
+                feature_cache=encoded.feature_cache))
     return rows
 
 

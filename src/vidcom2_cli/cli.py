@@ -398,6 +398,8 @@ def bench(
         stdout.print(render_bench(rows, title))
         stdout.print(f"measured once for all rows: video_decode {rows[0].video_decode_ms:.1f} "
                      f"ms, preprocess {rows[0].preprocess_ms:.1f} ms")
+        if rows[0].feature_cache == "hit":
+            stdout.print("the vision encoder's output came from the feature cache (vision 0 ms)")
 
 
 @app.command()

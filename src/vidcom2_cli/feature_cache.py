@@ -125,7 +125,10 @@ class FeatureCache:
             return None
 
     def store(self, key: str, entry: CachedEncoding) -> None:
-        """Write an entry atomically (a temporary file renamed into place)."""
+        """Write an entry atomically (a temporary file renamed into place), unless one is
+        there already (``load`` removes an unusable one)."""
+        if self._path(key).is_file():
+            return
         tensors = {f"out/{name}": value for name, value in entry.tensors.items()}
         tensors.update({f"in/{name}": value for name, value in entry.item.inputs.items()})
         tensors["video_token_mask"] = entry.item.video_token_mask
