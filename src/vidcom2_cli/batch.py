@@ -17,12 +17,12 @@ import re
 import string
 import sys
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import (
@@ -184,34 +184,55 @@ def read_input(path: str) -> list[BatchItem]:
 
     Relative video paths resolve against the file's folder (the current one for stdin).
     """
+    return list(stream_input(path))
+
+
+def stream_input(path: str) -> Iterator[BatchItem]:
+    """The items of a JSONL file (or stdin for ``-``) one line at a time, so that a file of
+    any size is never held in memory; the file is opened here (InputError if it cannot be),
+    before the first item is asked for."""
     if path == "-":
-        return parse_lines(sys.stdin.buffer.read(), Path())
+        return iter_items(sys.stdin.buffer, Path())
     try:
-        data = Path(path).read_bytes()
+        handle = Path(path).open("rb")  # noqa: SIM115 (closed by the generator below)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, not a JSONL file") from None
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
-    return parse_lines(data, Path(path).parent)
+
+    def items() -> Iterator[BatchItem]:
+        with handle:
+            yield from iter_items(handle, Path(path).parent)
+
+    return items()
+
+
+def count_lines(path: Path) -> int:
+    """Non-blank lines of a file, read in blocks (for a progress bar's total)."""
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
 
 
 def parse_lines(data: bytes, base: Path) -> list[BatchItem]:
     """One item per non-blank line; a later line repeating an id becomes an error item."""
-    items = []
-    first_line: dict[str, int] = {}
-    for number, raw in enumerate(data.splitlines(), start=1):
+    return list(iter_items(data.splitlines(), base))
+
+
+def iter_items(lines: Iterable[bytes], base: Path) -> Iterator[BatchItem]:
+    """``parse_lines`` one line at a time (only the ids seen so far are remembered)."""
+    first_seen: dict[str, int] = {}
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         item = parse_line(raw, number, base)
-        if item.key in first_line:
+        if item.key in first_seen:
             item = BatchItem(number, item.id, item.video, item.question,
-                             error=f"duplicate id (first on line {first_line[item.key]})")
+                             error=f"duplicate id (first on line {first_seen[item.key]})")
         else:
-            first_line[item.key] = number
-        items.append(item)
-    return items
+            first_seen[item.key] = number
+        yield item
 
 
 def parse_line(raw: bytes, number: int, base: Path) -> BatchItem:
@@ -357,15 +378,18 @@ def existing_ids(path: Path) -> Counter[str]:
 
 def pending_items(items: list[BatchItem], done: Mapping[str, int]) -> list[BatchItem]:
     """The items still without a record: each record in ``done`` accounts for one item with
-    its id, the earliest first (records are written in input order)."""
+    its id, the earliest first."""
+    return list(iter_pending(items, done))
+
+
+def iter_pending(items: Iterable[BatchItem], done: Mapping[str, int]) -> Iterator[BatchItem]:
+    """``pending_items`` one item at a time."""
     unclaimed = Counter(done)
-    pending = []
     for item in items:
         if unclaimed[item.key] > 0:
             unclaimed[item.key] -= 1
         else:
-            pending.append(item)
-    return pending
+            yield item
 
 
 def prepare_output(out: str, resume: bool, input_path: str) -> Counter[str]:
@@ -390,6 +414,12 @@ def prepare_output(out: str, resume: bool, input_path: str) -> Counter[str]:
         raise InputError(f"--out: {out} exists and is not empty; pass --resume to continue it, "
                          "or remove it")
     return Counter()
+
+
+class RecordSink(Protocol):
+    """Where ``run_batch`` puts each record: a ``ResultWriter``, or a list on a Ray worker."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
 
 
 class ResultWriter:
@@ -451,7 +481,7 @@ def result_record(item: BatchItem, answer: Answer) -> dict[str, Any]:
 # --- the run -------------------------------------------------------------------------------
 
 def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
-              writer: ResultWriter, done: Mapping[str, int] | None = None,
+              writer: RecordSink, done: Mapping[str, int] | None = None,
               on_record: Callable[[BatchSummary], None] | None = None) -> BatchSummary:
     """Answer every item without a record in ``done`` (see ``pending_items``), writing one
     record per item.
@@ -706,7 +736,8 @@ def _failure(error: Exception) -> tuple[str, bool]:
 
 
 @contextmanager
-def progress_bar(console: Console, total: int) -> Iterator[Callable[[BatchSummary], None]]:
+def progress_bar(console: Console, total: int | None
+                 ) -> Iterator[Callable[[BatchSummary], None]]:
     """A progress bar with ETA on ``console``; yields the callback that advances it."""
     columns = (TextColumn("answering"), BarColumn(), MofNCompleteColumn(),
                TextColumn("errors: {task.fields[errors]}"), TimeElapsedColumn(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -23,11 +23,13 @@ from .batch import (
     BatchOptions,
     ResultWriter,
     check_batch_options,
+    count_lines,
     pending_items,
     prepare_output,
     progress_bar,
     read_input,
     run_batch,
+    stream_input,
 )
 from .bench import check_bench_options, parse_floats, run_bench
 from .compression import METHODS
@@ -50,6 +52,14 @@ from .heatmap import save_contact_sheet
 from .models import DEFAULT_MODEL, SUPPORTED_MODEL_TYPES, LoadOptions, ModelLoadError
 from .models.base import PrefixCache
 from .models.presets import RANDOM_PREFIX, preset_names, preset_source
+from .ray_batch import (
+    RayOptions,
+    check_ray_options,
+    import_ray,
+    looks_like_address,
+    ray_workers,
+    run_ray_batch,
+)
 from .report import (
     RANDOM_WEIGHTS_NOTE,
     answer_to_json,
@@ -432,6 +442,21 @@ def batch(
     device_map: DeviceMapOption = None,
     seed: Annotated[int, typer.Option(help="Seed for random selection.")] = 0,
     feature_cache: FeatureCacheOption = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray", metavar="[ADDRESS]", help="Run on a Ray cluster, one model per worker: local "
+        "(the default when no address follows: start Ray on this machine), auto (join the "
+        "cluster this machine belongs to), or ray://HOST:PORT. Records then come in the order "
+        "they finish (see --ordered).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="With --ray: model workers (default: one per GPU of the cluster, 1 without "
+        "GPUs).", show_default=False)] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option(
+        help="With --ray: GPUs per worker (default 1 where there are GPUs, else 0; 0.5 puts "
+        "two workers on one GPU).", show_default=False)] = None,
+    chunk: Annotated[int, typer.Option(help="With --ray: items per task (a video's questions "
+                                       "stay together).")] = RayOptions.chunk,
+    ordered: Annotated[bool, typer.Option(help="With --ray: write records in input order "
+                                          "(finished ones wait for earlier ones).")] = False,
     debug: DebugOption = False,
 ) -> None:
     """Answer the questions of a JSONL file with one model load, writing JSON lines."""
@@ -442,6 +467,14 @@ def batch(
             GenerationOptions(max_new_tokens=max_new_tokens, seed=seed), batch_size, prefetch,
             reuse)
         check_batch_options(options)
+        if ray_address is not None:
+            ray_options = RayOptions(ray_address, workers, gpus_per_worker, chunk, ordered)
+            _ray_batch(input_path, out, resume, options, ray_options, model,
+                       LoadOptions(device=device, dtype=dtype, attention=attn,
+                                   device_map=device_map), feature_cache)
+            return
+        if workers is not None or gpus_per_worker is not None or ordered:
+            raise InputError("--workers/--gpus-per-worker/--ordered: only with --ray")
         items = read_input(input_path)
         done = prepare_output(out, resume, input_path)
         engine = _load_engine(model, device, dtype, attn, device_map,
@@ -450,6 +483,25 @@ def batch(
         with ResultWriter.open(out) as writer, progress_bar(stderr, todo) as on_record:
             summary = run_batch(engine, items, options, writer, done, on_record)
         stderr.print(summary.render(), highlight=False, markup=False)
+
+
+def _ray_batch(input_path: str, out: str, resume: bool, options: BatchOptions,
+               ray_options: RayOptions, model: str, load_options: LoadOptions,
+               feature_cache: Path | None) -> None:
+    check_ray_options(ray_options)
+    import_ray()  # one line saying which extra to install, before anything else
+    items = stream_input(input_path)
+    done = prepare_output(out, resume, input_path)
+    total = None if input_path == "-" else max(count_lines(Path(input_path)) - sum(
+        done.values()), 0)
+    cache = None if feature_cache is None else str(_feature_cache(feature_cache).directory)
+    with ExitStack() as stack:
+        with stderr.status(f"starting Ray workers for {model} ..."):
+            workers = stack.enter_context(ray_workers(ray_options, model, load_options, cache))
+        writer = stack.enter_context(ResultWriter.open(out))
+        on_record = stack.enter_context(progress_bar(stderr, total))
+        summary = run_ray_batch(workers, items, options, ray_options, writer, done, on_record)
+    stderr.print(summary.render(), highlight=False, markup=False)
 
 
 cache_app = typer.Typer(no_args_is_help=True, help="Show or clear the feature cache.")
@@ -533,4 +585,16 @@ def info(
 
 
 def main() -> None:
-    app()
+    app(args=with_ray_address(sys.argv[1:]))
+
+
+def with_ray_address(argv: list[str]) -> list[str]:
+    """``--ray`` takes an optional address: without one (the next word is an option, the
+    input, or nothing) it means ``--ray local``."""
+    expanded = []
+    for index, arg in enumerate(argv):
+        expanded.append(arg)
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if arg == "--ray" and (following is None or not looks_like_address(following)):
+            expanded.append("local")
+    return expanded
