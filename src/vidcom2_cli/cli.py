@@ -17,9 +17,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .batch import (
     BatchOptions,
+    BatchSummary,
     ResultWriter,
     check_batch_options,
     pending_items,
@@ -29,6 +31,20 @@ from .batch import (
     run_batch,
 )
 from .bench import check_bench_options, parse_floats, run_bench
+from .cli_support import (
+    HubUnreachable,
+    OptionError,
+    check_device,
+    check_generation_options,
+    check_model_source,
+    check_output_modes,
+    check_sampling_options,
+    library_logs,
+    output_records,
+    rename_option,
+    sigterm_as_interrupt,
+    whole_output_line,
+)
 from .compression import METHODS
 from .engine import (
     CompressionOptions,
@@ -60,7 +76,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 stdout = Console() if sys.stdout.isatty() else Console(width=160)
 stderr = Console(stderr=True)
 
-BAD_INPUT = (InputError, VideoError, ModelLoadError)
+BAD_INPUT = (InputError, VideoError, ModelLoadError, OptionError)
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Hub id, local checkpoint "
                                           "directory, or random:NAME for a random-weight "
@@ -84,27 +100,40 @@ MaxNewTokensOption = Annotated[int, typer.Option(help="Longest answer, in tokens
 
 @contextmanager
 def cli_errors(debug: bool) -> Iterator[None]:
-    """Turn failures into one stderr line and an exit code (tracebacks only with --debug)."""
-    if not debug:
-        _quiet_libraries()
+    """Turn failures into one stderr line and an exit code (tracebacks only with --debug).
+
+    Library log output reaches stderr only with --debug; SIGTERM stops a command as Ctrl-C
+    does."""
+    library_logs(show=debug)
     try:
-        yield
+        with sigterm_as_interrupt():
+            yield
     except typer.Exit:
         raise
     except BAD_INPUT as error:
         if debug:
             raise
-        stderr.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        _print_error(first_line(error))
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         stderr.print("interrupted")
         raise typer.Exit(130) from None
+    except HubUnreachable as error:
+        if debug:
+            raise
+        _print_error(str(error))
+        raise typer.Exit(1) from None
     except Exception as error:
         if debug:
             raise
-        stderr.print(f"[red]error:[/red] {_runtime_message(error)}", highlight=False,
-                     soft_wrap=True)
+        _print_error(_runtime_message(error))
         raise typer.Exit(1) from None
+
+
+def _print_error(message: str) -> None:
+    """One line, never read as rich markup (a path may hold "[/...]")."""
+    stderr.print(Text.assemble(("error:", "red"), " ", message), highlight=False,
+                 soft_wrap=True)
 
 
 def _runtime_message(error: Exception) -> str:
@@ -115,15 +144,9 @@ def _runtime_message(error: Exception) -> str:
             "traceback)")
 
 
-def _quiet_libraries() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def _load_engine(model: str, device: str, dtype: str, attn: str, device_map: str | None,
                  quiet: bool = False) -> Engine:
+    check_model_source(model, RANDOM_PREFIX)
     options = LoadOptions(device=device, dtype=dtype, attention=attn, device_map=device_map)
     with nullcontext() if quiet else stderr.status(f"loading {model} ..."):
         engine = Engine.load(model, options)
@@ -174,9 +197,11 @@ def ask(
                                        temperature=temperature, top_p=top_p, seed=seed)
         sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames)
         check_options(compression, generation)
+        check_generation_options(sample, temperature, top_p)
+        check_output_modes(json_output, quiet, heatmap)
+        check_sampling_options(frames, fps, max_frames)
         check_sampling(sampling)
-        if heatmap is not None and not heatmap.parent.is_dir():
-            raise InputError(f"--heatmap: folder {heatmap.parent} does not exist")
+        check_device(device)
         _check_video(video)
         engine = _load_engine(model, device, dtype, attn, device_map, quiet or json_output)
         result = engine.ask(Request(str(video), question), sampling, compression, generation)
@@ -227,8 +252,13 @@ def bench(
         generation = GenerationOptions(max_new_tokens=max_new_tokens,
                                        min_new_tokens=max_new_tokens)
         sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames)
-        check_bench_options(ratio_list, method_list, generation, repeats, warmup, seed)
+        try:
+            check_bench_options(ratio_list, method_list, generation, repeats, warmup, seed)
+        except InputError as error:  # the shared checks name ask's --ratio and --method
+            raise rename_option(error, {"--ratio": "--ratios", "--method": "--methods"}) from None
+        check_sampling_options(frames, fps, max_frames)
         check_sampling(sampling)
+        check_device(device)
         _check_video(video)
         engine = _load_engine(model, device, dtype, attn, device_map, json_output)
         prepared = engine.prepare(Request(str(video), question), sampling)
@@ -281,7 +311,9 @@ def batch(
             SamplingOptions(frames=frames, fps=fps, max_frames=max_frames),
             CompressionOptions(ratio=ratio, method=method, seed=seed),
             GenerationOptions(max_new_tokens=max_new_tokens, seed=seed), batch_size, prefetch)
+        check_sampling_options(frames, fps, max_frames)
         check_batch_options(options)
+        check_device(device)
         items = read_input(input_path)
         done = prepare_output(out, resume, input_path)
         engine = _load_engine(model, device, dtype, attn, device_map)
@@ -289,6 +321,16 @@ def batch(
         with ResultWriter.open(out) as writer, progress_bar(stderr, todo) as on_record:
             summary = run_batch(engine, items, options, writer, done, on_record)
         stderr.print(summary.render(), highlight=False, markup=False)
+        if resume and done and out != "-":  # the closing line covers the whole file too
+            whole = BatchSummary(total=len(items))
+            for record in output_records(out):
+                whole.add(record)
+            stderr.print(f"whole output {out}: " + whole_output_line(whole), highlight=False,
+                         markup=False, soft_wrap=True)
+        if summary.processed and summary.answered == 0:
+            _print_error(f"every one of the {summary.processed} items failed (see the error "
+                         "field of each record)")
+            raise typer.Exit(1)
 
 
 @app.command()
