@@ -171,3 +171,57 @@ def test_resumed_batch_summarises_the_whole_output(tiny_checkpoints, tmp_path):
     assert len(records(out.read_text())) == 3
     assert f"whole output {out}: 3 records (3 answered, 0 errors)" in rest.stderr
     assert json.loads(out.read_text().splitlines()[-1])["id"] == "2"
+
+
+# --- starting fast (issue 15, section 3) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"], ["--version"], ["models"], ["info", str(CLIP)],
+    ["ask", str(CLIP), "q", "--frames", "0"], ["bench", str(CLIP), "--ratios", "2"],
+    ["ask", str(CLIP), "q", "--device", "gpu"],
+], ids=["help", "version", "models", "info", "ask bad option", "bench bad option", "device"])
+def test_commands_without_a_model_never_import_torch(argv):
+    code = ("import sys; from vidcom2_cli.cli import main; sys.argv[0] = 'vidcom2'\n"
+            "try:\n    main()\nexcept SystemExit as done:\n    code = done.code\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules), code)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.stdout.strip().splitlines()[-1].startswith("[]"), done.stdout + done.stderr
+
+
+def test_version_and_completion():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    from vidcom2_cli import __version__
+
+    assert result.stdout.strip() == f"vidcom2-cli {__version__}"
+    assert "--install-completion" in invoke("--help").stdout
+
+
+def test_environment_defaults_and_the_command_line_wins(offline_hub, monkeypatch):
+    monkeypatch.setenv("VIDCOM2_FRAMES", "0")
+    from_env = invoke("ask", CLIP, "What?", "--model", "nobody/no-such-model")
+    assert from_env.exit_code == 2 and "--frames" in one_line(from_env)
+    monkeypatch.setenv("VIDCOM2_MODEL", "nobody/from-the-environment")
+    given = invoke("ask", CLIP, "What?", "--frames", "4")  # --frames wins; the model is env's
+    assert given.exit_code == 2
+    assert "nobody/from-the-environment" in one_line(given)
+    assert "--help" not in given.stderr
+    assert "VIDCOM2_MODEL" in invoke("ask", "--help").stdout
+
+
+@pytest.mark.slow
+def test_output_says_what_ran(tiny_checkpoints):
+    from vidcom2_cli import __version__
+
+    model = ["--model", tiny_checkpoints("llava_onevision"), *FAST]
+    payload = json.loads(invoke("ask", CLIP, "What?", *model, "--json").stdout)
+    run = payload["run"]
+    assert run["version"] == __version__ and run["device"] == "cpu"
+    assert run["dtype"] == "float32" and run["attention"] in ("sdpa", "eager")
+    assert run["model_load_s"] > 0
+    assert payload["frames"]["decoder"] == "decord" and payload["frames"]["substituted"] == {}
+    human = invoke("ask", CLIP, "What?", *model)
+    assert f"vidcom2-cli {__version__} · model loaded in" in human.stdout

@@ -2,100 +2,197 @@
 
 Exit codes: 0 ok, 2 bad usage or bad input (one line on stderr), 1 runtime failure.
 A traceback is shown only with ``--debug``.
+
+torch and transformers are imported only by the commands that run a model (``_heavy``):
+``--help``, ``models``, ``info`` and option errors answer without them.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .batch import (
-    BatchOptions,
-    BatchSummary,
-    ResultWriter,
-    check_batch_options,
-    pending_items,
-    prepare_output,
-    progress_bar,
-    read_input,
-    run_batch,
+from . import __version__
+from .catalog import (
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_METHOD,
+    DEFAULT_MODEL,
+    DEFAULT_NUM_FRAMES,
+    DEFAULT_RATIO,
+    RANDOM_PREFIX,
+    SUPPORTED_MODEL_TYPES,
+    preset_names,
+    preset_source,
 )
-from .bench import check_bench_options, parse_floats, run_bench
 from .cli_support import (
     HubUnreachable,
     OptionError,
     check_device,
     check_generation_options,
     check_model_source,
+    check_numbers,
     check_output_modes,
     check_sampling_options,
     library_logs,
     output_records,
+    parse_ratios,
     rename_option,
     sigterm_as_interrupt,
     whole_output_line,
 )
-from .compression import METHODS
-from .engine import (
-    CompressionOptions,
-    Engine,
-    GenerationOptions,
-    InputError,
-    Request,
-    SamplingOptions,
-    check_options,
-    check_sampling,
-)
-from .errors import first_line
-from .heatmap import save_contact_sheet
-from .models import DEFAULT_MODEL, SUPPORTED_MODEL_TYPES, LoadOptions, ModelLoadError
-from .models.presets import RANDOM_PREFIX, preset_names, preset_source
-from .report import (
-    RANDOM_WEIGHTS_NOTE,
-    answer_to_json,
-    bench_rows_to_json,
-    render_answer,
-    render_bench,
-)
-from .timing import is_out_of_memory
-from .video import VideoError, probe
+from .errors import VideoError, first_line
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Ask a video LLM about a video, with VidCom2 visual-token compression.")
+if TYPE_CHECKING:  # imported for real by _heavy(), on first use
+    from .batch import (
+        BatchOptions,
+        BatchSummary,
+        ResultWriter,
+        check_batch_options,
+        pending_items,
+        prepare_output,
+        progress_bar,
+        read_input,
+        run_batch,
+    )
+    from .bench import check_bench_options, parse_floats, run_bench
+    from .engine import (
+        CompressionOptions,
+        Engine,
+        GenerationOptions,
+        InputError,
+        Request,
+        SamplingOptions,
+        check_options,
+        check_sampling,
+    )
+    from .heatmap import save_contact_sheet
+    from .models import LoadOptions
+    from .report import (
+        RANDOM_WEIGHTS_NOTE,
+        answer_to_json,
+        bench_rows_to_json,
+        render_answer,
+        render_bench,
+    )
+
+
+def _heavy() -> None:
+    """Import the modules that need torch and transformers (seconds), into this module."""
+    global BatchOptions, BatchSummary, ResultWriter, check_batch_options, pending_items
+    global prepare_output, progress_bar, read_input, run_batch
+    global check_bench_options, parse_floats, run_bench
+    global CompressionOptions, Engine, GenerationOptions, InputError, Request, SamplingOptions
+    global check_options, check_sampling, save_contact_sheet, LoadOptions
+    global RANDOM_WEIGHTS_NOTE, answer_to_json, bench_rows_to_json, render_answer, render_bench
+    from .batch import (
+        BatchOptions,
+        BatchSummary,
+        ResultWriter,
+        check_batch_options,
+        pending_items,
+        prepare_output,
+        progress_bar,
+        read_input,
+        run_batch,
+    )
+    from .bench import check_bench_options, parse_floats, run_bench
+    from .engine import (
+        CompressionOptions,
+        Engine,
+        GenerationOptions,
+        InputError,
+        Request,
+        SamplingOptions,
+        check_options,
+        check_sampling,
+    )
+    from .heatmap import save_contact_sheet
+    from .models import LoadOptions
+    from .report import (
+        RANDOM_WEIGHTS_NOTE,
+        answer_to_json,
+        bench_rows_to_json,
+        render_answer,
+        render_bench,
+    )
+
+
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False)
 # Pipes and files get a wide fixed width instead of rich's 80 columns, so tables do not wrap.
 stdout = Console() if sys.stdout.isatty() else Console(width=160)
 stderr = Console(stderr=True)
 
-BAD_INPUT = (InputError, VideoError, ModelLoadError, OptionError)
 
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="Hub id, local checkpoint "
+
+def _bad_input(error: BaseException) -> bool:
+    """Bad usage or input (exit 2): the error types of modules not imported yet cannot occur."""
+    kinds: list[type] = [VideoError, OptionError]
+    for module, name in (("vidcom2_cli.engine", "InputError"),
+                         ("vidcom2_cli.models.loading", "ModelLoadError")):
+        if module in sys.modules:
+            kinds.append(getattr(sys.modules[module], name))
+    return isinstance(error, tuple(kinds))
+
+ModelOption = Annotated[str, typer.Option("--model", "-m", envvar="VIDCOM2_MODEL",
+                                          help="Hub id, local checkpoint "
                                           "directory, or random:NAME for a random-weight "
                                           "preset (see `vidcom2 models`).")]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
-DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on an Ampere+ GPU, else fp16; fp32 on "
+DeviceOption = Annotated[str, typer.Option(envvar="VIDCOM2_DEVICE",
+                                           help="auto, cpu, cuda, cuda:1, ...")]
+DtypeOption = Annotated[str, typer.Option(envvar="VIDCOM2_DTYPE",
+                                          help="auto (bf16 on an Ampere+ GPU, else fp16; fp32 on "
                                           "CPU), bf16, fp16, fp32.")]
-AttnOption = Annotated[str, typer.Option("--attn", help="auto (flash_attention_2 where it can "
+AttnOption = Annotated[str, typer.Option("--attn", envvar="VIDCOM2_ATTN",
+                                         help="auto (flash_attention_2 where it can "
                                          "run, else sdpa), flash_attention_2, sdpa, eager.")]
 DeviceMapOption = Annotated[str | None, typer.Option(help="Spread the model over several GPUs, "
                                                      "e.g. 'auto'.")]
-FramesOption = Annotated[int, typer.Option(help="Frames sampled evenly over the whole video.")]
-FpsOption = Annotated[float | None, typer.Option(help="Sample this many frames per second "
-                                                 "instead (capped by --max-frames).")]
-MaxFramesOption = Annotated[int, typer.Option(help="Cap on frames when sampling by --fps.")]
+FramesOption = Annotated[int, typer.Option(envvar="VIDCOM2_FRAMES",
+                                           help="Frames sampled evenly over the whole video.")]
+FpsOption = Annotated[float | None, typer.Option(envvar="VIDCOM2_FPS",
+                                                 help="Sample a frame every 1/FPS seconds of "
+                                                 "the video instead (capped by --max-frames).")]
+MaxFramesOption = Annotated[int, typer.Option(envvar="VIDCOM2_MAX_FRAMES",
+                                              help="Cap on frames when sampling by --fps.")]
 DebugOption = Annotated[bool, typer.Option(help="Show tracebacks and library logs.")]
-RatioOption = Annotated[float, typer.Option(help="Fraction of video tokens to keep, in (0, 1].")]
-MethodOption = Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")]
-MaxNewTokensOption = Annotated[int, typer.Option(help="Longest answer, in tokens.")]
+RatioOption = Annotated[float, typer.Option(envvar="VIDCOM2_RATIO",
+                                             help="Fraction of video tokens to keep, in (0, 1].")]
+MethodOption = Annotated[str, typer.Option(envvar="VIDCOM2_METHOD",
+                                           help="Token selector: vidcom2, random, ... (an "
+                                           "unknown name lists them all).")]
+MaxNewTokensOption = Annotated[int, typer.Option(envvar="VIDCOM2_MAX_NEW_TOKENS",
+                                                 help="Longest answer, in tokens.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"vidcom2-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Ask a video LLM about a video, with VidCom2 visual-token compression.
+
+    Environment defaults (options on the command line win): VIDCOM2_MODEL,
+    VIDCOM2_DEVICE, VIDCOM2_DTYPE, VIDCOM2_ATTN, VIDCOM2_FRAMES, VIDCOM2_FPS,
+    VIDCOM2_MAX_FRAMES, VIDCOM2_RATIO, VIDCOM2_METHOD, VIDCOM2_MAX_NEW_TOKENS.
+    """
 
 
 @contextmanager
@@ -110,11 +207,6 @@ def cli_errors(debug: bool) -> Iterator[None]:
             yield
     except typer.Exit:
         raise
-    except BAD_INPUT as error:
-        if debug:
-            raise
-        _print_error(first_line(error))
-        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         stderr.print("interrupted")
         raise typer.Exit(130) from None
@@ -126,6 +218,9 @@ def cli_errors(debug: bool) -> Iterator[None]:
     except Exception as error:
         if debug:
             raise
+        if _bad_input(error):
+            _print_error(first_line(error))
+            raise typer.Exit(2) from None
         _print_error(_runtime_message(error))
         raise typer.Exit(1) from None
 
@@ -137,6 +232,8 @@ def _print_error(message: str) -> None:
 
 
 def _runtime_message(error: Exception) -> str:
+    from .timing import is_out_of_memory
+
     if is_out_of_memory(error):
         return ("out of memory: lower --frames, lower --ratio, or use a smaller --model "
                 "(or a smaller --batch-size in batch mode)")
@@ -148,15 +245,52 @@ def _load_engine(model: str, device: str, dtype: str, attn: str, device_map: str
                  quiet: bool = False) -> Engine:
     check_model_source(model, RANDOM_PREFIX)
     options = LoadOptions(device=device, dtype=dtype, attention=attn, device_map=device_map)
+    start = time.perf_counter()
     with nullcontext() if quiet else stderr.status(f"loading {model} ..."):
         engine = Engine.load(model, options)
+    engine.load_seconds = time.perf_counter() - start  # reported by _run_info
     if engine.random_weights:  # on stderr too, so that --json and --quiet runs say it
         stderr.print(RANDOM_WEIGHTS_NOTE, style="bold yellow")
     return engine
 
 
+def _run_info(engine: Engine) -> dict[str, object]:
+    """What ran the request: tool version, model load time, device, dtype, attention."""
+    return {"version": __version__,
+            "model_load_s": round(getattr(engine, "load_seconds", float("nan")), 3),
+            "device": str(engine.device),
+            "dtype": str(engine.loaded.dtype).removeprefix("torch."),
+            "attention": engine.loaded.attention}
+
+
+def _run_line(engine: Engine) -> str:
+    info = _run_info(engine)
+    return (f"vidcom2-cli {info['version']} · model loaded in {info['model_load_s']:.1f} s · "
+            f"{info['device']} {info['dtype']} {info['attention']}")
+
+
+_STAGE_NAMES = {"video_decode": "decoding the sampled frames", "preprocess": "preprocessing",
+                "vision": "running the vision encoder", "compress": "compressing visual tokens",
+                "prefill": "prefill (reading the prompt)", "decode": "generating the answer"}
+
+
+@contextmanager
+def _stage_status(show: bool) -> Iterator[None]:
+    """A status line naming the current stage, on a terminal only."""
+    if not (show and stderr.is_terminal):
+        yield
+        return
+    from .timing import stage_listener
+
+    with stderr.status("starting ...") as status, stage_listener(
+            lambda stage: status.update(f"{_STAGE_NAMES.get(stage, stage)} ...")):
+        yield
+
+
 def _check_video(video: Path) -> None:
     """Fail fast on a bad video before the (slow) model load."""
+    from .video import probe
+
     probe(video)
 
 
@@ -169,13 +303,13 @@ def _print_json(payload: object) -> None:
 def ask(
     video: Annotated[Path, typer.Argument(help="Video file.")],
     question: Annotated[str, typer.Argument(help="The question about the video.")],
-    ratio: RatioOption = CompressionOptions.ratio,
-    method: MethodOption = CompressionOptions.method,
+    ratio: RatioOption = DEFAULT_RATIO,
+    method: MethodOption = DEFAULT_METHOD,
     model: ModelOption = DEFAULT_MODEL,
-    frames: FramesOption = SamplingOptions.frames,
+    frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
-    max_frames: MaxFramesOption = SamplingOptions.max_frames,
-    max_new_tokens: MaxNewTokensOption = GenerationOptions.max_new_tokens,
+    max_frames: MaxFramesOption = DEFAULT_MAX_FRAMES,
+    max_new_tokens: MaxNewTokensOption = DEFAULT_MAX_NEW_TOKENS,
     sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
     temperature: Annotated[float | None, typer.Option(help="With --sample.")] = None,
     top_p: Annotated[float | None, typer.Option(help="With --sample.")] = None,
@@ -192,30 +326,35 @@ def ask(
 ) -> None:
     """Answer a question about a video."""
     with cli_errors(debug):
+        check_numbers(ratio, max_new_tokens)
+        check_generation_options(sample, temperature, top_p)
+        check_output_modes(json_output, quiet, heatmap)
+        check_sampling_options(frames, fps, max_frames)
+        check_device(device)
+        _heavy()
         compression = CompressionOptions(ratio=ratio, method=method, seed=seed)
         generation = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=sample,
                                        temperature=temperature, top_p=top_p, seed=seed)
         sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames)
         check_options(compression, generation)
-        check_generation_options(sample, temperature, top_p)
-        check_output_modes(json_output, quiet, heatmap)
-        check_sampling_options(frames, fps, max_frames)
         check_sampling(sampling)
-        check_device(device)
         _check_video(video)
         engine = _load_engine(model, device, dtype, attn, device_map, quiet or json_output)
-        result = engine.ask(Request(str(video), question), sampling, compression, generation)
+        with _stage_status(not (quiet or json_output)):
+            result = engine.ask(Request(str(video), question), sampling, compression, generation)
         if heatmap is not None:
             save_contact_sheet(heatmap, result.video.frames, result.plan,
                                frames_per_unit=result.frames_per_unit)
         if json_output:
             payload = answer_to_json(result)
             payload["heatmap"] = str(heatmap) if heatmap is not None else None
+            payload["run"] = _run_info(engine)
             _print_json(payload)
         elif quiet:
             stdout.print(result.answer, highlight=False, markup=False)
         else:
             stdout.print(render_answer(result))
+            stdout.print(_run_line(engine), highlight=False, markup=False)
             if heatmap is not None:
                 stdout.print(f"heatmap written to {heatmap}")
 
@@ -234,9 +373,9 @@ def bench(
                                                 "(forced, so every row decodes as many).")]
     = 16,
     model: ModelOption = DEFAULT_MODEL,
-    frames: FramesOption = SamplingOptions.frames,
+    frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
-    max_frames: MaxFramesOption = SamplingOptions.max_frames,
+    max_frames: MaxFramesOption = DEFAULT_MAX_FRAMES,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     attn: AttnOption = "auto",
@@ -247,6 +386,11 @@ def bench(
 ) -> None:
     """Measure prefill and decode at several ratios and methods on one video."""
     with cli_errors(debug):
+        parse_ratios(ratios)
+        check_numbers(None, max_new_tokens)
+        check_sampling_options(frames, fps, max_frames)
+        check_device(device)
+        _heavy()
         ratio_list = parse_floats(ratios, "--ratios")
         method_list = [name.strip() for name in methods.split(",") if name.strip()]
         generation = GenerationOptions(max_new_tokens=max_new_tokens,
@@ -256,9 +400,7 @@ def bench(
             check_bench_options(ratio_list, method_list, generation, repeats, warmup, seed)
         except InputError as error:  # the shared checks name ask's --ratio and --method
             raise rename_option(error, {"--ratio": "--ratios", "--method": "--methods"}) from None
-        check_sampling_options(frames, fps, max_frames)
         check_sampling(sampling)
-        check_device(device)
         _check_video(video)
         engine = _load_engine(model, device, dtype, attn, device_map, json_output)
         prepared = engine.prepare(Request(str(video), question), sampling)
@@ -273,6 +415,7 @@ def bench(
                  f"{engine.loaded.attention} · median of {repeats}, {max_new_tokens} new tokens")
         if engine.random_weights:
             title += " · RANDOM WEIGHTS"
+        title += f" · vidcom2-cli {__version__}, model loaded in {engine.load_seconds:.1f} s"
         stdout.print(render_bench(rows, title))
         stdout.print(f"measured once for all rows: video_decode {rows[0].video_decode_ms:.1f} "
                      f"ms, preprocess {rows[0].preprocess_ms:.1f} ms")
@@ -285,13 +428,13 @@ def batch(
         '"options" (multiple choice) and "answer" (expected); - reads stdin.')],
     out: Annotated[str, typer.Option("--out", help="Results, one JSON line per input line "
                                      "(- for stdout).")],
-    ratio: RatioOption = CompressionOptions.ratio,
-    method: MethodOption = CompressionOptions.method,
+    ratio: RatioOption = DEFAULT_RATIO,
+    method: MethodOption = DEFAULT_METHOD,
     model: ModelOption = DEFAULT_MODEL,
-    frames: FramesOption = SamplingOptions.frames,
+    frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
-    max_frames: MaxFramesOption = SamplingOptions.max_frames,
-    max_new_tokens: MaxNewTokensOption = GenerationOptions.max_new_tokens,
+    max_frames: MaxFramesOption = DEFAULT_MAX_FRAMES,
+    max_new_tokens: MaxNewTokensOption = DEFAULT_MAX_NEW_TOKENS,
     batch_size: Annotated[int, typer.Option(help="Items per generate call.")] = 1,
     prefetch: Annotated[int | None, typer.Option(
         help="Items decoded and preprocessed ahead on CPU threads while the model answers the "
@@ -307,13 +450,15 @@ def batch(
 ) -> None:
     """Answer the questions of a JSONL file with one model load, writing JSON lines."""
     with cli_errors(debug):
+        check_numbers(ratio, max_new_tokens)
+        check_sampling_options(frames, fps, max_frames)
+        check_device(device)
+        _heavy()
         options = BatchOptions(
             SamplingOptions(frames=frames, fps=fps, max_frames=max_frames),
             CompressionOptions(ratio=ratio, method=method, seed=seed),
             GenerationOptions(max_new_tokens=max_new_tokens, seed=seed), batch_size, prefetch)
-        check_sampling_options(frames, fps, max_frames)
         check_batch_options(options)
-        check_device(device)
         items = read_input(input_path)
         done = prepare_output(out, resume, input_path)
         engine = _load_engine(model, device, dtype, attn, device_map)
@@ -321,6 +466,7 @@ def batch(
         with ResultWriter.open(out) as writer, progress_bar(stderr, todo) as on_record:
             summary = run_batch(engine, items, options, writer, done, on_record)
         stderr.print(summary.render(), highlight=False, markup=False)
+        stderr.print(_run_line(engine), highlight=False, markup=False, soft_wrap=True)
         if resume and done and out != "-":  # the closing line covers the whole file too
             whole = BatchSummary(total=len(items))
             for record in output_records(out):
@@ -363,6 +509,8 @@ def info(
 ) -> None:
     """Show frames, fps, duration, size and codec as the decoder sees them."""
     with cli_errors(debug):
+        from .video import probe
+
         details = probe(video)
         if json_output:
             _print_json(asdict(details))

@@ -50,6 +50,25 @@ def check_sampling_options(frames: int, fps: float | None, max_frames: int) -> N
         raise OptionError(f"--max-frames: must be at least 1, got {max_frames}")
 
 
+def check_numbers(ratio: float | None, max_new_tokens: int) -> None:
+    if ratio is not None and not (math.isfinite(ratio) and 0 < ratio <= 1):
+        raise OptionError(f"--ratio: ratio must be in (0, 1], got {ratio!r}")
+    if max_new_tokens < 1:
+        raise OptionError(f"--max-new-tokens: must be at least 1, got {max_new_tokens}")
+
+
+def parse_ratios(text: str) -> list[float]:
+    """bench's --ratios, checked as ask checks --ratio."""
+    try:
+        ratios = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise OptionError(f"--ratios: expected comma-separated numbers, got {text!r}") from None
+    for ratio in ratios:
+        if not (math.isfinite(ratio) and 0 < ratio <= 1):
+            raise OptionError(f"--ratios: ratio must be in (0, 1], got {ratio!r}")
+    return ratios
+
+
 def check_generation_options(sample: bool, temperature: float | None,
                              top_p: float | None) -> None:
     """--temperature and --top-p are sampling settings: refused without --sample (rather than

@@ -17,14 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from .catalog import DEFAULT_MAX_FRAMES, DEFAULT_NUM_FRAMES
 from .containers import image_kind, inspect_mp4
 from .decoders import Clip, Decoded, pyav_backend
 from .decoders.decord_backend import DecordClip, suits
 from .decoders.images import ANIMATED_KINDS, ImageClip
 from .errors import VideoError
 
-DEFAULT_NUM_FRAMES = 32
-DEFAULT_MAX_FRAMES = 64
+__all__ = ["DEFAULT_MAX_FRAMES", "DEFAULT_NUM_FRAMES", "SampledVideo", "VideoError", "VideoInfo",
+           "load_video", "probe", "sample_indices"]
 
 
 @dataclass(frozen=True)
