@@ -51,6 +51,14 @@ def _subtitled(path: Path) -> Path:
     return encode(path, extra=add)
 
 
+def _data_tracks(path: Path) -> Path:
+    def add(container: av.container.OutputContainer) -> None:
+        for _ in range(3):
+            container.add_data_stream("klv")
+
+    return encode(path, fmt="mpegts", extra=add)
+
+
 def _two_video_streams(path: Path) -> Path:
     """A 32x24 preview track first, then the main 64x48 one."""
     with av.open(str(path), "w") as container:
@@ -113,6 +121,7 @@ ANSWERED: dict[str, tuple[Callable[[Path], Path], int, int, str | None]] = {
     "animated.png": (lambda p: animated_image(p, 12, "PNG"), 12, 0, "pillow"),
     "animated.webp": (lambda p: animated_image(p, 12, "WEBP"), 12, 0, "pillow"),
     "eight subtitle tracks.mkv": (_subtitled, N, 0, None),
+    "three data tracks first.ts": (_data_tracks, N, 0, "pyav"),
     "two video streams.mkv": (_two_video_streams, N, 0, "pyav"),
     "index promises more.mp4": (_cut_index, 12, 0, None),
     "ts cut mid-gop.ts": (_midgop, 18, 6, "pyav"),

@@ -156,8 +156,9 @@ def check_model_source(reference: str, random_prefix: str) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
         hub.HF_HUB_OFFLINE = True
         return
+    here = f" (and there is no folder {reference} here)" if "/" in reference else ""
     raise HubUnreachable(
-        f"--model: {reference} is not in the local model cache and the model hub "
+        f"--model: {reference} is not in the local model cache{here} and the model hub "
         f"({hub.ENDPOINT}) cannot be reached: download it on a connected machine "
         f"(huggingface-cli download {reference}) and pass its folder to --model, set HF_HOME "
         "to a cache that holds it, or try --model random:NAME (see `vidcom2 models`)"
