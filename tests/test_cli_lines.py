@@ -225,3 +225,16 @@ def test_output_says_what_ran(tiny_checkpoints):
     assert payload["frames"]["decoder"] == "decord" and payload["frames"]["substituted"] == {}
     human = invoke("ask", CLIP, "What?", *model)
     assert f"vidcom2-cli {__version__} · model loaded in" in human.stdout
+
+
+@pytest.mark.slow
+def test_ask_json_says_which_frames_were_substituted(tiny_checkpoints, tmp_path):
+    broken = corrupt_one_packet(encode(tmp_path / "clip.mp4"))  # 24 frames, one packet noise
+    result = invoke("ask", broken, "What?", "--model", tiny_checkpoints("llava_onevision"),
+                    "--frames", "24", "--max-new-tokens", "2", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.stderr
+    frames = json.loads(result.stdout)["frames"]
+    assert frames["decoder"] == "pyav" and frames["stream_index"] == 0
+    assert frames["source_frames"] == 24 and frames["indices"] == list(range(24))
+    (missing, used), = frames["substituted"].items()
+    assert abs(int(missing) - used) == 1
