@@ -202,6 +202,8 @@ def test_variable_frame_rate_samples_by_time(tmp_path: Path) -> None:
         video = load_video(path, fps=2.0)
         assert video.indices == [0, 3, 5, 9, 11], suffix
         assert [frame_index(f) for f in video.frames] == video.indices
+        # 12 frames over 41/12 s, the last shown for an average frame: not 12 / nominal fps.
+        assert video.info.duration_s == pytest.approx(41 / 12 * 12 / 11, abs=0.02), suffix
 
 
 @pytest.mark.parametrize("degrees", [0, 90, 180, 270])

@@ -73,6 +73,7 @@ class DecordClip:
         video = mp4.video if mp4 is not None else None
         self.lead = _hidden_lead(self.reader, total) if video is not None and video.edited else 0
         self.frame_count = total - self.lead
+        self._times: np.ndarray | None = None
         self.fps = self._fps()
         self.codec = look.codec
         self.stream_index: int | None = look.stream_index
@@ -85,19 +86,34 @@ class DecordClip:
             self.rotation, self._coded_size = look.rotation, look.coded_size
 
     def _fps(self) -> float:
-        """Average frame rate, or frames / last timestamp when the container does not say."""
+        """The container's average frame rate when the frames' timestamps agree with it
+        (within 1%), else the rate the timestamps give (a variable frame rate, or a container
+        that does not say): frames / last timestamp."""
         fps = float(self.reader.get_avg_fps())
-        if np.isfinite(fps) and fps > 0:
+        try:
+            times = self.timestamps()
+        except Exception:
+            times = np.zeros(0)
+        span = float(times[-1]) if len(times) > 1 else 0.0
+        measured = (len(times) - 1) / span if np.isfinite(span) and span > 0 else None
+        if np.isfinite(fps) and fps > 0 and (measured is None or abs(measured - fps) < 0.01 * fps):
             return fps
+        if measured is not None:
+            return measured
         end_s = float(self.reader.get_frame_timestamp(-1)[-1])
         if np.isfinite(end_s) and end_s > 0:
             return self.frame_count / end_s
         raise VideoError(f"{self.path}: cannot determine the frame rate")
 
     def timestamps(self) -> np.ndarray:
-        total = len(self.reader)
-        starts = np.asarray(self.reader.get_frame_timestamp(np.arange(self.lead, total)))[:, 0]
-        return starts.astype(np.float64) - float(starts[0])
+        """Start time of every displayed frame, from the first (decord keeps them in memory:
+        about 13 ms for 108,000 frames)."""
+        if self._times is None:
+            total = len(self.reader)
+            starts = np.asarray(self.reader.get_frame_timestamp(np.arange(self.lead, total)))
+            starts = starts[:, 0].astype(np.float64)
+            self._times = starts - float(starts[0])
+        return self._times
 
     def read(self, indices: list[int]) -> Decoded:
         frames = _upright(self._read(indices), self.rotation, self._coded_size,
