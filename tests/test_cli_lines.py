@@ -179,8 +179,10 @@ def test_resumed_batch_summarises_the_whole_output(tiny_checkpoints, tmp_path):
 @pytest.mark.parametrize("argv", [
     ["--help"], ["--version"], ["models"], ["info", str(CLIP)],
     ["ask", str(CLIP), "q", "--frames", "0"], ["bench", str(CLIP), "--ratios", "2"],
-    ["ask", str(CLIP), "q", "--device", "gpu"],
-], ids=["help", "version", "models", "info", "ask bad option", "bench bad option", "device"])
+    ["ask", str(CLIP), "q", "--device", "gpu"], ["batch", "in.jsonl", "--out", "o", "--batch-size",
+                                                 "0"],
+], ids=["help", "version", "models", "info", "ask bad option", "bench bad option", "device",
+        "batch bad option"])
 def test_commands_without_a_model_never_import_torch(argv):
     code = ("import sys; from vidcom2_cli.cli import main; sys.argv[0] = 'vidcom2'\n"
             "try:\n    main()\nexcept SystemExit as done:\n    code = done.code\n"

@@ -39,6 +39,7 @@ from .catalog import (
 from .cli_support import (
     HubUnreachable,
     OptionError,
+    check_batch_numbers,
     check_device,
     check_generation_options,
     check_model_source,
@@ -135,7 +136,6 @@ stdout = Console() if sys.stdout.isatty() else Console(width=160)
 stderr = Console(stderr=True)
 
 
-
 def _bad_input(error: BaseException) -> bool:
     """Bad usage or input (exit 2): the error types of modules not imported yet cannot occur."""
     kinds: list[type] = [VideoError, OptionError]
@@ -144,6 +144,7 @@ def _bad_input(error: BaseException) -> bool:
         if module in sys.modules:
             kinds.append(getattr(sys.modules[module], name))
     return isinstance(error, tuple(kinds))
+
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", envvar="VIDCOM2_MODEL",
                                           help="Hub id, local checkpoint "
@@ -451,6 +452,7 @@ def batch(
     """Answer the questions of a JSONL file with one model load, writing JSON lines."""
     with cli_errors(debug):
         check_numbers(ratio, max_new_tokens)
+        check_batch_numbers(batch_size, prefetch)
         check_sampling_options(frames, fps, max_frames)
         check_device(device)
         _heavy()

@@ -57,6 +57,13 @@ def check_numbers(ratio: float | None, max_new_tokens: int) -> None:
         raise OptionError(f"--max-new-tokens: must be at least 1, got {max_new_tokens}")
 
 
+def check_batch_numbers(batch_size: int, prefetch: int | None) -> None:
+    if batch_size < 1:
+        raise OptionError(f"--batch-size: must be at least 1, got {batch_size}")
+    if prefetch is not None and prefetch < 0:
+        raise OptionError(f"--prefetch: must be at least 0, got {prefetch}")
+
+
 def parse_ratios(text: str) -> list[float]:
     """bench's --ratios, checked as ask checks --ratio."""
     try:
