@@ -55,14 +55,14 @@ def read_jsonl_strictly(path: Path) -> list[dict]:
 
 
 def batch_in_order(tmp_path: Path, rows: list[dict], model: list[str], batch_size: int,
-                   name: str = "out.jsonl") -> tuple[Result, list[dict]]:
-    """Run ``vidcom2 batch --no-reuse`` on ``rows``: it must exit 0 and write one record per
-    row, in order."""
+                   name: str = "out.jsonl", exit_code: int = 0) -> tuple[Result, list[dict]]:
+    """Run ``vidcom2 batch --no-reuse`` on ``rows``: it must exit with ``exit_code`` (1 when
+    every item fails) and write one record per row, in order."""
     source = jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / name
     result = runner.invoke(app, ["batch", str(source), "--out", str(out), "--batch-size",
                                  str(batch_size), "--no-reuse", *model])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == exit_code, result.output
     written = read_jsonl_strictly(out)
     assert [row["id"] for row in written] == [row["id"] for row in rows]
     return result, written
@@ -159,7 +159,7 @@ def test_batch_out_of_memory_every_time_records_each_item_and_goes_on(
 
     monkeypatch.setattr(engine_module.Engine, "generate", generate)
     rows = many_rows(10)  # item-9 names a missing video
-    result, written = batch_in_order(tmp_path, rows, qwen, batch_size=3)
+    result, written = batch_in_order(tmp_path, rows, qwen, batch_size=3, exit_code=1)
     errors = [row["error"] for row in written]
     assert errors[:9] == ["OutOfMemoryError: " + OOM_MESSAGE.splitlines()[0]] * 9
     assert errors[9].endswith("missing.mp4: no such file")

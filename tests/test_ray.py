@@ -40,7 +40,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     """One Ray instance for the whole module (the runner joins it instead of starting one)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    # 4 logical CPUs on any machine: the module's pool and a CLI run's pool fit side by side
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
 

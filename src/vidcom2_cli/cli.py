@@ -2,105 +2,212 @@
 
 Exit codes: 0 ok, 2 bad usage or bad input (one line on stderr), 1 runtime failure.
 A traceback is shown only with ``--debug``.
+
+torch and transformers are imported only by the commands that run a model (``_heavy``):
+``--help``, ``models``, ``info`` and option errors answer without them.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from .batch import (
-    BatchOptions,
-    ResultWriter,
-    check_batch_options,
-    count_lines,
-    pending_items,
-    prepare_output,
-    progress_bar,
-    read_input,
-    run_batch,
-    stream_input,
+from . import __version__
+from .catalog import (
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_METHOD,
+    DEFAULT_MODEL,
+    DEFAULT_NUM_FRAMES,
+    DEFAULT_RATIO,
+    FEATURE_CACHE_VARIABLE,
+    RANDOM_PREFIX,
+    SUPPORTED_MODEL_TYPES,
+    preset_names,
+    preset_source,
 )
-from .bench import check_bench_options, parse_floats, run_bench
-from .compression import METHODS
-from .engine import (
-    Answer,
-    CompressionOptions,
-    Engine,
-    GenerationOptions,
-    InputError,
-    Request,
-    SamplingOptions,
-    VideoContext,
-    check_options,
-    check_sampling,
-)
-from .errors import first_line
-from .feature_cache import ENVIRONMENT_VARIABLE as FEATURE_CACHE_VARIABLE
-from .feature_cache import FeatureCache
-from .heatmap import save_contact_sheet
-from .models import DEFAULT_MODEL, SUPPORTED_MODEL_TYPES, LoadOptions, ModelLoadError
-from .models.base import PrefixCache
-from .models.presets import RANDOM_PREFIX, preset_names, preset_source
-from .ray_batch import (
-    RayOptions,
-    check_ray_options,
-    import_ray,
+from .cli_support import (
+    HubUnreachable,
+    OptionError,
+    check_batch_numbers,
+    check_device,
+    check_generation_options,
+    check_model_source,
+    check_numbers,
+    check_output_modes,
+    check_sampling_options,
+    library_logs,
     looks_like_address,
-    ray_workers,
-    run_ray_batch,
+    output_records,
+    parse_ratios,
+    rename_option,
+    sigterm_as_interrupt,
+    whole_output_line,
 )
-from .report import (
-    RANDOM_WEIGHTS_NOTE,
-    answer_to_json,
-    bench_rows_to_json,
-    chat_ready_line,
-    megabytes,
-    question_footer,
-    render_answer,
-    render_bench,
-    render_question_answer,
-    render_summary,
-)
-from .timing import is_out_of_memory
-from .video import VideoError, load_video, probe
+from .errors import VideoError, first_line
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Ask a video LLM about a video, with VidCom2 visual-token compression.")
+if TYPE_CHECKING:  # imported for real by _heavy(), on first use
+    import numpy as np
+
+    from .batch import (
+        BatchOptions,
+        BatchSummary,
+        ResultWriter,
+        check_batch_options,
+        count_lines,
+        pending_items,
+        prepare_output,
+        progress_bar,
+        read_input,
+        run_batch,
+        stream_input,
+    )
+    from .bench import check_bench_options, parse_floats, run_bench
+    from .engine import (
+        Answer,
+        CompressionOptions,
+        Engine,
+        GenerationOptions,
+        InputError,
+        Request,
+        SamplingOptions,
+        VideoContext,
+        check_options,
+        check_sampling,
+    )
+    from .feature_cache import FeatureCache
+    from .heatmap import save_contact_sheet
+    from .models import LoadOptions
+    from .models.base import PrefixCache
+    from .ray_batch import RayOptions, check_ray_options, import_ray, ray_workers, run_ray_batch
+    from .report import (
+        RANDOM_WEIGHTS_NOTE,
+        answer_to_json,
+        bench_rows_to_json,
+        chat_ready_line,
+        megabytes,
+        question_footer,
+        render_answer,
+        render_bench,
+        render_question_answer,
+        render_summary,
+    )
+    from .video import load_video
+
+
+def _heavy() -> None:
+    """Import the modules that need torch and transformers (seconds), into this module."""
+    global BatchOptions, BatchSummary, ResultWriter, check_batch_options, pending_items
+    global prepare_output, progress_bar, read_input, run_batch, count_lines, stream_input
+    global check_bench_options, parse_floats, run_bench
+    global CompressionOptions, Engine, GenerationOptions, InputError, Request, SamplingOptions
+    global Answer, VideoContext, FeatureCache, PrefixCache, load_video
+    global check_options, check_sampling, save_contact_sheet, LoadOptions
+    global RayOptions, check_ray_options, import_ray, ray_workers, run_ray_batch
+    global RANDOM_WEIGHTS_NOTE, answer_to_json, bench_rows_to_json, render_answer, render_bench
+    global chat_ready_line, megabytes, question_footer, render_question_answer, render_summary
+    from .batch import (
+        BatchOptions,
+        BatchSummary,
+        ResultWriter,
+        check_batch_options,
+        count_lines,
+        pending_items,
+        prepare_output,
+        progress_bar,
+        read_input,
+        run_batch,
+        stream_input,
+    )
+    from .bench import check_bench_options, parse_floats, run_bench
+    from .engine import (
+        Answer,
+        CompressionOptions,
+        Engine,
+        GenerationOptions,
+        InputError,
+        Request,
+        SamplingOptions,
+        VideoContext,
+        check_options,
+        check_sampling,
+    )
+    from .feature_cache import FeatureCache
+    from .heatmap import save_contact_sheet
+    from .models import LoadOptions
+    from .models.base import PrefixCache
+    from .ray_batch import RayOptions, check_ray_options, import_ray, ray_workers, run_ray_batch
+    from .report import (
+        RANDOM_WEIGHTS_NOTE,
+        answer_to_json,
+        bench_rows_to_json,
+        chat_ready_line,
+        megabytes,
+        question_footer,
+        render_answer,
+        render_bench,
+        render_question_answer,
+        render_summary,
+    )
+    from .video import load_video
+
+
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False)
 # Pipes and files get a wide fixed width instead of rich's 80 columns, so tables do not wrap.
 stdout = Console() if sys.stdout.isatty() else Console(width=160)
 stderr = Console(stderr=True)
 
-BAD_INPUT = (InputError, VideoError, ModelLoadError)
 
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="Hub id, local checkpoint "
+def _bad_input(error: BaseException) -> bool:
+    """Bad usage or input (exit 2): the error types of modules not imported yet cannot occur."""
+    kinds: list[type] = [VideoError, OptionError]
+    for module, name in (("vidcom2_cli.engine", "InputError"),
+                         ("vidcom2_cli.models.loading", "ModelLoadError")):
+        if module in sys.modules:
+            kinds.append(getattr(sys.modules[module], name))
+    return isinstance(error, tuple(kinds))
+
+
+ModelOption = Annotated[str, typer.Option("--model", "-m", envvar="VIDCOM2_MODEL",
+                                          help="Hub id, local checkpoint "
                                           "directory, or random:NAME for a random-weight "
                                           "preset (see `vidcom2 models`).")]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
-DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on an Ampere+ GPU, else fp16; fp32 on "
+DeviceOption = Annotated[str, typer.Option(envvar="VIDCOM2_DEVICE",
+                                           help="auto, cpu, cuda, cuda:1, ...")]
+DtypeOption = Annotated[str, typer.Option(envvar="VIDCOM2_DTYPE",
+                                          help="auto (bf16 on an Ampere+ GPU, else fp16; fp32 on "
                                           "CPU), bf16, fp16, fp32.")]
-AttnOption = Annotated[str, typer.Option("--attn", help="auto (flash_attention_2 where it can "
+AttnOption = Annotated[str, typer.Option("--attn", envvar="VIDCOM2_ATTN",
+                                         help="auto (flash_attention_2 where it can "
                                          "run, else sdpa), flash_attention_2, sdpa, eager.")]
 DeviceMapOption = Annotated[str | None, typer.Option(help="Spread the model over several GPUs, "
                                                      "e.g. 'auto'.")]
-FramesOption = Annotated[int, typer.Option(help="Frames sampled evenly over the whole video.")]
-FpsOption = Annotated[float | None, typer.Option(help="Sample this many frames per second "
-                                                 "instead (capped by --max-frames).")]
-MaxFramesOption = Annotated[int, typer.Option(help="Cap on frames when sampling by --fps.")]
+FramesOption = Annotated[int, typer.Option(envvar="VIDCOM2_FRAMES",
+                                           help="Frames sampled evenly over the whole video.")]
+FpsOption = Annotated[float | None, typer.Option(envvar="VIDCOM2_FPS",
+                                                 help="Sample a frame every 1/FPS seconds of "
+                                                 "the video instead (capped by --max-frames).")]
+MaxFramesOption = Annotated[int, typer.Option(envvar="VIDCOM2_MAX_FRAMES",
+                                              help="Cap on frames when sampling by --fps.")]
 DebugOption = Annotated[bool, typer.Option(help="Show tracebacks and library logs.")]
-RatioOption = Annotated[float, typer.Option(help="Fraction of video tokens to keep, in (0, 1].")]
-MethodOption = Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")]
-MaxNewTokensOption = Annotated[int, typer.Option(help="Longest answer, in tokens.")]
+RatioOption = Annotated[float, typer.Option(envvar="VIDCOM2_RATIO",
+                                             help="Fraction of video tokens to keep, in (0, 1].")]
+MethodOption = Annotated[str, typer.Option(envvar="VIDCOM2_METHOD",
+                                           help="Token selector: vidcom2, random, ... (an "
+                                           "unknown name lists them all).")]
+MaxNewTokensOption = Annotated[int, typer.Option(envvar="VIDCOM2_MAX_NEW_TOKENS",
+                                                 help="Longest answer, in tokens.")]
 SampleOption = Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")]
 TemperatureOption = Annotated[float | None, typer.Option(help="With --sample.")]
 TopPOption = Annotated[float | None, typer.Option(help="With --sample.")]
@@ -111,32 +218,65 @@ FeatureCacheOption = Annotated[Path | None, typer.Option(
     "ratio or method) skips decoding and the encoder. Nothing is cached without it.")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"vidcom2-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Ask a video LLM about a video, with VidCom2 visual-token compression.
+
+    Environment defaults (options on the command line win): VIDCOM2_MODEL,
+    VIDCOM2_DEVICE, VIDCOM2_DTYPE, VIDCOM2_ATTN, VIDCOM2_FRAMES, VIDCOM2_FPS,
+    VIDCOM2_MAX_FRAMES, VIDCOM2_RATIO, VIDCOM2_METHOD, VIDCOM2_MAX_NEW_TOKENS,
+    VIDCOM2_FEATURE_CACHE.
+    """
+
+
 @contextmanager
 def cli_errors(debug: bool) -> Iterator[None]:
-    """Turn failures into one stderr line and an exit code (tracebacks only with --debug)."""
-    if not debug:
-        _quiet_libraries()
+    """Turn failures into one stderr line and an exit code (tracebacks only with --debug).
+
+    Library log output reaches stderr only with --debug; SIGTERM stops a command as Ctrl-C
+    does."""
+    library_logs(show=debug)
     try:
-        yield
+        with sigterm_as_interrupt():
+            yield
     except typer.Exit:
         raise
-    except BAD_INPUT as error:
-        if debug:
-            raise
-        stderr.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         stderr.print("interrupted")
         raise typer.Exit(130) from None
+    except HubUnreachable as error:
+        if debug:
+            raise
+        _print_error(str(error))
+        raise typer.Exit(1) from None
     except Exception as error:
         if debug:
             raise
-        stderr.print(f"[red]error:[/red] {_runtime_message(error)}", highlight=False,
-                     soft_wrap=True)
+        if _bad_input(error):
+            _print_error(first_line(error))
+            raise typer.Exit(2) from None
+        _print_error(_runtime_message(error))
         raise typer.Exit(1) from None
 
 
+def _print_error(message: str) -> None:
+    """One line, never read as rich markup (a path may hold "[/...]")."""
+    stderr.print(Text.assemble(("error:", "red"), " ", message), highlight=False,
+                 soft_wrap=True)
+
+
 def _runtime_message(error: Exception) -> str:
+    from .timing import is_out_of_memory
+
     if is_out_of_memory(error):
         return ("out of memory: lower --frames, lower --ratio, or use a smaller --model "
                 "(or a smaller --batch-size in batch mode)")
@@ -144,19 +284,15 @@ def _runtime_message(error: Exception) -> str:
             "traceback)")
 
 
-def _quiet_libraries() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def _load_engine(model: str, device: str, dtype: str, attn: str, device_map: str | None,
                  quiet: bool = False, feature_cache: Path | None = None) -> Engine:
+    check_model_source(model, RANDOM_PREFIX)
     options = LoadOptions(device=device, dtype=dtype, attention=attn, device_map=device_map)
     cache = None if feature_cache is None else _feature_cache(feature_cache)
+    start = time.perf_counter()
     with nullcontext() if quiet else stderr.status(f"loading {model} ..."):
         engine = Engine.load(model, options, feature_cache=cache)
+    engine.load_seconds = time.perf_counter() - start  # reported by _run_info
     if engine.random_weights:  # on stderr too, so that --json and --quiet runs say it
         stderr.print(RANDOM_WEIGHTS_NOTE, style="bold yellow")
     return engine
@@ -169,8 +305,43 @@ def _feature_cache(directory: Path) -> FeatureCache:
         message, style="yellow", markup=False, highlight=False))
 
 
+def _run_info(engine: Engine) -> dict[str, object]:
+    """What ran the request: tool version, model load time, device, dtype, attention."""
+    return {"version": __version__,
+            "model_load_s": round(getattr(engine, "load_seconds", float("nan")), 3),
+            "device": str(engine.device),
+            "dtype": str(engine.loaded.dtype).removeprefix("torch."),
+            "attention": engine.loaded.attention}
+
+
+def _run_line(engine: Engine) -> str:
+    info = _run_info(engine)
+    return (f"vidcom2-cli {info['version']} · model loaded in {info['model_load_s']:.1f} s · "
+            f"{info['device']} {info['dtype']} {info['attention']}")
+
+
+_STAGE_NAMES = {"video_decode": "decoding the sampled frames", "preprocess": "preprocessing",
+                "vision": "running the vision encoder", "compress": "compressing visual tokens",
+                "prefill": "prefill (reading the prompt)", "decode": "generating the answer"}
+
+
+@contextmanager
+def _stage_status(show: bool) -> Iterator[None]:
+    """A status line naming the current stage, on a terminal only."""
+    if not (show and stderr.is_terminal):
+        yield
+        return
+    from .timing import stage_listener
+
+    with stderr.status("starting ...") as status, stage_listener(
+            lambda stage: status.update(f"{_STAGE_NAMES.get(stage, stage)} ...")):
+        yield
+
+
 def _check_video(video: Path) -> None:
     """Fail fast on a bad video before the (slow) model load."""
+    from .video import probe
+
     probe(video)
 
 
@@ -186,13 +357,13 @@ def ask(
         metavar="QUESTION...", help="One or more questions about the video; several are "
         "answered from one decode, one encoding, one compression and one prefill of the "
         "video's prompt prefix.")],
-    ratio: RatioOption = CompressionOptions.ratio,
-    method: MethodOption = CompressionOptions.method,
+    ratio: RatioOption = DEFAULT_RATIO,
+    method: MethodOption = DEFAULT_METHOD,
     model: ModelOption = DEFAULT_MODEL,
-    frames: FramesOption = SamplingOptions.frames,
+    frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
-    max_frames: MaxFramesOption = SamplingOptions.max_frames,
-    max_new_tokens: MaxNewTokensOption = GenerationOptions.max_new_tokens,
+    max_frames: MaxFramesOption = DEFAULT_MAX_FRAMES,
+    max_new_tokens: MaxNewTokensOption = DEFAULT_MAX_NEW_TOKENS,
     sample: SampleOption = False,
     temperature: TemperatureOption = None,
     top_p: TopPOption = None,
@@ -211,41 +382,47 @@ def ask(
 ) -> None:
     """Answer one or more questions about a video."""
     with cli_errors(debug):
+        check_numbers(ratio, max_new_tokens)
+        check_generation_options(sample, temperature, top_p)
+        check_output_modes(json_output, quiet, heatmap)
+        check_sampling_options(frames, fps, max_frames)
+        check_device(device)
+        if not all(question.strip() for question in questions):
+            raise OptionError("question: a question is empty")
+        _heavy()
         compression = CompressionOptions(ratio=ratio, method=method, seed=seed)
         generation = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=sample,
                                        temperature=temperature, top_p=top_p, seed=seed)
         sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames)
         check_options(compression, generation)
         check_sampling(sampling)
-        if heatmap is not None and not heatmap.parent.is_dir():
-            raise InputError(f"--heatmap: folder {heatmap.parent} does not exist")
-        if not any(question.strip() for question in questions):
-            raise InputError("question: the question is empty")
         _check_video(video)
         engine = _load_engine(model, device, dtype, attn, device_map, quiet or json_output,
                               feature_cache)
-        if len(questions) == 1:
-            answers = [engine.ask(Request(str(video), questions[0]), sampling, compression,
-                                  generation)]
-        else:
-            answers = engine.ask_many(str(video), questions, sampling, compression,
-                                      generation)
-        _print_answers(answers, json_output, quiet, heatmap, sampling,
+        with _stage_status(not (quiet or json_output) and len(questions) == 1):
+            if len(questions) == 1:
+                answers: Iterable[Answer] = [engine.ask(Request(str(video), questions[0]),
+                                                        sampling, compression, generation)]
+            else:
+                answers = engine.ask_many(str(video), questions, sampling, compression,
+                                          generation)
+        _print_answers(engine, answers, json_output, quiet, heatmap, sampling,
                        several=len(questions) > 1)
 
 
-def _print_answers(answers: Iterable[Answer], json_output: bool, quiet: bool,
-                   heatmap: Path | None = None, sampling: SamplingOptions = SamplingOptions(),
+def _print_answers(engine: Engine, answers: Iterable[Answer], json_output: bool, quiet: bool,
+                   heatmap: Path | None = None, sampling: SamplingOptions | None = None,
                    several: bool = False) -> None:
     """Each answer as it comes: a JSON line, the bare answer, or the human report (for
     several questions of one video, the shared summary once and then each answer)."""
     for index, result in enumerate(answers):
         if index == 0 and heatmap is not None:
-            save_contact_sheet(heatmap, _frames_of(result, sampling), result.plan,
-                               frames_per_unit=result.frames_per_unit)
+            save_contact_sheet(heatmap, _frames_of(result, sampling or SamplingOptions()),
+                               result.plan, frames_per_unit=result.frames_per_unit)
         if json_output:
             payload = answer_to_json(result)
             payload["heatmap"] = str(heatmap) if heatmap is not None else None
+            payload["run"] = _run_info(engine)
             _print_json(payload)
         elif quiet:
             stdout.print(result.answer, highlight=False, markup=False)
@@ -255,8 +432,10 @@ def _print_answers(answers: Iterable[Answer], json_output: bool, quiet: bool,
             stdout.print(render_question_answer(result, index))
         else:
             stdout.print(render_answer(result))
-        if index == 0 and heatmap is not None and not (json_output or quiet):
-            stdout.print(f"heatmap written to {heatmap}", markup=False, highlight=False)
+    if not (json_output or quiet):
+        stdout.print(_run_line(engine), highlight=False, markup=False)
+        if heatmap is not None:
+            stdout.print(f"heatmap written to {heatmap}", highlight=False, markup=False)
 
 
 def _frames_of(answer: Answer, sampling: SamplingOptions) -> np.ndarray:
@@ -272,13 +451,13 @@ def _frames_of(answer: Answer, sampling: SamplingOptions) -> np.ndarray:
 @app.command()
 def chat(
     video: Annotated[Path, typer.Argument(help="Video file.")],
-    ratio: RatioOption = CompressionOptions.ratio,
-    method: MethodOption = CompressionOptions.method,
+    ratio: RatioOption = DEFAULT_RATIO,
+    method: MethodOption = DEFAULT_METHOD,
     model: ModelOption = DEFAULT_MODEL,
-    frames: FramesOption = SamplingOptions.frames,
+    frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
-    max_frames: MaxFramesOption = SamplingOptions.max_frames,
-    max_new_tokens: MaxNewTokensOption = GenerationOptions.max_new_tokens,
+    max_frames: MaxFramesOption = DEFAULT_MAX_FRAMES,
+    max_new_tokens: MaxNewTokensOption = DEFAULT_MAX_NEW_TOKENS,
     sample: SampleOption = False,
     temperature: TemperatureOption = None,
     top_p: TopPOption = None,
@@ -297,6 +476,16 @@ def chat(
     """Ask questions about a video interactively: it is decoded, encoded, compressed and
     prefilled once. Not in a terminal, reads one question per line from stdin."""
     with cli_errors(debug):
+        check_numbers(ratio, max_new_tokens)
+        check_generation_options(sample, temperature, top_p)
+        check_output_modes(json_output, quiet, None)
+        check_sampling_options(frames, fps, max_frames)
+        check_device(device)
+        interactive = sys.stdin.isatty()
+        questions = [] if interactive else [line.strip() for line in sys.stdin if line.strip()]
+        if not interactive and not questions:
+            raise OptionError("stdin: no question (give one question per line)")
+        _heavy()
         compression = CompressionOptions(ratio=ratio, method=method, seed=seed)
         generation = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=sample,
                                        temperature=temperature, top_p=top_p, seed=seed)
@@ -304,15 +493,12 @@ def chat(
         check_options(compression, generation)
         check_sampling(sampling)
         _check_video(video)
-        interactive = sys.stdin.isatty()
-        questions = [] if interactive else [line.strip() for line in sys.stdin if line.strip()]
-        if not interactive and not questions:
-            raise InputError("stdin: no question (give one question per line)")
         engine = _load_engine(model, device, dtype, attn, device_map,
                               quiet or json_output or not interactive, feature_cache)
         if not interactive:
-            _print_answers(engine.ask_many(str(video), questions, sampling, compression,
-                                           generation), json_output, quiet, several=True)
+            _print_answers(engine, engine.ask_many(str(video), questions, sampling,
+                                                   compression, generation),
+                           json_output, quiet, several=True)
             return
         with stderr.status(f"decoding {video.name} ...") as status:
             context, prefix = engine.open(
@@ -349,7 +535,7 @@ def _chat_loop(engine: Engine, context: VideoContext, prefix: PrefixCache,
             stderr.print("(answer interrupted)", style="dim")
             continue
         except InputError as error:
-            stderr.print(f"error: {error}", markup=False, highlight=False)
+            _print_error(first_line(error))
             continue
         write("\n")
         stderr.print(question_footer(answer), style="dim", markup=False, highlight=False)
@@ -369,9 +555,9 @@ def bench(
                                                 "(forced, so every row decodes as many).")]
     = 16,
     model: ModelOption = DEFAULT_MODEL,
-    frames: FramesOption = SamplingOptions.frames,
+    frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
-    max_frames: MaxFramesOption = SamplingOptions.max_frames,
+    max_frames: MaxFramesOption = DEFAULT_MAX_FRAMES,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     attn: AttnOption = "auto",
@@ -383,12 +569,20 @@ def bench(
 ) -> None:
     """Measure prefill and decode at several ratios and methods on one video."""
     with cli_errors(debug):
+        parse_ratios(ratios)
+        check_numbers(None, max_new_tokens)
+        check_sampling_options(frames, fps, max_frames)
+        check_device(device)
+        _heavy()
         ratio_list = parse_floats(ratios, "--ratios")
         method_list = [name.strip() for name in methods.split(",") if name.strip()]
         generation = GenerationOptions(max_new_tokens=max_new_tokens,
                                        min_new_tokens=max_new_tokens)
         sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames)
-        check_bench_options(ratio_list, method_list, generation, repeats, warmup, seed)
+        try:
+            check_bench_options(ratio_list, method_list, generation, repeats, warmup, seed)
+        except InputError as error:  # the shared checks name ask's --ratio and --method
+            raise rename_option(error, {"--ratio": "--ratios", "--method": "--methods"}) from None
         check_sampling(sampling)
         _check_video(video)
         engine = _load_engine(model, device, dtype, attn, device_map, json_output,
@@ -405,6 +599,7 @@ def bench(
                  f"{engine.loaded.attention} · median of {repeats}, {max_new_tokens} new tokens")
         if engine.random_weights:
             title += " · RANDOM WEIGHTS"
+        title += f" · vidcom2-cli {__version__}, model loaded in {engine.load_seconds:.1f} s"
         stdout.print(render_bench(rows, title))
         stdout.print(f"measured once for all rows: video_decode {rows[0].video_decode_ms:.1f} "
                      f"ms, preprocess {rows[0].preprocess_ms:.1f} ms")
@@ -419,13 +614,13 @@ def batch(
         '"options" (multiple choice) and "answer" (expected); - reads stdin.')],
     out: Annotated[str, typer.Option("--out", help="Results, one JSON line per input line "
                                      "(- for stdout).")],
-    ratio: RatioOption = CompressionOptions.ratio,
-    method: MethodOption = CompressionOptions.method,
+    ratio: RatioOption = DEFAULT_RATIO,
+    method: MethodOption = DEFAULT_METHOD,
     model: ModelOption = DEFAULT_MODEL,
-    frames: FramesOption = SamplingOptions.frames,
+    frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
-    max_frames: MaxFramesOption = SamplingOptions.max_frames,
-    max_new_tokens: MaxNewTokensOption = GenerationOptions.max_new_tokens,
+    max_frames: MaxFramesOption = DEFAULT_MAX_FRAMES,
+    max_new_tokens: MaxNewTokensOption = DEFAULT_MAX_NEW_TOKENS,
     batch_size: Annotated[int, typer.Option(help="Items per generate call.")] = 1,
     prefetch: Annotated[int | None, typer.Option(
         help="Items decoded and preprocessed ahead on CPU threads while the model answers the "
@@ -454,13 +649,18 @@ def batch(
         help="With --ray: GPUs per worker (default 1 where there are GPUs, else 0; 0.5 puts "
         "two workers on one GPU).", show_default=False)] = None,
     chunk: Annotated[int, typer.Option(help="With --ray: items per task (a video's questions "
-                                       "stay together).")] = RayOptions.chunk,
+                                       "stay together).")] = 16,
     ordered: Annotated[bool, typer.Option(help="With --ray: write records in input order "
                                           "(finished ones wait for earlier ones).")] = False,
     debug: DebugOption = False,
 ) -> None:
     """Answer the questions of a JSONL file with one model load, writing JSON lines."""
     with cli_errors(debug):
+        check_numbers(ratio, max_new_tokens)
+        check_batch_numbers(batch_size, prefetch)
+        check_sampling_options(frames, fps, max_frames)
+        check_device(device)
+        _heavy()
         options = BatchOptions(
             SamplingOptions(frames=frames, fps=fps, max_frames=max_frames),
             CompressionOptions(ratio=ratio, method=method, seed=seed),
@@ -469,9 +669,10 @@ def batch(
         check_batch_options(options)
         if ray_address is not None:
             ray_options = RayOptions(ray_address, workers, gpus_per_worker, chunk, ordered)
-            _ray_batch(input_path, out, resume, options, ray_options, model,
-                       LoadOptions(device=device, dtype=dtype, attention=attn,
-                                   device_map=device_map), feature_cache)
+            summary = _ray_batch(input_path, out, resume, options, ray_options, model,
+                                 LoadOptions(device=device, dtype=dtype, attention=attn,
+                                             device_map=device_map), feature_cache)
+            _fail_if_all_failed(summary)
             return
         if workers is not None or gpus_per_worker is not None or ordered:
             raise InputError("--workers/--gpus-per-worker/--ordered: only with --ray")
@@ -483,13 +684,29 @@ def batch(
         with ResultWriter.open(out) as writer, progress_bar(stderr, todo) as on_record:
             summary = run_batch(engine, items, options, writer, done, on_record)
         stderr.print(summary.render(), highlight=False, markup=False)
+        stderr.print(_run_line(engine), highlight=False, markup=False, soft_wrap=True)
+        if resume and done and out != "-":  # the closing line covers the whole file too
+            whole = BatchSummary(total=len(items))
+            for record in output_records(out):
+                whole.add(record)
+            stderr.print(f"whole output {out}: " + whole_output_line(whole), highlight=False,
+                         markup=False, soft_wrap=True)
+        _fail_if_all_failed(summary)
+
+
+def _fail_if_all_failed(summary: BatchSummary) -> None:
+    if summary.processed and summary.answered == 0:
+        _print_error(f"every one of the {summary.processed} items failed (see the error "
+                     "field of each record)")
+        raise typer.Exit(1)
 
 
 def _ray_batch(input_path: str, out: str, resume: bool, options: BatchOptions,
                ray_options: RayOptions, model: str, load_options: LoadOptions,
-               feature_cache: Path | None) -> None:
+               feature_cache: Path | None) -> BatchSummary:
     check_ray_options(ray_options)
     import_ray()  # one line saying which extra to install, before anything else
+    check_model_source(model, RANDOM_PREFIX)
     items = stream_input(input_path)
     done = prepare_output(out, resume, input_path)
     total = None if input_path == "-" else max(count_lines(Path(input_path)) - sum(
@@ -502,6 +719,7 @@ def _ray_batch(input_path: str, out: str, resume: bool, options: BatchOptions,
         on_record = stack.enter_context(progress_bar(stderr, total))
         summary = run_ray_batch(workers, items, options, ray_options, writer, done, on_record)
     stderr.print(summary.render(), highlight=False, markup=False)
+    return summary
 
 
 cache_app = typer.Typer(no_args_is_help=True, help="Show or clear the feature cache.")
@@ -513,8 +731,9 @@ CacheFolderOption = Annotated[Path | None, typer.Option(
 
 def _cache_folder(folder: Path | None) -> FeatureCache:
     if folder is None:
-        raise InputError(f"--feature-cache: give the cache folder (or set "
-                         f"{FEATURE_CACHE_VARIABLE})")
+        raise OptionError(f"--feature-cache: give the cache folder (or set "
+                          f"{FEATURE_CACHE_VARIABLE})")
+    _heavy()
     return _feature_cache(folder)
 
 
@@ -574,6 +793,8 @@ def info(
 ) -> None:
     """Show frames, fps, duration, size and codec as the decoder sees them."""
     with cli_errors(debug):
+        from .video import probe
+
         details = probe(video)
         if json_output:
             _print_json(asdict(details))

@@ -230,7 +230,8 @@ class Engine:
                     item = self.adapter.with_question(cached.item, request.question)
                 video = SampledVideo(frames=np.zeros((0, 0, 0, 3), dtype=np.uint8),
                                      indices=cached.indices, info=cached.info,
-                                     padded=cached.padded)
+                                     padded=cached.padded,
+                                     substituted_frames=cached.substituted)
                 return PreparedRequest(request, video, item, _stage_times(timer), cached, key)
         with timer.stage("video_decode"):
             video = load_video(Path(request.video), num_frames=sampling.frames, fps=sampling.fps,
@@ -266,7 +267,8 @@ class Engine:
                     self.feature_cache.store(prepared.key, CachedEncoding(
                         tensors=self.adapter.output_tensors(encoded.output), item=host_item,
                         indices=list(prepared.video.indices), info=prepared.video.info,
-                        padded=prepared.video.padded))
+                        padded=prepared.video.padded,
+                        substituted=dict(prepared.video.substituted_frames)))
         return EncodedRequest(prepared.request, prepared.video, item.without_pixels(), encoded,
                               timer.stages_ms, host_item, prepared.feature_cache)
 

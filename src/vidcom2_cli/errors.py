@@ -10,3 +10,7 @@ def first_line(error: BaseException) -> str:
     user-facing error here is one line.
     """
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+class VideoError(ValueError):
+    """A video cannot be read or sampled; the message names the file and the problem."""

@@ -30,7 +30,6 @@ from .video import VideoInfo
 
 FORMAT = "vidcom2-feature-cache/1"
 SUFFIX = ".safetensors"
-ENVIRONMENT_VARIABLE = "VIDCOM2_FEATURE_CACHE"
 _CHUNK = 1 << 20
 
 
@@ -43,6 +42,7 @@ class CachedEncoding:
     indices: list[int]
     info: VideoInfo
     padded: int
+    substituted: dict[int, int]  # sampled frames that were undecodable -> the ones used
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,8 @@ class FeatureCache:
                     video_token_mask=tensors["video_token_mask"],
                     positions=tensors["positions"]),
                 indices=[int(index) for index in video["indices"]],
-                info=VideoInfo(**video["info"]), padded=int(video["padded"]))
+                info=VideoInfo(**video["info"]), padded=int(video["padded"]),
+                substituted={int(k): int(v) for k, v in video["substituted"].items()})
         except Exception as error:  # a truncated, altered or foreign file: recompute
             self._notice(key, f"feature cache: entry {path.name} is unusable ({error}); "
                               "recomputing it")
@@ -137,6 +138,7 @@ class FeatureCache:
                    for name, value in tensors.items()}
         metadata = {"format": FORMAT, "key": key, "checksum": _checksum(tensors),
                     "video": json.dumps({"indices": entry.indices, "padded": entry.padded,
+                                         "substituted": entry.substituted,
                                          "info": dataclasses.asdict(entry.info)})}
         temporary = self.directory / f".{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:

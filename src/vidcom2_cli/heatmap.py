@@ -171,14 +171,21 @@ def contact_sheet(frames: np.ndarray, plan: KeepPlan, frames_per_unit: int = 1,
 def save_contact_sheet(path: str | os.PathLike[str], frames: np.ndarray, plan: KeepPlan,
                        frames_per_unit: int = 1, columns: int | None = None,
                        tile_width: int = 160) -> Path:
-    """Write the contact sheet as a PNG at exactly ``path`` (whatever its suffix); return it."""
+    """Write the contact sheet at exactly ``path``, as JPEG or WebP when its suffix says so,
+    else as PNG; return it."""
     path = Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"cannot write the contact sheet to {path}: "
                          f"directory {path.parent} does not exist")
     sheet = contact_sheet(frames, plan, frames_per_unit, columns, tile_width)
-    sheet.save(path, format="PNG")
+    image_format = _SUFFIX_FORMATS.get(path.suffix.lower(), "PNG")
+    if image_format == "JPEG" and sheet.mode != "RGB":
+        sheet = sheet.convert("RGB")
+    sheet.save(path, format=image_format)
     return path
+
+
+_SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
 def budget_sparkline(counts: list[int], tokens_per_unit: int, width: int | None = None) -> str:

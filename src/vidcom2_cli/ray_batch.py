@@ -39,6 +39,7 @@ from .batch import (
     run_batch,
     video_groups,
 )
+from .cli_support import looks_like_address
 from .engine import InputError
 from .errors import first_line
 from .models import LoadOptions
@@ -46,7 +47,6 @@ from .models import LoadOptions
 RAY_EXTRA = 'pip install "vidcom2-cli[ray]"'
 IN_FLIGHT_PER_WORKER = 2  # chunks queued on a worker: one running, the next ready
 WINDOW_CHUNKS = 4  # lines read ahead to gather a video's questions: this many chunks' worth
-_ADDRESS = re.compile(r"(local|auto|ray://\S+|[\w.\-]+:\d+)")
 _MODEL_ERROR = re.compile(r"ModelLoadError: (.+)")
 
 
@@ -58,11 +58,6 @@ class RayOptions:
     chunk: int = 16  # items per task (whole videos)
     ordered: bool = False  # write records in input order (buffers the ones that come early)
     retries: int = 3  # restarts of a dead worker, and tries of a chunk
-
-
-def looks_like_address(text: str) -> bool:
-    """Whether a word after ``--ray`` is its address rather than the next argument."""
-    return _ADDRESS.fullmatch(text) is not None
 
 
 def import_ray() -> Any:
@@ -307,7 +302,15 @@ def _start_workers(ray: Any, options: RayOptions, model: str, load_options: Load
                          f"need more than the cluster's {gpus:g} GPUs")
     if per_worker and load_options.device == "cpu":
         per_worker = 0.0
-    actor = ray.remote(num_cpus=min(1.0, cpus / workers), num_gpus=per_worker,
+    cpus_each = min(1.0, cpus / workers)
+    free = ray.available_resources()
+    if (workers * cpus_each > float(free.get("CPU", 0)) + 1e-9
+            or workers * per_worker > float(free.get("GPU", 0)) + 1e-9):
+        raise InputError(f"--workers: {workers} workers need {workers * cpus_each:g} CPUs and "
+                         f"{workers * per_worker:g} GPUs, but the cluster has "
+                         f"{float(free.get('CPU', 0)):g} CPUs and {float(free.get('GPU', 0)):g} "
+                         "GPUs free")
+    actor = ray.remote(num_cpus=cpus_each, num_gpus=per_worker,
                        max_restarts=options.retries, max_task_retries=options.retries)(
         BatchWorker)
     threads = max(1, int(cpus // workers))

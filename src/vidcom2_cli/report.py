@@ -40,6 +40,10 @@ def answer_to_json(answer: Answer) -> dict[str, Any]:
             "per_unit": answer.frames_per_unit,
             "source_frames": video.info.frame_count,
             "source_fps": video.info.fps,
+            "decoder": video.info.decoder,
+            "stream_index": video.info.stream_index,
+            # sampled index -> index of the nearest decodable frame used in its place
+            "substituted": {str(k): v for k, v in video.substituted_frames.items()},
         },
         "tokens": {**asdict(answer.tokens),
                    "text": answer.tokens.prompt_full - answer.tokens.visual_full,

@@ -6,7 +6,7 @@ import gc
 import resource
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,25 @@ def synchronize(device: torch.device | str) -> None:
         torch.mps.synchronize()
 
 
+_STAGE_LISTENERS: list[Callable[[str], None]] = []
+
+
+@contextmanager
+def stage_listener(callback: Callable[[str], None]) -> Iterator[None]:
+    """Call ``callback(stage)`` as each stage starts ("video_decode", "preprocess", "vision",
+    "compress", "prefill", "decode"): the command line's status line names the stage."""
+    _STAGE_LISTENERS.append(callback)
+    try:
+        yield
+    finally:
+        _STAGE_LISTENERS.remove(callback)
+
+
+def _notify(stage: str) -> None:
+    for listener in list(_STAGE_LISTENERS):
+        listener(stage)
+
+
 @dataclass
 class StageTimer:
     """Milliseconds per named stage, each measured between device synchronisations."""
@@ -32,6 +51,7 @@ class StageTimer:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        _notify(name)
         synchronize(self.device)
         start = time.perf_counter()
         try:
@@ -55,6 +75,7 @@ class TokenClock:
         self.stamps: list[float] = []
 
     def begin(self) -> None:
+        _notify("prefill")
         synchronize(self.device)
         self.start = time.perf_counter()
         self.stamps = []
@@ -62,6 +83,8 @@ class TokenClock:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         synchronize(self.device)
         self.stamps.append(time.perf_counter())
+        if len(self.stamps) == 1:
+            _notify("decode")
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     def result(self) -> GenerationTiming:

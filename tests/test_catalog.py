@@ -1,0 +1,23 @@
+"""The light catalogue the command line starts from agrees with the modules that own the
+values (which import torch)."""
+
+from __future__ import annotations
+
+from vidcom2_cli import catalog, video
+from vidcom2_cli.compression import METHODS
+from vidcom2_cli.engine import CompressionOptions, GenerationOptions, SamplingOptions
+from vidcom2_cli.models import DEFAULT_MODEL, SUPPORTED_MODEL_TYPES, presets
+
+
+def test_catalog_matches_its_owners() -> None:
+    assert catalog.DEFAULT_MODEL == DEFAULT_MODEL
+    assert catalog.SUPPORTED_MODEL_TYPES == SUPPORTED_MODEL_TYPES
+    assert catalog.RANDOM_PREFIX == presets.RANDOM_PREFIX
+    assert catalog.preset_names() == presets.preset_names()
+    for name in catalog.preset_names():
+        assert catalog.preset_source(name) == presets.preset_source(name)
+    assert CompressionOptions.ratio == catalog.DEFAULT_RATIO
+    assert CompressionOptions.method == catalog.DEFAULT_METHOD and catalog.DEFAULT_METHOD in METHODS
+    assert GenerationOptions.max_new_tokens == catalog.DEFAULT_MAX_NEW_TOKENS
+    assert catalog.DEFAULT_NUM_FRAMES == SamplingOptions.frames == video.DEFAULT_NUM_FRAMES
+    assert catalog.DEFAULT_MAX_FRAMES == SamplingOptions.max_frames == video.DEFAULT_MAX_FRAMES
