@@ -21,8 +21,9 @@ from vidcom2_cli.engine import (
 from vidcom2_cli.models import LoadOptions, ModelLoadError, load_adapter, load_model, loading
 from vidcom2_cli.models.loading import resolve_attention, resolve_dtype
 
-FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
-QWEN = FAMILIES[1:]
+FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
+            "qwen3_5_moe"]
+QWEN = [family for family in FAMILIES if family.startswith("qwen")]
 pytestmark = pytest.mark.slow
 
 

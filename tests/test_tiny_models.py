@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vidcom2_cli.models.offline import FAMILIES
+from vidcom2_cli.models.offline import FAMILIES, QWEN3_FAMILIES
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ PLACEHOLDER = {
     "llava_onevision": "<video>",
     "qwen2_vl": "<|vision_start|><|video_pad|><|vision_end|>",
     "qwen2_5_vl": "<|vision_start|><|video_pad|><|vision_end|>",
-    "qwen3_vl": "<|vision_start|><|video_pad|><|vision_end|>",
+    **{family: "<|vision_start|><|video_pad|><|vision_end|>" for family in QWEN3_FAMILIES},
 }
 
 
@@ -74,7 +74,7 @@ def test_loads_by_path_and_generates(tiny_checkpoints, family: str) -> None:
     # The metadata reached the processor: real frame spacing, not the 24 fps fallback.
     if family == "qwen2_5_vl":
         assert inputs["second_per_grid_ts"].tolist() == [pytest.approx(15.0)]
-    if family == "qwen3_vl":
+    if family in QWEN3_FAMILIES:  # one timestamp per temporal unit
         assert "<3.8 seconds>" in processor.decode(inputs["input_ids"][0])
 
     placeholders = int((inputs["input_ids"] == model.config.video_token_id).sum())

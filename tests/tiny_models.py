@@ -18,7 +18,10 @@ from transformers import (
     PretrainedConfig,
     Qwen2_5_VLConfig,
     Qwen2VLConfig,
+    Qwen3_5Config,
+    Qwen3_5MoeConfig,
     Qwen3VLConfig,
+    Qwen3VLMoeConfig,
 )
 
 from vidcom2_cli.models.offline import (
@@ -36,7 +39,8 @@ TINY_VISION_SIZES: dict[str, dict[str, int]] = {
     "qwen2_vl": {**_QWEN_PATCHING, "min_pixels": 32 * 32, "max_pixels": 64 * 64},
     "qwen2_5_vl": {**_QWEN_PATCHING, "min_pixels": 32 * 32, "max_pixels": 64 * 64},
     # Whole-clip limits: up to 16 frames of 64x64 keep their size.
-    "qwen3_vl": {**_QWEN_PATCHING, "min_pixels": 4 * 32 * 32, "max_pixels": 16 * 64 * 64},
+    **{family: {**_QWEN_PATCHING, "min_pixels": 4 * 32 * 32, "max_pixels": 16 * 64 * 64}
+       for family in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")},
 }
 
 _TEXT = {
@@ -101,24 +105,50 @@ def tiny_config(family: str, token_ids: dict[str, int], vocab_size: int) -> Pret
         "vision_start_token_id": token_ids["<|vision_start|>"],
         "vision_end_token_id": token_ids["<|vision_end|>"],
     }
-    if family == "qwen3_vl":
-        return Qwen3VLConfig(
-            text_config={
-                **text,
-                "head_dim": 16,
-                "rope_parameters": _QWEN3_ROPE,
-                "pad_token_id": token_ids[PAD_TOKEN],
-            },
-            vision_config={
-                **vision,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "out_hidden_size": _TEXT["hidden_size"],
-                "num_position_embeddings": 64,  # an 8x8 learned grid, resampled per video
-                "deepstack_visual_indexes": [0, 1],
-            },
+    qwen3_vision = {
+        **vision,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "out_hidden_size": _TEXT["hidden_size"],
+        "num_position_embeddings": 64,  # an 8x8 learned grid, resampled per video
+    }
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        qwen3_text = {**text, "head_dim": 16, "rope_parameters": _QWEN3_ROPE,
+                      "pad_token_id": token_ids[PAD_TOKEN]}
+        config_class = Qwen3VLConfig
+        if family == "qwen3_vl_moe":  # every layer sparse: 4 experts, 2 per token
+            qwen3_text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                              decoder_sparse_step=1)
+            config_class = Qwen3VLMoeConfig
+        return config_class(
+            text_config=qwen3_text,
+            vision_config={**qwen3_vision, "deepstack_visual_indexes": [0, 1]},
             **qwen_ids,
         )
+    if family in ("qwen3_5", "qwen3_5_moe"):
+        # One Gated DeltaNet (linear attention, recurrent state) layer, then one full-attention
+        # layer; a quarter of each 32-wide attention head rotates (8 dims: 4 M-RoPE
+        # frequencies), as in the real 0.25 partial rotary factor.
+        hybrid = {
+            **text,
+            "head_dim": 32,
+            "layer_types": ["linear_attention", "full_attention"],
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+            "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e7,
+                                "mrope_section": [2, 1, 1], "mrope_interleaved": True,
+                                "partial_rotary_factor": 0.25},
+            "pad_token_id": token_ids[PAD_TOKEN],
+            "eos_token_id": token_ids[EOS_TOKEN],
+        }
+        config_class = Qwen3_5Config
+        if family == "qwen3_5_moe":
+            hybrid.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                          shared_expert_intermediate_size=32)
+            config_class = Qwen3_5MoeConfig
+        return config_class(text_config=hybrid, vision_config=qwen3_vision, **qwen_ids)
     text_ids = {
         "bos_token_id": token_ids[PAD_TOKEN],
         "eos_token_id": token_ids[EOS_TOKEN],

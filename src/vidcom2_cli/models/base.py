@@ -176,6 +176,28 @@ class VideoAdapter(ABC):
         """Left-padded (P, B, L) positions as ``generate`` wants them for this family."""
 
     @property
+    def pads_inside_are_neutral(self) -> bool:
+        """Whether pad tokens between a cached prefix and a question leave the model's state as
+        it was. They do for attention, which masks them out as keys; a layer that keeps a
+        recurrent state (Qwen3.5's Gated DeltaNet) still updates it at every pad token (it
+        decays), so such a model must answer reused questions without padding inside them.
+        (Left padding before a prompt is neutral for both: a state that starts at zero stays
+        zero over masked tokens.)"""
+        return True
+
+    def prefix_call_groups(self, items: list[CompressedItem], prefix_lengths: list[int]
+                           ) -> list[list[int]]:
+        """Which items, continuing cached prefixes of ``prefix_lengths`` tokens, can share one
+        ``generate`` call: all of them where pads inside a sequence are neutral, else those
+        whose questions have the same length (no padding between prefix and question)."""
+        if self.pads_inside_are_neutral:
+            return [list(range(len(items)))]
+        groups: dict[int, list[int]] = {}
+        for index, (item, cached) in enumerate(zip(items, prefix_lengths, strict=True)):
+            groups.setdefault(item.length - cached, []).append(index)
+        return list(groups.values())
+
+    @property
     def video_end_ids(self) -> frozenset[int]:
         """Structural tokens that close a video (Qwen's ``<|vision_end|>``): they belong to the
         question-independent prefix of a prompt."""
@@ -373,15 +395,30 @@ class VideoAdapter(ABC):
         With ``prefix``, item i continues row ``rows[i]`` of that prefix cache (default: row i)
         on a copy of it, so only its question is prefilled. ``on_text`` receives the answer's
         text as it is generated (a batch of one).
+
+        Where padding inside a sequence is not neutral for the model
+        (``pads_inside_are_neutral``), questions of different lengths on a prefix go through
+        one call per length (no pad between a prefix and its question); the result is theirs,
+        in the items' order, with the calls' times added up.
         """
+        if prefix is not None:
+            rows = list(range(len(items))) if rows is None else rows
+            groups = self.prefix_call_groups(items, [prefix.lengths[row] for row in rows])
+            if len(groups) > 1:
+                return _joined([self.generate(
+                    [items[index] for index in group], max_new_tokens, do_sample,
+                    min_new_tokens, prefix, [rows[index] for index in group], on_text,
+                    **sampling) for group in groups], groups)
         if prefix is None:
             batch = self.collate(items)
         else:
-            rows = list(range(len(items))) if rows is None else rows
             batch = self.collate(items, [prefix.lengths[row] for row in rows], prefix.width)
             cache = copy.deepcopy(prefix.cache)
             if rows != list(range(len(prefix.lengths))):
-                cache.batch_select_indices(torch.tensor(rows, device=self.device))
+                # reorder_cache selects rows of every kind of layer: keys and values, and
+                # the convolution and recurrent states of linear-attention layers (which have
+                # no batch_select_indices)
+                cache.reorder_cache(torch.tensor(rows, device=self.device))
             batch[self._cache_argument] = cache
         clock = TokenClock(self.device)
         streamer = None if on_text is None else TextStreamer(
@@ -456,6 +493,25 @@ class TextStreamer:
         if len(text) > self.sent:
             self.on_text(text[self.sent:])
             self.sent = len(text)
+
+
+def _joined(results: list[GenerationResult], groups: list[list[int]]) -> GenerationResult:
+    """The results of calls made one after another for ``groups`` of one batch's items, as
+    one result in the items' order; times and decode steps add up."""
+    count = sum(len(group) for group in groups)
+    texts: list[str] = [""] * count
+    token_ids: list[list[int]] = [[] for _ in range(count)]
+    prompt_lengths = [0] * count
+    for result, group in zip(results, groups, strict=True):
+        for position, index in enumerate(group):
+            texts[index] = result.texts[position]
+            token_ids[index] = result.token_ids[position]
+            prompt_lengths[index] = result.prompt_lengths[position]
+    timing = GenerationTiming(
+        prefill_ms=sum(result.timing.prefill_ms for result in results),
+        decode_ms=sum(result.timing.decode_ms for result in results),
+        decode_steps=sum(result.timing.decode_steps for result in results))
+    return GenerationResult(texts, token_ids, timing, prompt_lengths)
 
 
 def _cut_at_stop(row: list[int], stops: set[int]) -> list[int]:

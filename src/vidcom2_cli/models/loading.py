@@ -21,6 +21,9 @@ SUPPORTED_MODEL_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "qwen2_vl": ("Qwen2-VL", ("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct")),
     "qwen2_5_vl": ("Qwen2.5-VL", ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct")),
     "qwen3_vl": ("Qwen3-VL", ("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-8B-Instruct")),
+    "qwen3_vl_moe": ("Qwen3-VL-MoE", ("Qwen/Qwen3-VL-30B-A3B-Instruct",)),
+    "qwen3_5": ("Qwen3.5", ("Qwen/Qwen3.5-9B", "Qwen/Qwen3.5-27B")),
+    "qwen3_5_moe": ("Qwen3.5-MoE", ("Qwen/Qwen3.5-35B-A3B",)),
 }
 
 ATTENTION_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager")

@@ -31,7 +31,10 @@ from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_S
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 from transformers.processing_utils import ProcessorMixin
 
-FAMILIES: tuple[str, ...] = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# Qwen3-VL's processor, vision placeholders and chat template serve the families after it too:
+# transformers maps qwen3_vl_moe, qwen3_5 and qwen3_5_moe to Qwen3VLProcessor.
+QWEN3_FAMILIES: tuple[str, ...] = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+FAMILIES: tuple[str, ...] = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", *QWEN3_FAMILIES)
 
 # Special tokens in the order the real Qwen2 tokenizer numbers them (after the BPE vocabulary),
 # keeping only those the chat templates and processors use.
@@ -47,7 +50,7 @@ SPECIAL_TOKENS: dict[str, list[str]] = {
     "llava_onevision": [*_CHATML_TOKENS, "<image>", "<video>"],
     "qwen2_vl": _CHATML_TOKENS + _QWEN_VISION_TOKENS,
     "qwen2_5_vl": _CHATML_TOKENS + _QWEN_VISION_TOKENS,
-    "qwen3_vl": _CHATML_TOKENS + _QWEN_VISION_TOKENS,
+    **{family: _CHATML_TOKENS + _QWEN_VISION_TOKENS for family in QWEN3_FAMILIES},
 }
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
@@ -129,7 +132,8 @@ CHAT_TEMPLATES: dict[str, str] = {
     "llava_onevision": _LLAVA_ONEVISION_TEMPLATE,
     "qwen2_vl": _QWEN2_VL_TEMPLATE,
     "qwen2_5_vl": _QWEN2_VL_TEMPLATE,
-    "qwen3_vl": _QWEN3_VL_TEMPLATE,
+    # Qwen3.5's own template adds thinking and tool branches; its video prompt is the same.
+    **{family: _QWEN3_VL_TEMPLATE for family in QWEN3_FAMILIES},
 }
 
 _QWEN2_VIDEO_SIZES = {
@@ -146,13 +150,13 @@ REAL_VISION_SIZES: dict[str, dict[str, int]] = {
     "llava_onevision": {"image_size": 384, "patch_size": 14},
     "qwen2_vl": _QWEN2_VIDEO_SIZES,
     "qwen2_5_vl": _QWEN2_VIDEO_SIZES,
-    "qwen3_vl": {
+    **{family: {
         "patch_size": 16,
         "merge_size": 2,
         "temporal_patch_size": 2,
         "min_pixels": 4096,
         "max_pixels": 25165824,
-    },
+    } for family in QWEN3_FAMILIES},
 }
 
 _TRAINING_TEXT = """\
@@ -274,7 +278,7 @@ def build_processor(
         "temporal_patch_size": sizes["temporal_patch_size"],
     }
     video_size = {"shortest_edge": sizes["min_pixels"], "longest_edge": sizes["max_pixels"]}
-    if family == "qwen3_vl":
+    if family in QWEN3_FAMILIES:
         return Qwen3VLProcessor(
             # Qwen3-VL normalises with mean = std = 0.5 where Qwen2-VL uses CLIP's statistics.
             image_processor=Qwen2VLImageProcessor(

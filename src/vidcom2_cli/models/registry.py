@@ -6,6 +6,7 @@ from .base import VideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .loading import LoadedModel, LoadOptions, load_model
 from .presets import build_random_model, is_random_reference
+from .qwen3_5 import Qwen3_5Adapter
 from .qwen_vl import QwenVLAdapter
 
 ADAPTERS: dict[str, type[VideoAdapter]] = {
@@ -13,6 +14,9 @@ ADAPTERS: dict[str, type[VideoAdapter]] = {
     "qwen2_vl": QwenVLAdapter,
     "qwen2_5_vl": QwenVLAdapter,
     "qwen3_vl": QwenVLAdapter,
+    "qwen3_vl_moe": QwenVLAdapter,
+    "qwen3_5": Qwen3_5Adapter,
+    "qwen3_5_moe": Qwen3_5Adapter,
 }
 
 
