@@ -169,8 +169,9 @@ def test_bench_rejects_bad_ratio_list():
 
 def test_models_lists_every_family():
     payload = json.loads(invoke("models", "--json").stdout)
-    assert {family["model_type"] for family in payload["families"]} == {
-        "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+    assert {family["model_type"] for family in payload["families"]} >= {
+        "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
+        "qwen3_5_moe"}
     assert payload["default"] == "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
     assert payload["random_presets"]["random:qwen2-vl-7b"] == "Qwen/Qwen2-VL-7B-Instruct"
     assert "Qwen2.5-VL" in invoke("models").stdout

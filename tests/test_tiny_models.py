@@ -24,6 +24,8 @@ MESSAGES = [
 ]
 PLACEHOLDER = {
     "llava_onevision": "<video>",
+    "llava_next_video": "<video>",
+    "internvl": "<video>",
     "qwen2_vl": "<|vision_start|><|video_pad|><|vision_end|>",
     "qwen2_5_vl": "<|vision_start|><|video_pad|><|vision_end|>",
     **{family: "<|vision_start|><|video_pad|><|vision_end|>" for family in QWEN3_FAMILIES},
@@ -37,6 +39,14 @@ def expected_video_tokens(family: str, model: torch.nn.Module, inputs: dict) -> 
         pooled_side = math.ceil(vision.image_size // vision.patch_size / 2)
         frames = inputs["pixel_values_videos"].shape[1]
         return frames * pooled_side**2 + 1  # one image_newline after the whole video
+    if family == "internvl":  # each frame an image: its tokens pixel-shuffled by 0.5
+        vision = model.config.vision_config
+        side = vision.image_size[0] // vision.patch_size[0] // 2
+        return inputs["pixel_values"].shape[0] * side**2
+    if family == "llava_next_video":  # 2x2 average pooling, nothing after the video
+        vision = model.config.vision_config
+        pooled_side = vision.image_size // vision.patch_size // 2
+        return inputs["pixel_values_videos"].shape[1] * pooled_side**2
     merge = model.config.vision_config.spatial_merge_size
     return int(inputs["video_grid_thw"].prod()) // merge**2
 
@@ -57,7 +67,8 @@ def test_loads_by_path_and_generates(tiny_checkpoints, family: str) -> None:
 
     prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
     assert PLACEHOLDER[family] in prompt
-    assert prompt.endswith("<|im_start|>assistant\n")
+    assert prompt.endswith("ASSISTANT:" if family == "llava_next_video"
+                           else "<|im_start|>assistant\n")
     inputs = processor(
         text=[prompt],
         videos=[VIDEO],
@@ -67,7 +78,10 @@ def test_loads_by_path_and_generates(tiny_checkpoints, family: str) -> None:
     )
 
     # All 8 frames are used: 8 frames, or 4 temporal units of 2 frames.
-    if family == "llava_onevision":
+    if family == "internvl":  # the frames, as images
+        assert inputs["pixel_values"].shape[0] == 8
+        assert "Frame8: <img>" in processor.decode(inputs["input_ids"][0])
+    elif family.startswith("llava"):
         assert inputs["pixel_values_videos"].shape[:2] == (1, 8)
     else:
         assert inputs["video_grid_thw"].tolist() == [[4, 8, 8]]
@@ -77,9 +91,12 @@ def test_loads_by_path_and_generates(tiny_checkpoints, family: str) -> None:
     if family in QWEN3_FAMILIES:  # one timestamp per temporal unit
         assert "<3.8 seconds>" in processor.decode(inputs["input_ids"][0])
 
-    placeholders = int((inputs["input_ids"] == model.config.video_token_id).sum())
+    placeholder = getattr(model.config, "video_token_id", None) or model.config.image_token_id
+    placeholders = int((inputs["input_ids"] == placeholder).sum())
     with torch.no_grad():
-        if family == "llava_onevision":
+        if family == "internvl":
+            features = model.get_image_features(inputs["pixel_values"]).pooler_output
+        elif family.startswith("llava"):
             features = model.get_video_features(inputs["pixel_values_videos"]).pooler_output
         else:
             features = model.get_video_features(

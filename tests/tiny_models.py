@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from transformers import (
     AutoModelForImageTextToText,
+    InternVLConfig,
+    LlavaNextVideoConfig,
     LlavaOnevisionConfig,
     PretrainedConfig,
     Qwen2_5_VLConfig,
@@ -30,11 +32,16 @@ from vidcom2_cli.models.offline import (
     build_processor,
     build_tokenizer,
 )
+from vidcom2_cli.models.sizing import PixelBounds
 
 _QWEN_PATCHING = {"patch_size": 8, "merge_size": 2, "temporal_patch_size": 2}
 TINY_VISION_SIZES: dict[str, dict[str, int]] = {
     # 56 / 8 = 7x7 patches, pooled to ceil(7 / 2) = 4x4 per frame: odd like the real 27x27.
     "llava_onevision": {"image_size": 56, "patch_size": 8},
+    # 64 / 8 = 8x8 patches, average-pooled by 2 to 4x4 per frame (the real 24x24 -> 12x12).
+    "llava_next_video": {"image_size": 64, "patch_size": 8},
+    # 64 / 8 = 8x8 patches, pixel-shuffled by 0.5 to 4x4 per frame (the real 32x32 -> 16x16).
+    "internvl": {"image_size": 64, "patch_size": 8},
     # Per-frame limits: a 64x64 frame keeps its size, 8x8 patches, merged to 4x4 tokens.
     "qwen2_vl": {**_QWEN_PATCHING, "min_pixels": 32 * 32, "max_pixels": 64 * 64},
     "qwen2_5_vl": {**_QWEN_PATCHING, "min_pixels": 32 * 32, "max_pixels": 64 * 64},
@@ -42,6 +49,11 @@ TINY_VISION_SIZES: dict[str, dict[str, int]] = {
     **{family: {**_QWEN_PATCHING, "min_pixels": 4 * 32 * 32, "max_pixels": 16 * 64 * 64}
        for family in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")},
 }
+
+# Per-frame pixel bounds of the tiny Qwen checkpoints, in place of the families' real defaults
+# (hundreds of tokens per frame, see vidcom2_cli.models.sizing) for the tests in this process:
+# a 64x64 frame keeps its size (16 tokens per temporal unit), larger ones shrink to 64x64's area.
+TINY_PIXEL_BOUNDS = PixelBounds(min_pixels=32 * 32, max_pixels=64 * 64)
 
 _TEXT = {
     "hidden_size": 64,
@@ -90,6 +102,56 @@ def tiny_config(family: str, token_ids: dict[str, int], vocab_size: int) -> Pret
             vision_feature_select_strategy="full",
             vision_feature_layer=-1,
             image_grid_pinpoints=[[side * i, side * j] for i in range(1, 7) for j in range(1, 7)],
+        )
+
+    if family == "internvl":
+        side = sizes["image_size"]
+        return InternVLConfig(
+            text_config={
+                **text,
+                "model_type": "qwen2",
+                "bos_token_id": token_ids[PAD_TOKEN],
+                "eos_token_id": token_ids[EOS_TOKEN],
+                "pad_token_id": token_ids[PAD_TOKEN],
+            },
+            vision_config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": [side, side],
+                "patch_size": [sizes["patch_size"], sizes["patch_size"]],
+            },
+            image_token_id=token_ids["<IMG_CONTEXT>"],
+            image_seq_length=(side // sizes["patch_size"]) ** 2 // 4,
+            downsample_ratio=0.5,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+        )
+
+    if family == "llava_next_video":
+        side = sizes["image_size"]
+        return LlavaNextVideoConfig(
+            text_config={
+                **text,
+                "model_type": "llama",
+                "bos_token_id": token_ids[PAD_TOKEN],
+                "eos_token_id": token_ids[EOS_TOKEN],
+                "pad_token_id": token_ids[PAD_TOKEN],
+            },
+            vision_config={
+                "model_type": "clip_vision_model",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": side,
+                "patch_size": sizes["patch_size"],
+                "projection_dim": 32,
+            },
+            image_token_index=token_ids["<image>"],
+            video_token_index=token_ids["<video>"],
+            image_grid_pinpoints=[[side * i, side * j] for i in (1, 2) for j in (1, 2)],
         )
 
     vision: dict[str, Any] = {

@@ -87,6 +87,10 @@ FramesOption = Annotated[int, typer.Option(help="Frames sampled evenly over the 
 FpsOption = Annotated[float | None, typer.Option(help="Sample this many frames per second "
                                                  "instead (capped by --max-frames).")]
 MaxFramesOption = Annotated[int, typer.Option(help="Cap on frames when sampling by --fps.")]
+MinPixelsOption = Annotated[int | None, typer.Option(help="Qwen families: smallest area of a "
+                                                     "frame in pixels (default: the family's).")]
+MaxPixelsOption = Annotated[int | None, typer.Option(help="Qwen families: largest area of a "
+                                                     "frame in pixels (default: the family's).")]
 DebugOption = Annotated[bool, typer.Option(help="Show tracebacks and library logs.")]
 RatioOption = Annotated[float, typer.Option(help="Fraction of video tokens to keep, in (0, 1].")]
 MethodOption = Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")]
@@ -182,6 +186,8 @@ def ask(
     frames: FramesOption = SamplingOptions.frames,
     fps: FpsOption = None,
     max_frames: MaxFramesOption = SamplingOptions.max_frames,
+    min_pixels: MinPixelsOption = None,
+    max_pixels: MaxPixelsOption = None,
     max_new_tokens: MaxNewTokensOption = GenerationOptions.max_new_tokens,
     sample: SampleOption = False,
     temperature: TemperatureOption = None,
@@ -204,7 +210,8 @@ def ask(
         compression = CompressionOptions(ratio=ratio, method=method, seed=seed)
         generation = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=sample,
                                        temperature=temperature, top_p=top_p, seed=seed)
-        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames)
+        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
+                                   min_pixels=min_pixels, max_pixels=max_pixels)
         check_options(compression, generation)
         check_sampling(sampling)
         if heatmap is not None and not heatmap.parent.is_dir():
@@ -268,6 +275,8 @@ def chat(
     frames: FramesOption = SamplingOptions.frames,
     fps: FpsOption = None,
     max_frames: MaxFramesOption = SamplingOptions.max_frames,
+    min_pixels: MinPixelsOption = None,
+    max_pixels: MaxPixelsOption = None,
     max_new_tokens: MaxNewTokensOption = GenerationOptions.max_new_tokens,
     sample: SampleOption = False,
     temperature: TemperatureOption = None,
@@ -290,7 +299,8 @@ def chat(
         compression = CompressionOptions(ratio=ratio, method=method, seed=seed)
         generation = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=sample,
                                        temperature=temperature, top_p=top_p, seed=seed)
-        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames)
+        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
+                                   min_pixels=min_pixels, max_pixels=max_pixels)
         check_options(compression, generation)
         check_sampling(sampling)
         _check_video(video)
@@ -362,6 +372,8 @@ def bench(
     frames: FramesOption = SamplingOptions.frames,
     fps: FpsOption = None,
     max_frames: MaxFramesOption = SamplingOptions.max_frames,
+    min_pixels: MinPixelsOption = None,
+    max_pixels: MaxPixelsOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     attn: AttnOption = "auto",
@@ -377,7 +389,8 @@ def bench(
         method_list = [name.strip() for name in methods.split(",") if name.strip()]
         generation = GenerationOptions(max_new_tokens=max_new_tokens,
                                        min_new_tokens=max_new_tokens)
-        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames)
+        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
+                                   min_pixels=min_pixels, max_pixels=max_pixels)
         check_bench_options(ratio_list, method_list, generation, repeats, warmup, seed)
         check_sampling(sampling)
         _check_video(video)
@@ -413,6 +426,8 @@ def batch(
     frames: FramesOption = SamplingOptions.frames,
     fps: FpsOption = None,
     max_frames: MaxFramesOption = SamplingOptions.max_frames,
+    min_pixels: MinPixelsOption = None,
+    max_pixels: MaxPixelsOption = None,
     max_new_tokens: MaxNewTokensOption = GenerationOptions.max_new_tokens,
     batch_size: Annotated[int, typer.Option(help="Items per generate call.")] = 1,
     prefetch: Annotated[int | None, typer.Option(
@@ -435,7 +450,8 @@ def batch(
     """Answer the questions of a JSONL file with one model load, writing JSON lines."""
     with cli_errors(debug):
         options = BatchOptions(
-            SamplingOptions(frames=frames, fps=fps, max_frames=max_frames),
+            SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
+                            min_pixels=min_pixels, max_pixels=max_pixels),
             CompressionOptions(ratio=ratio, method=method, seed=seed),
             GenerationOptions(max_new_tokens=max_new_tokens, seed=seed), batch_size, prefetch,
             reuse)

@@ -23,6 +23,7 @@ import torch
 
 from ..compression import KeepPlan
 from ..timing import GenerationTiming, StageTimer, TokenClock
+from .sizing import PixelBounds, resolve_bounds
 
 
 @dataclass
@@ -110,13 +111,25 @@ class VideoAdapter(ABC):
         self.model = model
         self.processor = processor
         self.device = device
-        self.video_token_id = int(model.config.video_token_id)
+        self.video_token_id = self.placeholder_token_id
         # One processor call at a time among the prefetch threads, a precaution: fast
         # tokenizers have raised "Already borrowed" when entered from two threads at once
         # (not reproduced here). Decoding, the slow part, still runs in parallel.
         self._processor_lock = threading.Lock()
 
     # --- family specifics ---------------------------------------------------------------
+
+    @property
+    def placeholder_token_id(self) -> int:
+        """The token the processor repeats once per visual token of the video (InternVL
+        repeats its image token in every frame)."""
+        return int(self.model.config.video_token_id)
+
+    @property
+    def encoder_output_key(self) -> str:
+        """Under which key of ``mm_encoder_outputs`` the model reads the video's features
+        (InternVL reads a video's frames as images)."""
+        return "video"
 
     @property
     def context_length(self) -> int:
@@ -131,6 +144,22 @@ class VideoAdapter(ABC):
     @property
     def processor_options(self) -> dict[str, Any]:
         """Extra keyword arguments for the processor call."""
+        return {}
+
+    @property
+    def default_pixel_bounds(self) -> PixelBounds | None:
+        """Per-frame pixel bounds used unless others are given; None for a family that resizes
+        every frame to a fixed size."""
+        return None
+
+    def pixel_bounds(self, min_pixels: int | None = None, max_pixels: int | None = None
+                     ) -> PixelBounds | None:
+        """The default bounds with the given ones in their place (ValueError when the family
+        has none or they make no range)."""
+        return resolve_bounds(self.default_pixel_bounds, min_pixels, max_pixels)
+
+    def sizing_options(self, frames: int, bounds: PixelBounds | None) -> dict[str, Any]:
+        """Processor keyword arguments that size ``frames`` frames within ``bounds``."""
         return {}
 
     @abstractmethod
@@ -198,6 +227,13 @@ class VideoAdapter(ABC):
         return list(groups.values())
 
     @property
+    def video_mark_ids(self) -> frozenset[int]:
+        """Tokens that stand for the video in a prompt: the placeholder the processor repeats,
+        and, where the chat template writes another one that the processor expands into
+        frames (InternVL's ``<video>``), that one too."""
+        return frozenset({self.video_token_id})
+
+    @property
     def video_end_ids(self) -> frozenset[int]:
         """Structural tokens that close a video (Qwen's ``<|vision_end|>``): they belong to the
         question-independent prefix of a prompt."""
@@ -216,25 +252,26 @@ class VideoAdapter(ABC):
         return self.processor.apply_chat_template(messages, add_generation_prompt=True,
                                                   tokenize=False)
 
-    def prepare(self, frames: np.ndarray, metadata: dict[str, Any], question: str
-                ) -> PreparedItem:
+    def prepare(self, frames: np.ndarray, metadata: dict[str, Any], question: str,
+                bounds: PixelBounds | None = None) -> PreparedItem:
         """``preprocess`` then ``to_device``: an item ready for ``encode``."""
-        return self.to_device(self.preprocess(frames, metadata, question))
+        return self.to_device(self.preprocess(frames, metadata, question, bounds))
 
-    def preprocess(self, frames: np.ndarray, metadata: dict[str, Any], question: str
-                   ) -> PreparedItem:
+    def preprocess(self, frames: np.ndarray, metadata: dict[str, Any], question: str,
+                   bounds: PixelBounds | None = None) -> PreparedItem:
         """Chat template + the model's processor on frames we decoded ourselves, on the CPU.
 
         The metadata (source fps, total frames, sampled indices) drives Qwen2.5-VL's temporal
         positions and Qwen3-VL's timestamps; frame sampling stays ours. The positions are
-        computed here too (Qwen's M-RoPE index walks the sequence on the host). Touches neither
-        the model's weights nor the device, so it can run on a worker thread while the model
-        works.
+        computed here too (Qwen's M-RoPE index walks the sequence on the host). Frames are sized
+        within ``bounds`` per frame (default: ``default_pixel_bounds``). Touches neither the
+        model's weights nor the device, so it can run on a worker thread while the model works.
         """
+        sizing = self.sizing_options(len(frames), bounds or self.default_pixel_bounds)
         with self._processor_lock:
             encoded = self.processor(text=[self.prompt(question)], videos=[frames],
                                      video_metadata=[metadata], do_sample_frames=False,
-                                     return_tensors="pt", **self.processor_options)
+                                     return_tensors="pt", **self.processor_options, **sizing)
         inputs = {key: value.to(self.model.dtype) if key.startswith("pixel_values") else value
                   for key, value in encoded.items() if isinstance(value, torch.Tensor)}
         video_token_mask = inputs["input_ids"][0] == self.video_token_id
@@ -245,8 +282,9 @@ class VideoAdapter(ABC):
         """Where the question starts in a prompt: after the video's last token and the
         structural tokens that close it. Everything before is the same for every question
         about the video (the chat template puts the video first)."""
-        last = max((index for index, token in enumerate(input_ids)
-                    if token == self.video_token_id), default=None)
+        marks = self.video_mark_ids
+        last = max((index for index, token in enumerate(input_ids) if token in marks),
+                   default=None)
         if last is None:
             raise ValueError("the prompt holds no video token")
         end = last + 1
@@ -352,7 +390,7 @@ class VideoAdapter(ABC):
         }
         if prefix_lengths is None:
             batch["mm_encoder_outputs"] = {
-                "video": self.merge_outputs([item.output for item in items])}
+                self.encoder_output_key: self.merge_outputs([item.output for item in items])}
         if items[0].mm_token_type_ids is not None:
             batch["mm_token_type_ids"] = left_pad([item.mm_token_type_ids for item in items], 0)
         return batch
@@ -454,6 +492,21 @@ class VideoAdapter(ABC):
         """Logits of one prefill forward pass over a batch (for checking, not generation)."""
         batch = self.collate(items)
         return self.model(**batch, use_cache=False).logits
+
+
+class DensePositionsAdapter(VideoAdapter):
+    """A family with 1-D positions whose compressed sequence gets dense positions 0..L'-1, as
+    the VidCom2 authors' code does for LLaVA (the kept tokens close up)."""
+
+    def full_positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.arange(inputs["input_ids"].shape[1])[None]
+
+    def kept_positions(self, full: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        return torch.arange(kept.numel(), device=full.device)[None]
+
+    def batch_positions(self, positions: torch.Tensor, attention_mask: torch.Tensor
+                        ) -> torch.Tensor:
+        return positions[0]
 
 
 class TextStreamer:

@@ -24,6 +24,8 @@ SUPPORTED_MODEL_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "qwen3_vl_moe": ("Qwen3-VL-MoE", ("Qwen/Qwen3-VL-30B-A3B-Instruct",)),
     "qwen3_5": ("Qwen3.5", ("Qwen/Qwen3.5-9B", "Qwen/Qwen3.5-27B")),
     "qwen3_5_moe": ("Qwen3.5-MoE", ("Qwen/Qwen3.5-35B-A3B",)),
+    "llava_next_video": ("LLaVA-NeXT-Video", ("llava-hf/LLaVA-NeXT-Video-7B-hf",)),
+    "internvl": ("InternVL", ("OpenGVLab/InternVL3-1B-hf",)),
 }
 
 ATTENTION_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager")

@@ -15,6 +15,12 @@ import json
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
 from tokenizers.models import BPE
 from transformers import (
+    GotOcr2ImageProcessor,
+    InternVLProcessor,
+    InternVLVideoProcessor,
+    LlavaNextImageProcessor,
+    LlavaNextVideoProcessor,
+    LlavaNextVideoVideoProcessor,
     LlavaOnevisionImageProcessor,
     LlavaOnevisionProcessor,
     LlavaOnevisionVideoProcessor,
@@ -34,7 +40,8 @@ from transformers.processing_utils import ProcessorMixin
 # Qwen3-VL's processor, vision placeholders and chat template serve the families after it too:
 # transformers maps qwen3_vl_moe, qwen3_5 and qwen3_5_moe to Qwen3VLProcessor.
 QWEN3_FAMILIES: tuple[str, ...] = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
-FAMILIES: tuple[str, ...] = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", *QWEN3_FAMILIES)
+FAMILIES: tuple[str, ...] = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", *QWEN3_FAMILIES,
+                             "llava_next_video", "internvl")
 
 # Special tokens in the order the real Qwen2 tokenizer numbers them (after the BPE vocabulary),
 # keeping only those the chat templates and processors use.
@@ -48,9 +55,18 @@ _QWEN_VISION_TOKENS = [
 ]
 SPECIAL_TOKENS: dict[str, list[str]] = {
     "llava_onevision": [*_CHATML_TOKENS, "<image>", "<video>"],
+    # The real LLaVA-NeXT-Video checkpoints use a Llama tokenizer; the offline one keeps the
+    # ChatML end and pad tokens the other families share.
+    "llava_next_video": [*_CHATML_TOKENS, "<image>", "<video>"],
+    "internvl": [*_CHATML_TOKENS, "<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
     "qwen2_vl": _CHATML_TOKENS + _QWEN_VISION_TOKENS,
     "qwen2_5_vl": _CHATML_TOKENS + _QWEN_VISION_TOKENS,
     **{family: _CHATML_TOKENS + _QWEN_VISION_TOKENS for family in QWEN3_FAMILIES},
+}
+# Special tokens a processor reads from the tokenizer by name (InternVL's).
+NAMED_SPECIAL_TOKENS: dict[str, dict[str, str]] = {
+    "internvl": {"start_image_token": "<img>", "end_image_token": "</img>",
+                 "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
 }
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
@@ -73,6 +89,36 @@ _LLAVA_ONEVISION_TEMPLATE = (
     "{% generation %}{{ content['text'] }}{% endgeneration %}{% endfor %}"
     "{% endif %}"
     "{{'<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# A Vicuna-style template as llava-hf/LLaVA-NeXT-Video-*-hf use ("USER: <video>\n... ASSISTANT:"):
+# media first, then the text.
+_LLAVA_NEXT_VIDEO_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "{{ '<video>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' ' }}{% endfor %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+# ChatML as OpenGVLab/InternVL3-*-hf use it, media as "<video>\n" before the text (no default
+# system turn here).
+_INTERNVL_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "{{ '<video>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
@@ -134,6 +180,8 @@ CHAT_TEMPLATES: dict[str, str] = {
     "qwen2_5_vl": _QWEN2_VL_TEMPLATE,
     # Qwen3.5's own template adds thinking and tool branches; its video prompt is the same.
     **{family: _QWEN3_VL_TEMPLATE for family in QWEN3_FAMILIES},
+    "llava_next_video": _LLAVA_NEXT_VIDEO_TEMPLATE,
+    "internvl": _INTERNVL_TEMPLATE,
 }
 
 _QWEN2_VIDEO_SIZES = {
@@ -148,6 +196,9 @@ _QWEN2_VIDEO_SIZES = {
 # Qwen2-VL and Qwen2.5-VL, for the whole clip (frames x height x width) for Qwen3-VL.
 REAL_VISION_SIZES: dict[str, dict[str, int]] = {
     "llava_onevision": {"image_size": 384, "patch_size": 14},
+    "llava_next_video": {"image_size": 336, "patch_size": 14},  # CLIP ViT-L/14-336
+    # InternViT at 448 px, 14 px patches, pixel-shuffled by 0.5: 16 x 16 = 256 tokens per frame
+    "internvl": {"image_size": 448, "patch_size": 14},
     "qwen2_vl": _QWEN2_VIDEO_SIZES,
     "qwen2_5_vl": _QWEN2_VIDEO_SIZES,
     **{family: {
@@ -233,7 +284,7 @@ def build_tokenizer(family: str, vocab_size: int | None = None) -> PreTrainedTok
         unk_token=None,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
-        extra_special_tokens=specials,
+        extra_special_tokens=NAMED_SPECIAL_TOKENS.get(family, specials),
         model_max_length=32768,
     )
     tokenizer.chat_template = CHAT_TEMPLATES[family]
@@ -269,6 +320,33 @@ def build_processor(
             # Patches per frame before pooling; SigLIP has no CLS token, hence "full".
             num_image_tokens=(side // sizes["patch_size"]) ** 2,
             vision_feature_select_strategy="full",
+            chat_template=template,
+        )
+
+    if family == "internvl":
+        side = sizes["image_size"]
+        square = {"height": side, "width": side}
+        return InternVLProcessor(
+            image_processor=GotOcr2ImageProcessor(size=square, crop_to_patches=False),
+            tokenizer=tokenizer,
+            video_processor=InternVLVideoProcessor(size=square),
+            image_seq_length=(side // sizes["patch_size"]) ** 2 // 4,  # pixel shuffle by 0.5
+            chat_template=template,
+        )
+
+    if family == "llava_next_video":
+        side = sizes["image_size"]
+        square = {"height": side, "width": side}
+        return LlavaNextVideoProcessor(
+            video_processor=LlavaNextVideoVideoProcessor(size={"shortest_edge": side},
+                                                         crop_size=square),
+            image_processor=LlavaNextImageProcessor(
+                size={"shortest_edge": side}, crop_size=square,
+                image_grid_pinpoints=[[side * i, side * j] for i in (1, 2) for j in (1, 2)]),
+            tokenizer=tokenizer,
+            patch_size=sizes["patch_size"],
+            vision_feature_select_strategy="default",  # CLIP: the CLS token is dropped
+            num_additional_image_tokens=1,
             chat_template=template,
         )
 

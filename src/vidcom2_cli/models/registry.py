@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .base import VideoAdapter
+from .internvl import InternVLAdapter
+from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .loading import LoadedModel, LoadOptions, load_model
 from .presets import build_random_model, is_random_reference
@@ -17,6 +19,8 @@ ADAPTERS: dict[str, type[VideoAdapter]] = {
     "qwen3_vl_moe": QwenVLAdapter,
     "qwen3_5": Qwen3_5Adapter,
     "qwen3_5_moe": Qwen3_5Adapter,
+    "llava_next_video": LlavaNextVideoAdapter,
+    "internvl": InternVLAdapter,
 }
 
 
