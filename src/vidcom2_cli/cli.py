@@ -512,16 +512,18 @@ def models(json_output: Annotated[bool, typer.Option("--json")] = False) -> None
     presets = {f"{RANDOM_PREFIX}{name}": preset_source(name) for name in preset_names()}
     if json_output:
         _print_json({"default": DEFAULT_MODEL, "families": [
-            {"model_type": kind, "family": label, "recommended": list(checkpoints)}
-            for kind, (label, checkpoints) in SUPPORTED_MODEL_TYPES.items()],
+            {"model_type": kind, "family": label, "recommended": list(checkpoints),
+             "options": notes}
+            for kind, (label, checkpoints, notes) in SUPPORTED_MODEL_TYPES.items()],
             "random_presets": presets})
         return
     table = Table(title=f"Supported families (default: {DEFAULT_MODEL})", title_justify="left")
     table.add_column("family")
     table.add_column("config model_type")
     table.add_column("recommended checkpoints")
-    for kind, (label, checkpoints) in SUPPORTED_MODEL_TYPES.items():
-        table.add_row(label, kind, "\n".join(checkpoints))
+    table.add_column("how it runs (every family takes every method, ratio, batch and reuse)")
+    for kind, (label, checkpoints, notes) in SUPPORTED_MODEL_TYPES.items():
+        table.add_row(label, kind, "\n".join(checkpoints), notes)
     stdout.print(table)
     stdout.print("Random-weight presets (real architecture, no download, meaningless answers; "
                  "for timing): " + ", ".join(f"{name} ({source})"

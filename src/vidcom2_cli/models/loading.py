@@ -8,24 +8,50 @@ from pathlib import Path
 import torch
 
 from ..errors import first_line
+from .sizing import PUBLISHED_PIXEL_BOUNDS
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 
-# config.model_type -> (family label, recommended checkpoints, smallest first)
-SUPPORTED_MODEL_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
+def _bounds(model_type: str) -> str:
+    bounds = PUBLISHED_PIXEL_BOUNDS[model_type]
+    return (f"frames sized to {bounds.min_pixels:,}-{bounds.max_pixels:,} pixels "
+            "(--min-pixels/--max-pixels)")
+
+
+_FIXED_SIZE = "frames resized to the vision tower's square (no --min-pixels/--max-pixels)"
+_QWEN3 = "2 frames per unit; M-RoPE positions kept; a timestamp per unit in the prompt, kept"
+
+# config.model_type -> (family label, recommended checkpoints (smallest first), what the family
+# does with the options: every family takes every --method, --ratio, batching, prefix reuse and
+# the feature cache). Only checkpoint ids confirmed to exist are listed.
+SUPPORTED_MODEL_TYPES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "llava_onevision": ("LLaVA-OneVision / LLaVA-Video", (
         "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
         "llava-hf/llava-onevision-qwen2-7b-ov-hf",
         "llava-hf/LLaVA-Video-7B-Qwen2-hf",
-    )),
-    "qwen2_vl": ("Qwen2-VL", ("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct")),
-    "qwen2_5_vl": ("Qwen2.5-VL", ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct")),
-    "qwen3_vl": ("Qwen3-VL", ("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-8B-Instruct")),
-    "qwen3_vl_moe": ("Qwen3-VL-MoE", ("Qwen/Qwen3-VL-30B-A3B-Instruct",)),
-    "qwen3_5": ("Qwen3.5", ("Qwen/Qwen3.5-9B", "Qwen/Qwen3.5-27B")),
-    "qwen3_5_moe": ("Qwen3.5-MoE", ("Qwen/Qwen3.5-35B-A3B",)),
-    "llava_next_video": ("LLaVA-NeXT-Video", ("llava-hf/LLaVA-NeXT-Video-7B-hf",)),
-    "internvl": ("InternVL", ("OpenGVLab/InternVL3-1B-hf",)),
+    ), f"1 frame per unit; the newline after the video kept; dense positions; {_FIXED_SIZE}"),
+    "qwen2_vl": ("Qwen2-VL", ("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct"),
+                 f"2 frames per unit; M-RoPE positions kept; {_bounds('qwen2_vl')}"),
+    "qwen2_5_vl": ("Qwen2.5-VL", ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
+                   "2 frames per unit; M-RoPE positions (with real frame times) kept; "
+                   f"{_bounds('qwen2_5_vl')}"),
+    "qwen3_vl": ("Qwen3-VL", ("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"),
+                 f"{_QWEN3}; deepstack features sliced; {_bounds('qwen3_vl')}"),
+    "qwen3_vl_moe": ("Qwen3-VL-MoE", ("Qwen/Qwen3-VL-30B-A3B-Instruct",),
+                     f"{_QWEN3}; deepstack features sliced; mixture-of-experts language model; "
+                     f"{_bounds('qwen3_vl_moe')}"),
+    "qwen3_5": ("Qwen3.5", ("Qwen/Qwen3.5-9B", "Qwen/Qwen3.5-27B"),
+                f"{_QWEN3}; hybrid Gated DeltaNet language model: reused questions answered one "
+                f"generate call per question length; {_bounds('qwen3_5')}"),
+    "qwen3_5_moe": ("Qwen3.5-MoE", ("Qwen/Qwen3.5-35B-A3B",),
+                    f"{_QWEN3}; hybrid Gated DeltaNet mixture-of-experts language model: reused "
+                    f"questions answered one generate call per question length; "
+                    f"{_bounds('qwen3_5_moe')}"),
+    "llava_next_video": ("LLaVA-NeXT-Video", ("llava-hf/LLaVA-NeXT-Video-7B-hf",),
+                         f"1 frame per unit (2x2 pooled); dense positions; {_FIXED_SIZE}"),
+    "internvl": ("InternVL", ("OpenGVLab/InternVL3-1B-hf",),
+                 "1 frame per unit, each frame an image ('FrameN: <img>...</img>' kept); dense "
+                 f"positions; {_FIXED_SIZE}"),
 }
 
 ATTENTION_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager")
@@ -127,7 +153,7 @@ def read_model_type(reference: str) -> str:
         raise ModelLoadError(f"--model: cannot load {reference!r}: {first_line(error)}") from None
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
-        supported = ", ".join(f"{label} ({kind})" for kind, (label, _) in
+        supported = ", ".join(f"{label} ({kind})" for kind, (label, *_) in
                               SUPPORTED_MODEL_TYPES.items())
         raise ModelLoadError(f"--model: {reference} is a {model_type!r} model; supported: "
                              f"{supported}")
