@@ -91,8 +91,8 @@ def test_compression_drops_only_video_tokens(family_adapter, ratio):
     assert result.timing.decode_steps >= 0 and len(result.texts) == 1
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "llava_next_video"])
-def test_llava_positions_are_dense(tiny_checkpoints, family):
+@pytest.mark.parametrize("family", ["llava_onevision", "llava_next_video", "internvl"])
+def test_one_d_families_get_dense_positions(tiny_checkpoints, family):
     _, adapter = load_adapter(str(tiny_checkpoints(family)), LoadOptions(device="cpu"))
     item, encoded = prepared(adapter)
     compressed = adapter.compress(item, encoded, select(encoded.features, 0.25))
@@ -135,9 +135,13 @@ def test_a_batch_gives_each_item_its_single_answer(family_adapter):
         compressed.append(adapter.compress(item, encoded, plan))
     assert len({item.length for item in compressed}) > 1  # padding is really exercised
     batched = adapter.generate(compressed, max_new_tokens=6)
+    # the next-token logits too, as tiny random models can answer alike whatever they see
+    last = adapter.forward_logits(compressed)[:, -1]
     for index, item in enumerate(compressed):
         single = adapter.generate([item], max_new_tokens=6)
         assert batched.token_ids[index] == single.token_ids[0]
+        torch.testing.assert_close(last[index], adapter.forward_logits([item])[0, -1],
+                                   rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -315,7 +315,7 @@ def batch_input(tmp_path_factory) -> Path:
     return jsonl(tmp_path_factory.mktemp("reuse") / "in.jsonl", batch_rows())
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen3_vl", "qwen3_5"])
 def test_batch_reuse_gives_the_records_of_no_reuse(tiny_checkpoints, tmp_path, batch_input,
                                                    family, encoder_calls):
     engine = Engine.load(str(tiny_checkpoints(family)), LoadOptions(device="cpu"))

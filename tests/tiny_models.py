@@ -127,6 +127,9 @@ def tiny_config(family: str, token_ids: dict[str, int], vocab_size: int) -> Pret
             downsample_ratio=0.5,
             vision_feature_layer=-1,
             vision_feature_select_strategy="default",
+            # untied: with a tied head this tiny random model answers one token whatever it
+            # sees, which would let answer comparisons pass vacuously
+            tie_word_embeddings=False,
         )
 
     if family == "llava_next_video":
