@@ -21,8 +21,9 @@ from vidcom2_cli.models import LoadOptions, ModelLoadError, load_adapter, load_m
 from vidcom2_cli.models.loading import resolve_attention, resolve_dtype
 
 FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
-            "qwen3_5_moe", "llava_next_video", "internvl"]
-QWEN = [family for family in FAMILIES if family.startswith("qwen")]
+            "qwen3_5_moe", "llava_next_video", "internvl", "glm4v", "glm46v"]
+# families whose positions come from the model's own (M-RoPE / 3-D) get_rope_index
+QWEN = [family for family in FAMILIES if family.startswith(("qwen", "glm"))]
 pytestmark = pytest.mark.slow
 
 

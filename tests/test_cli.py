@@ -173,7 +173,7 @@ def test_models_lists_every_family():
     families = {family["model_type"]: family for family in payload["families"]}
     assert set(families) == {"llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl",
                              "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "llava_next_video",
-                             "internvl"}
+                             "internvl", "glm4v", "glm46v"}
     assert set(ADAPTERS) == set(families)  # every family listed runs, every one that runs is listed
     assert all(family["recommended"] and family["options"] for family in families.values())
     assert "3,136-602,112 pixels" in families["qwen2_vl"]["options"]

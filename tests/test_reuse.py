@@ -31,7 +31,7 @@ from vidcom2_cli.models.base import VideoAdapter
 
 pytestmark = pytest.mark.slow
 FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
-            "qwen3_5_moe", "llava_next_video", "internvl"]
+            "qwen3_5_moe", "llava_next_video", "internvl", "glm46v"]
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
 COLOR, SCENE, COUNTING = (str(SAMPLES / name) for name in
                           ("color_change.mp4", "scene_cut.mp4", "counting.mp4"))

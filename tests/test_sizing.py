@@ -97,12 +97,12 @@ def test_given_bounds_replace_the_defaults(tiny_checkpoints, family):
 def test_llava_refuses_pixel_bounds(tiny_checkpoints):
     engine = Engine.load(str(tiny_checkpoints("llava_onevision")), LoadOptions(device="cpu"))
     assert engine.adapter.default_pixel_bounds is None
-    with pytest.raises(InputError, match=r"--min-pixels/--max-pixels: .*fixed size"):
+    with pytest.raises(InputError, match=r"--min-pixels/--max-pixels: .*no per-frame pixel bounds"):
         engine.prepare(Request(SCENE, "Q?"), SamplingOptions(frames=2, max_pixels=10000))
     result = CliRunner().invoke(app, ["ask", SCENE, "Q?", "-m",
                                       str(tiny_checkpoints("llava_onevision")), *FAST,
                                       "--max-pixels", "10000"])
-    assert result.exit_code == 2 and "fixed size" in result.stderr
+    assert result.exit_code == 2 and "no per-frame pixel bounds" in result.stderr
     assert result.stdout == ""
 
 

@@ -26,6 +26,8 @@ PLACEHOLDER = {
     "llava_onevision": "<video>",
     "llava_next_video": "<video>",
     "internvl": "<video>",
+    "glm4v": "<|begin_of_video|><|video|><|end_of_video|>",
+    "glm46v": "<|begin_of_video|><|video|><|end_of_video|>",
     "qwen2_vl": "<|vision_start|><|video_pad|><|vision_end|>",
     "qwen2_5_vl": "<|vision_start|><|video_pad|><|vision_end|>",
     **{family: "<|vision_start|><|video_pad|><|vision_end|>" for family in QWEN3_FAMILIES},
@@ -67,8 +69,8 @@ def test_loads_by_path_and_generates(tiny_checkpoints, family: str) -> None:
 
     prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
     assert PLACEHOLDER[family] in prompt
-    assert prompt.endswith("ASSISTANT:" if family == "llava_next_video"
-                           else "<|im_start|>assistant\n")
+    assert prompt.endswith({"llava_next_video": "ASSISTANT:", "glm4v": "<|assistant|>\n",
+                            "glm46v": "<|assistant|>\n"}.get(family, "<|im_start|>assistant\n"))
     inputs = processor(
         text=[prompt],
         videos=[VIDEO],
@@ -90,8 +92,15 @@ def test_loads_by_path_and_generates(tiny_checkpoints, family: str) -> None:
         assert inputs["second_per_grid_ts"].tolist() == [pytest.approx(15.0)]
     if family in QWEN3_FAMILIES:  # one timestamp per temporal unit
         assert "<3.8 seconds>" in processor.decode(inputs["input_ids"][0])
+    if family == "glm4v":  # likewise, in whole seconds
+        assert "<|end_of_image|>45<|end_of_video|>" in processor.decode(inputs["input_ids"][0])
+    if family == "glm46v":  # likewise, after each unit's image tokens
+        prompt_ids = inputs["input_ids"][0]
+        assert "<|end_of_image|>45.0 seconds<|end_of_video|>" in processor.decode(prompt_ids)
 
-    placeholder = getattr(model.config, "video_token_id", None) or model.config.image_token_id
+    # InternVL and GLM fill a video's frames with their image token
+    placeholder = (model.config.image_token_id if family in ("internvl", "glm4v", "glm46v")
+                   else model.config.video_token_id)
     placeholders = int((inputs["input_ids"] == placeholder).sum())
     with torch.no_grad():
         if family == "internvl":

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from transformers import (
     AutoModelForImageTextToText,
+    Glm4vConfig,
+    Glm46VConfig,
     InternVLConfig,
     LlavaNextVideoConfig,
     LlavaOnevisionConfig,
@@ -42,6 +44,9 @@ TINY_VISION_SIZES: dict[str, dict[str, int]] = {
     "llava_next_video": {"image_size": 64, "patch_size": 8},
     # 64 / 8 = 8x8 patches, pixel-shuffled by 0.5 to 4x4 per frame (the real 32x32 -> 16x16).
     "internvl": {"image_size": 64, "patch_size": 8},
+    # Whole-clip limits: up to 16 frames of 64x64 keep their size (4x4 tokens per unit).
+    **{family: {**_QWEN_PATCHING, "min_pixels": 4 * 32 * 32, "max_pixels": 16 * 64 * 64}
+       for family in ("glm4v", "glm46v")},
     # Per-frame limits: a 64x64 frame keeps its size, 8x8 patches, merged to 4x4 tokens.
     "qwen2_vl": {**_QWEN_PATCHING, "min_pixels": 32 * 32, "max_pixels": 64 * 64},
     "qwen2_5_vl": {**_QWEN_PATCHING, "min_pixels": 32 * 32, "max_pixels": 64 * 64},
@@ -102,6 +107,37 @@ def tiny_config(family: str, token_ids: dict[str, int], vocab_size: int) -> Pret
             vision_feature_select_strategy="full",
             vision_feature_layer=-1,
             image_grid_pinpoints=[[side * i, side * j] for i in range(1, 7) for j in range(1, 7)],
+        )
+
+    if family in ("glm4v", "glm46v"):
+        return (Glm4vConfig if family == "glm4v" else Glm46VConfig)(
+            text_config={
+                **text,
+                "model_type": "glm4v_text",
+                # half of each 16-wide head rotates: 4 frequencies for (t, h, w)
+                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                    "mrope_section": [2, 1, 1], "partial_rotary_factor": 0.5},
+                "pad_token_id": token_ids[PAD_TOKEN],
+                "eos_token_id": token_ids[EOS_TOKEN],
+            },
+            vision_config={
+                "model_type": "glm4v_vision",
+                "depth": 2,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+                "image_size": 64,
+                "patch_size": sizes["patch_size"],
+                "spatial_merge_size": sizes["merge_size"],
+                "temporal_patch_size": sizes["temporal_patch_size"],
+                "out_hidden_size": _TEXT["hidden_size"],
+            },
+            image_token_id=token_ids["<|image|>"],
+            video_token_id=token_ids["<|video|>"],
+            image_start_token_id=token_ids["<|begin_of_image|>"],
+            image_end_token_id=token_ids["<|end_of_image|>"],
+            video_start_token_id=token_ids["<|begin_of_video|>"],
+            video_end_token_id=token_ids["<|end_of_video|>"],
         )
 
     if family == "internvl":

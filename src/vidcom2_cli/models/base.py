@@ -234,6 +234,12 @@ class VideoAdapter(ABC):
         return frozenset({self.video_token_id})
 
     @property
+    def video_close_ids(self) -> frozenset[int]:
+        """A token that closes the whole video after text following its last frame (GLM's
+        ``<|end_of_video|>``, after the last timestamp): the prefix runs up to it."""
+        return frozenset()
+
+    @property
     def video_end_ids(self) -> frozenset[int]:
         """Structural tokens that close a video (Qwen's ``<|vision_end|>``): they belong to the
         question-independent prefix of a prompt."""
@@ -290,6 +296,10 @@ class VideoAdapter(ABC):
         end = last + 1
         while end < len(input_ids) and input_ids[end] in self.video_end_ids:
             end += 1
+        closes = self.video_close_ids
+        if closes:  # text (GLM's last timestamp) between the last frame and the video's end
+            end = next((index + 1 for index in range(end, len(input_ids))
+                        if input_ids[index] in closes), end)
         return end
 
     def question_suffix(self, question: str) -> torch.Tensor:

@@ -21,6 +21,10 @@ def _bounds(model_type: str) -> str:
 _FIXED_SIZE = "frames resized to the vision tower's square (no --min-pixels/--max-pixels)"
 _QWEN3 = "2 frames per unit; M-RoPE positions kept; a timestamp per unit in the prompt, kept"
 
+_GLM = ("2 frames per unit; 3-D positions from the model's get_rope_index kept; per-unit "
+        "image begin/end tokens and timestamps kept; frames sized by the checkpoint's processor "
+        "(no --min-pixels/--max-pixels)")
+
 # config.model_type -> (family label, recommended checkpoints (smallest first), what the family
 # does with the options: every family takes every --method, --ratio, batching, prefix reuse and
 # the feature cache). Only checkpoint ids confirmed to exist are listed.
@@ -52,6 +56,8 @@ SUPPORTED_MODEL_TYPES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "internvl": ("InternVL", ("OpenGVLab/InternVL3-1B-hf",),
                  "1 frame per unit, each frame an image ('FrameN: <img>...</img>' kept); dense "
                  f"positions; {_FIXED_SIZE}"),
+    "glm4v": ("GLM-4.1V", ("zai-org/GLM-4.1V-9B-Thinking",), _GLM),
+    "glm46v": ("GLM-4.6V", ("zai-org/GLM-4.6V-Flash",), _GLM),
 }
 
 ATTENTION_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager")

@@ -15,6 +15,12 @@ import json
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
 from tokenizers.models import BPE
 from transformers import (
+    Glm4vImageProcessor,
+    Glm4vProcessor,
+    Glm4vVideoProcessor,
+    Glm46VImageProcessor,
+    Glm46VProcessor,
+    Glm46VVideoProcessor,
     GotOcr2ImageProcessor,
     InternVLProcessor,
     InternVLVideoProcessor,
@@ -41,7 +47,7 @@ from transformers.processing_utils import ProcessorMixin
 # transformers maps qwen3_vl_moe, qwen3_5 and qwen3_5_moe to Qwen3VLProcessor.
 QWEN3_FAMILIES: tuple[str, ...] = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 FAMILIES: tuple[str, ...] = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", *QWEN3_FAMILIES,
-                             "llava_next_video", "internvl")
+                             "llava_next_video", "internvl", "glm4v", "glm46v")
 
 # Special tokens in the order the real Qwen2 tokenizer numbers them (after the BPE vocabulary),
 # keeping only those the chat templates and processors use.
@@ -59,6 +65,11 @@ SPECIAL_TOKENS: dict[str, list[str]] = {
     # ChatML end and pad tokens the other families share.
     "llava_next_video": [*_CHATML_TOKENS, "<image>", "<video>"],
     "internvl": [*_CHATML_TOKENS, "<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
+    # GLM's own tokenizer; the ChatML end and pad tokens stay for the offline one.
+    **{family: [
+        *_CHATML_TOKENS, "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>",
+        "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
+        "<|image|>", "<|video|>"] for family in ("glm4v", "glm46v")},
     "qwen2_vl": _CHATML_TOKENS + _QWEN_VISION_TOKENS,
     "qwen2_5_vl": _CHATML_TOKENS + _QWEN_VISION_TOKENS,
     **{family: _CHATML_TOKENS + _QWEN_VISION_TOKENS for family in QWEN3_FAMILIES},
@@ -122,6 +133,19 @@ _INTERNVL_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# GLM-4.xV's turn markers (no thinking or tool branches): "[gMASK]<sop><|user|>\n" then the video
+# between its begin/end tokens, the text, and "<|assistant|>\n".
+_GLM4V_TEMPLATE = (
+    "[gMASK]<sop>{% for message in messages %}{{ '<|' + message['role'] + '|>\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<|begin_of_image|><|image|><|end_of_image|>' }}"
+    "{% elif content['type'] == 'video' %}{{ '<|begin_of_video|><|video|><|end_of_video|>' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
 # The chat template of Qwen/Qwen2-VL-*-Instruct and Qwen/Qwen2.5-VL-*-Instruct.
 _QWEN2_VL_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
@@ -182,6 +206,8 @@ CHAT_TEMPLATES: dict[str, str] = {
     **{family: _QWEN3_VL_TEMPLATE for family in QWEN3_FAMILIES},
     "llava_next_video": _LLAVA_NEXT_VIDEO_TEMPLATE,
     "internvl": _INTERNVL_TEMPLATE,
+    "glm4v": _GLM4V_TEMPLATE,
+    "glm46v": _GLM4V_TEMPLATE,
 }
 
 _QWEN2_VIDEO_SIZES = {
@@ -199,6 +225,11 @@ REAL_VISION_SIZES: dict[str, dict[str, int]] = {
     "llava_next_video": {"image_size": 336, "patch_size": 14},  # CLIP ViT-L/14-336
     # InternViT at 448 px, 14 px patches, pixel-shuffled by 0.5: 16 x 16 = 256 tokens per frame
     "internvl": {"image_size": 448, "patch_size": 14},
+    # Limits for the whole clip (frames x height x width), the video processor's defaults
+    **{family: {
+        "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2,
+        "min_pixels": 112 * 112, "max_pixels": 28 * 28 * 2 * 30000}
+       for family in ("glm4v", "glm46v")},
     "qwen2_vl": _QWEN2_VIDEO_SIZES,
     "qwen2_5_vl": _QWEN2_VIDEO_SIZES,
     **{family: {
@@ -320,6 +351,20 @@ def build_processor(
             # Patches per frame before pooling; SigLIP has no CLS token, hence "full".
             num_image_tokens=(side // sizes["patch_size"]) ** 2,
             vision_feature_select_strategy="full",
+            chat_template=template,
+        )
+
+    if family in ("glm4v", "glm46v"):
+        patching = {key: sizes[key] for key in ("patch_size", "merge_size", "temporal_patch_size")}
+        classes = {"glm4v": (Glm4vProcessor, Glm4vImageProcessor, Glm4vVideoProcessor),
+                   "glm46v": (Glm46VProcessor, Glm46VImageProcessor, Glm46VVideoProcessor)}
+        processor_class, image_class, video_class = classes[family]
+        return processor_class(
+            image_processor=image_class(**patching),
+            tokenizer=tokenizer,
+            video_processor=video_class(
+                size={"shortest_edge": sizes["min_pixels"], "longest_edge": sizes["max_pixels"]},
+                **patching),
             chat_template=template,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import VideoAdapter
+from .glm4v import Glm4vAdapter
 from .internvl import InternVLAdapter
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
@@ -21,6 +22,8 @@ ADAPTERS: dict[str, type[VideoAdapter]] = {
     "qwen3_5_moe": Qwen3_5Adapter,
     "llava_next_video": LlavaNextVideoAdapter,
     "internvl": InternVLAdapter,
+    "glm4v": Glm4vAdapter,
+    "glm46v": Glm4vAdapter,
 }
 
 

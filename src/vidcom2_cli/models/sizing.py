@@ -53,8 +53,9 @@ def resolve_bounds(default: PixelBounds | None, min_pixels: int | None,
     when bounds are given to a family without them, or they make no range."""
     if default is None:
         if min_pixels is not None or max_pixels is not None:
-            raise ValueError("this model family resizes frames to a fixed size; the pixel "
-                             "bounds apply to the Qwen families only")
+            raise ValueError("this model family takes no per-frame pixel bounds (it resizes "
+                             "frames to a fixed size, or by its processor's own limits); they "
+                             "apply to the Qwen families")
         return None
     return PixelBounds(default.min_pixels if min_pixels is None else min_pixels,
                        default.max_pixels if max_pixels is None else max_pixels)
