@@ -38,6 +38,8 @@ def test_reference_rule_on_known_numbers():
     assert reference_smart_resize(1080, 1920, 28, 200704, 1605632) == (924, 1680)
     # 90 x 160 is below 200,704: grown to 336 x 616 (aspect ratio kept)
     assert reference_smart_resize(90, 160, 28, 200704, 1605632) == (336, 616)
+    # with qwen-vl-utils' clipped maximum (602,112, see README), 1080p becomes 560 x 1008
+    assert reference_smart_resize(1080, 1920, 28, 200704, 602112) == (560, 1008)
     # Qwen2-VL keeps a 640 x 360 frame near its size: rounded to 644 x 364 -> 364 x 644
     assert reference_smart_resize(360, 640, 28, 3136, 602112) == (364, 644)
 

@@ -148,8 +148,8 @@ class VideoAdapter(ABC):
 
     @property
     def default_pixel_bounds(self) -> PixelBounds | None:
-        """Per-frame pixel bounds used unless others are given; None for a family that resizes
-        every frame to a fixed size."""
+        """Per-frame pixel bounds used unless others are given; None for a family without
+        them (frames resized to a fixed size, or by the processor's own limits)."""
         return None
 
     def pixel_bounds(self, min_pixels: int | None = None, max_pixels: int | None = None

@@ -45,11 +45,11 @@ class QwenVLAdapter(VideoAdapter):
 
         Qwen2-VL's video processor reads its size limits per frame; with
         ``cap_pixels_per_frame`` it also shares a whole-video budget (qwen-vl-utils'
-        VIDEO_TOTAL_PIXELS) between the frames, which binds only past about a hundred frames
-        at these bounds. Qwen3-VL's reads them for the whole clip (frames x height x width), so
-        they are given times the frame count (a multiple of the temporal patch, so the
-        processor's test equals the per-frame one) and its own per-frame token cap is left
-        off.
+        VIDEO_TOTAL_PIXELS) between the frames, which binds only past 112 frames at
+        Qwen2.5-VL's bounds (300 at Qwen2-VL's). Qwen3-VL's reads them for the whole clip
+        (frames x height x width), so they are given times the frame count (a multiple of the
+        temporal patch, so the processor's test equals the per-frame one) and its own
+        per-frame token cap is left off.
         """
         if bounds is None:
             return {}
