@@ -248,6 +248,18 @@ def test_flash_attention_needs_a_gpu(fake_gpu):
         resolve_attention("flash_attention_2", cpu, torch.bfloat16)
 
 
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_vl"])
+def test_qwen3_5_is_asked_without_thinking(tiny_checkpoints, family):
+    """Qwen3.5's template opens a thinking block unless told not to; the adapter tells it (the
+    block comes closed), and the other families' prompts are as their templates make them."""
+    _, adapter = load_adapter(str(tiny_checkpoints(family)), LoadOptions(device="cpu"))
+    prompt = adapter.prompt("What happens?")
+    if family == "qwen3_5":
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    else:
+        assert prompt.endswith("<|im_start|>assistant\n") and "<think>" not in prompt
+
+
 def test_qwen2_5_temporal_positions_survive_bf16(tiny_checkpoints):
     """Only pixels take the model's dtype: bf16 would round the seconds per temporal patch,
     and with them Qwen2.5-VL's temporal positions once they pass 256."""

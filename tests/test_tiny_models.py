@@ -69,8 +69,10 @@ def test_loads_by_path_and_generates(tiny_checkpoints, family: str) -> None:
 
     prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
     assert PLACEHOLDER[family] in prompt
-    assert prompt.endswith({"llava_next_video": "ASSISTANT:", "glm4v": "<|assistant|>\n",
-                            "glm46v": "<|assistant|>\n"}.get(family, "<|im_start|>assistant\n"))
+    endings = {"llava_next_video": "ASSISTANT:", "glm4v": "<|assistant|>\n",
+               "glm46v": "<|assistant|>\n", "qwen3_5": "<|im_start|>assistant\n<think>\n",
+               "qwen3_5_moe": "<|im_start|>assistant\n<think>\n"}  # Qwen3.5 thinks by default
+    assert prompt.endswith(endings.get(family, "<|im_start|>assistant\n"))
     inputs = processor(
         text=[prompt],
         videos=[VIDEO],

@@ -252,11 +252,16 @@ class VideoAdapter(ABC):
         """Run the vision encoder on one item's video."""
         return self.describe(self.run_encoder(item), item.inputs)
 
+    @property
+    def chat_template_options(self) -> dict[str, Any]:
+        """Variables for the chat template (Qwen3.5: no thinking before the answer)."""
+        return {}
+
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "video"},
                                                  {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=False)
+                                                  tokenize=False, **self.chat_template_options)
 
     def prepare(self, frames: np.ndarray, metadata: dict[str, Any], question: str,
                 bounds: PixelBounds | None = None) -> PreparedItem:

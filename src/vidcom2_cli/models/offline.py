@@ -198,12 +198,23 @@ _QWEN3_VL_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
 
+# Qwen3.5's generation prompt: a thinking block opens unless enable_thinking is false, when it
+# comes closed and empty (the real template's ending; its tool and history branches left out).
+_QWEN3_5_TEMPLATE = _QWEN3_VL_TEMPLATE.replace(
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}",
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\n\n</think>\n\n' }}{%- else %}{{- '<think>\n' }}{%- endif %}"
+    "{%- endif %}")
+
 CHAT_TEMPLATES: dict[str, str] = {
     "llava_onevision": _LLAVA_ONEVISION_TEMPLATE,
     "qwen2_vl": _QWEN2_VL_TEMPLATE,
     "qwen2_5_vl": _QWEN2_VL_TEMPLATE,
-    # Qwen3.5's own template adds thinking and tool branches; its video prompt is the same.
-    **{family: _QWEN3_VL_TEMPLATE for family in QWEN3_FAMILIES},
+    "qwen3_vl": _QWEN3_VL_TEMPLATE,
+    "qwen3_vl_moe": _QWEN3_VL_TEMPLATE,
+    "qwen3_5": _QWEN3_5_TEMPLATE,
+    "qwen3_5_moe": _QWEN3_5_TEMPLATE,
     "llava_next_video": _LLAVA_NEXT_VIDEO_TEMPLATE,
     "internvl": _INTERNVL_TEMPLATE,
     "glm4v": _GLM4V_TEMPLATE,

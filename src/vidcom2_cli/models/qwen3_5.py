@@ -12,10 +12,20 @@ state, so questions about a cached prefix are answered without padding inside th
 
 from __future__ import annotations
 
+from typing import Any
+
 from .qwen_vl import QwenVLAdapter
 
 
 class Qwen3_5Adapter(QwenVLAdapter):
+    @property
+    def chat_template_options(self) -> dict[str, Any]:
+        """Answer directly: Qwen3.5's template opens a ``<think>`` block after the generation
+        prompt unless ``enable_thinking`` is false (then the block comes closed and empty).
+        Reasoning first would spend the answer's token budget, and the token savings measured
+        here are for answers, not reasoning traces."""
+        return {"enable_thinking": False}
+
     @property
     def pads_inside_are_neutral(self) -> bool:
         layer_types = getattr(self.model.config.get_text_config(), "layer_types", None) or ()
