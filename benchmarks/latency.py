@@ -2,6 +2,7 @@
 
     python benchmarks/latency.py                                   # GPU: LLaVA-OV-7B, 32 frames
     python benchmarks/latency.py --models random:qwen2-vl-7b,random:qwen3-vl-8b
+    python benchmarks/latency.py --models 2026     # Qwen3.5-9B, Qwen3-VL-30B-A3B, Qwen3.5-35B-A3B
     python benchmarks/latency.py --device cpu --models random:llava-onevision-0.5b \
         --frames 8 --dtype float32 --repeats 1
 
@@ -36,6 +37,21 @@ from vidcom2_cli.timing import synchronize
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_videos" / "scene_cut.mp4"
 TARGET_RATIO = 0.25
+# Names --models expands to lists of presets. The 2026 models need a large GPU: in bf16,
+# about 19 GB (Qwen3.5-9B), 62 GB (Qwen3-VL-30B-A3B) and 70 GB (Qwen3.5-35B-A3B) of weights.
+PRESET_GROUPS = {
+    "2025": ["random:llava-onevision-7b", "random:qwen2-vl-7b", "random:qwen2.5-vl-7b",
+             "random:qwen3-vl-8b"],
+    "2026": ["random:qwen3.5-9b", "random:qwen3-vl-30b-a3b", "random:qwen3.5-35b-a3b"],
+}
+
+
+def expand_models(names: str) -> list[str]:
+    """Comma-separated models, each a preset, hub id or directory, or a PRESET_GROUPS name."""
+    models = []
+    for name in (part.strip() for part in names.split(",")):
+        models += PRESET_GROUPS.get(name, [name] if name else [])
+    return models
 
 
 def machine(device: torch.device) -> str:
@@ -104,7 +120,8 @@ def check_targets(rows: list[BenchRow]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="random:llava-onevision-7b",
-                        help="comma-separated presets (random:NAME), hub ids or directories")
+                        help="comma-separated presets (random:NAME), hub ids or directories, "
+                        f"or a group: {', '.join(PRESET_GROUPS)}")
     parser.add_argument("--video", type=Path, default=SAMPLE)
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--ratios", default="1.0,0.25,0.15")
@@ -132,7 +149,7 @@ def main() -> None:
              "| peak memory |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     targets = []
-    for model in [name.strip() for name in args.models.split(",") if name.strip()]:
+    for model in expand_models(args.models):
         started = time.perf_counter()
         engine = Engine.load(model, options)
         synchronize(engine.device)

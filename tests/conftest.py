@@ -6,7 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tiny_models import make_tiny_checkpoint
+from tiny_models import TINY_PIXEL_BOUNDS, make_tiny_checkpoint
+
+from vidcom2_cli.models import sizing
+
+# The tiny checkpoints' frames stay tiny: every Qwen family's default bounds become the tiny
+# ones in this process (a CLI test run in a subprocess gets the real defaults). Tests of the
+# real defaults read sizing.PUBLISHED_PIXEL_BOUNDS, which this leaves alone.
+sizing.DEFAULT_PIXEL_BOUNDS.update(dict.fromkeys(sizing.DEFAULT_PIXEL_BOUNDS, TINY_PIXEL_BOUNDS))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ from vidcom2_cli import catalog, video
 from vidcom2_cli.compression import METHODS
 from vidcom2_cli.engine import CompressionOptions, GenerationOptions, SamplingOptions
 from vidcom2_cli.models import DEFAULT_MODEL, SUPPORTED_MODEL_TYPES, presets
+from vidcom2_cli.models.registry import ADAPTERS
+from vidcom2_cli.models.sizing import PUBLISHED_PIXEL_BOUNDS
 
 
 def test_catalog_matches_its_owners() -> None:
@@ -21,3 +23,10 @@ def test_catalog_matches_its_owners() -> None:
     assert GenerationOptions.max_new_tokens == catalog.DEFAULT_MAX_NEW_TOKENS
     assert catalog.DEFAULT_NUM_FRAMES == SamplingOptions.frames == video.DEFAULT_NUM_FRAMES
     assert catalog.DEFAULT_MAX_FRAMES == SamplingOptions.max_frames == video.DEFAULT_MAX_FRAMES
+
+
+def test_family_notes_give_the_pixel_bounds_the_adapters_use() -> None:
+    assert set(SUPPORTED_MODEL_TYPES) == set(ADAPTERS)
+    for model_type, bounds in PUBLISHED_PIXEL_BOUNDS.items():
+        notes = SUPPORTED_MODEL_TYPES[model_type][2]
+        assert f"{bounds.min_pixels:,}-{bounds.max_pixels:,} pixels" in notes

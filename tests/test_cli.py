@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from vidcom2_cli.cli import app
 from vidcom2_cli.heatmap import contact_sheet_size
+from vidcom2_cli.models.registry import ADAPTERS
 
 pytestmark = pytest.mark.slow
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
@@ -169,8 +170,16 @@ def test_bench_rejects_bad_ratio_list():
 
 def test_models_lists_every_family():
     payload = json.loads(invoke("models", "--json").stdout)
-    assert {family["model_type"] for family in payload["families"]} == {
-        "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+    families = {family["model_type"]: family for family in payload["families"]}
+    assert set(families) == {"llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl",
+                             "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "llava_next_video",
+                             "internvl", "glm4v", "glm46v"}
+    assert set(ADAPTERS) == set(families)  # every family listed runs, every one that runs is listed
+    assert all(family["recommended"] and family["options"] for family in families.values())
+    assert "3,136-602,112 pixels" in families["qwen2_vl"]["options"]
+    assert "no --min-pixels" in families["internvl"]["options"]
+    assert "one generate call per question length" in families["qwen3_5"]["options"]
+    assert payload["random_presets"]["random:qwen3.5-9b"] == "Qwen/Qwen3.5-9B"
     assert payload["default"] == "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
     assert payload["random_presets"]["random:qwen2-vl-7b"] == "Qwen/Qwen2-VL-7B-Instruct"
     assert "Qwen2.5-VL" in invoke("models").stdout

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import ray
 from jsonl_files import jsonl, records
+from tiny_models import TINY_PIXEL_BOUNDS
 from typer.testing import CliRunner
 
 from vidcom2_cli.batch import (
@@ -31,7 +32,10 @@ from vidcom2_cli.ray_batch import RayOptions, ray_workers, run_ray_batch
 pytestmark = pytest.mark.slow
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
 VIDEOS = [str(SAMPLES / name) for name in ("color_change.mp4", "scene_cut.mp4", "counting.mp4")]
-OPTIONS = BatchOptions(SamplingOptions(frames=4), CompressionOptions(ratio=0.5),
+# Explicit pixel bounds: the Ray workers are other processes, which do not see the tiny bounds
+# conftest sets as this process's defaults.
+PIXELS = {"min_pixels": TINY_PIXEL_BOUNDS.min_pixels, "max_pixels": TINY_PIXEL_BOUNDS.max_pixels}
+OPTIONS = BatchOptions(SamplingOptions(frames=4, **PIXELS), CompressionOptions(ratio=0.5),
                        GenerationOptions(max_new_tokens=3))
 LOAD = LoadOptions(device="cpu")
 runner = CliRunner()
@@ -152,7 +156,9 @@ def test_cli_ray_local_and_summary(model, local_records, tmp_path):
     out = tmp_path / "cli.jsonl"
     result = runner.invoke(app, ["batch", str(source), "--out", str(out), "-m", model,
                                  "--frames", "4", "--ratio", "0.5", "--max-new-tokens", "3",
-                                 "--device", "cpu", "--ray", "local", "--workers", "2"])
+                                 "--device", "cpu", "--ray", "local", "--workers", "2",
+                                 "--min-pixels", str(PIXELS["min_pixels"]),
+                                 "--max-pixels", str(PIXELS["max_pixels"])])
     assert result.exit_code == 0, result.output
     assert {row["id"]: comparable(row) for row in records(out.read_text())} == expected
     assert "worker 0" in result.stderr and "worker 1" in result.stderr

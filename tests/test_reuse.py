@@ -30,7 +30,8 @@ from vidcom2_cli.models import LoadOptions
 from vidcom2_cli.models.base import VideoAdapter
 
 pytestmark = pytest.mark.slow
-FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
+            "qwen3_5_moe", "llava_next_video", "internvl", "glm46v"]
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
 COLOR, SCENE, COUNTING = (str(SAMPLES / name) for name in
                           ("color_change.mp4", "scene_cut.mp4", "counting.mp4"))
@@ -146,6 +147,78 @@ def test_first_token_logits_match_the_full_prompt(family_engine):
     assert int(reused.argmax()) == int(full.argmax())
 
 
+def middle_padded_logits(engine: Engine) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-position logits of the shortest question when two questions of different lengths
+    share one call on a cached prefix (the shorter one padded between prefix and question),
+    and of the same question prefilled alone on a copy of the prefix."""
+    adapter = engine.adapter
+    context = engine.context(engine.encode(Request(SCENE, "?"), SAMPLING), COMPRESSION)
+    prefix = engine.prefill([context])
+    items = [adapter.compress(adapter.with_question(context.encoded.host_item, question),
+                              context.encoded.encoded, context.plan)
+             for question in (QUESTIONS[0], QUESTIONS[1])]
+    assert items[0].length < items[1].length
+
+    def last_logits(chosen: list) -> torch.Tensor:
+        import copy
+
+        batch = adapter.collate(chosen, [prefix.lengths[0]] * len(chosen), prefix.width)
+        cache = copy.deepcopy(prefix.cache)
+        cache.reorder_cache(torch.zeros(len(chosen), dtype=torch.long))
+        batch[adapter._cache_argument] = cache
+        for key in ("input_ids", "mm_token_type_ids", "attention_mask"):
+            if key in batch and key != "attention_mask":
+                batch[key] = batch[key][:, prefix.width:]
+        batch["position_ids"] = batch["position_ids"][..., prefix.width:]
+        with torch.inference_mode():
+            return adapter.model(**batch, use_cache=True).logits[0, -1]
+
+    return last_logits(items), last_logits(items[:1])
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5"])
+def test_padding_between_prefix_and_question_is_neutral_only_without_recurrent_state(
+        tiny_checkpoints, family):
+    """Why Qwen3.5 answers reused questions without inner padding: its Gated DeltaNet state
+    decays at every pad token, where attention simply masks the pads out."""
+    engine = Engine.load(str(tiny_checkpoints(family)), LoadOptions(device="cpu"))
+    padded, alone = middle_padded_logits(engine)
+    assert engine.adapter.pads_inside_are_neutral == (family == "qwen3_vl")
+    difference = float((padded - alone).abs().max())
+    if family == "qwen3_vl":
+        assert difference < 1e-5  # float rounding (about 1e-7 here)
+    else:
+        assert difference > 1e-4  # thousands of times that, on only two tiny layers
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5", "qwen3_5_moe"])
+def test_reused_questions_share_a_call_only_where_padding_is_neutral(tiny_checkpoints, family,
+                                                                     monkeypatch):
+    """Three questions of three lengths: one generate call with attention only, one per length
+    with a recurrent state; the answers are the single asks' either way."""
+    engine = Engine.load(str(tiny_checkpoints(family)), LoadOptions(device="cpu"))
+    model = engine.adapter.model
+    real = model.generate
+    widths: list[int] = []
+
+    def generate(**kwargs):
+        widths.append(int(kwargs["input_ids"].shape[0]))
+        return real(**kwargs)
+
+    monkeypatch.setattr(model, "generate", generate)
+    questions = [QUESTIONS[0], QUESTIONS[1], QUESTIONS[0] + " Why?", QUESTIONS[1]]
+    context = engine.context(engine.encode(Request(SCENE, "?"), SAMPLING), COMPRESSION)
+    prefix = engine.prefill([context])
+    answers = engine.ask_contexts([context], prefix,
+                                  [(0, Request(SCENE, question)) for question in questions],
+                                  GENERATION)
+    assert widths == ([4] if family == "qwen3_vl" else [1, 2, 1])
+    widths.clear()
+    for question, answer in zip(questions, answers, strict=True):
+        alone = engine.ask(Request(SCENE, question), SAMPLING, COMPRESSION, GENERATION)
+        assert comparable(answer) == comparable(alone)
+
+
 # --- ask and chat -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen3_vl"])
@@ -242,7 +315,7 @@ def batch_input(tmp_path_factory) -> Path:
     return jsonl(tmp_path_factory.mktemp("reuse") / "in.jsonl", batch_rows())
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen3_vl", "qwen3_5"])
 def test_batch_reuse_gives_the_records_of_no_reuse(tiny_checkpoints, tmp_path, batch_input,
                                                    family, encoder_calls):
     engine = Engine.load(str(tiny_checkpoints(family)), LoadOptions(device="cpu"))

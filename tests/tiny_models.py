@@ -14,11 +14,18 @@ from typing import Any
 import torch
 from transformers import (
     AutoModelForImageTextToText,
+    Glm4vConfig,
+    Glm46VConfig,
+    InternVLConfig,
+    LlavaNextVideoConfig,
     LlavaOnevisionConfig,
     PretrainedConfig,
     Qwen2_5_VLConfig,
     Qwen2VLConfig,
+    Qwen3_5Config,
+    Qwen3_5MoeConfig,
     Qwen3VLConfig,
+    Qwen3VLMoeConfig,
 )
 
 from vidcom2_cli.models.offline import (
@@ -27,17 +34,31 @@ from vidcom2_cli.models.offline import (
     build_processor,
     build_tokenizer,
 )
+from vidcom2_cli.models.sizing import PixelBounds
 
 _QWEN_PATCHING = {"patch_size": 8, "merge_size": 2, "temporal_patch_size": 2}
 TINY_VISION_SIZES: dict[str, dict[str, int]] = {
     # 56 / 8 = 7x7 patches, pooled to ceil(7 / 2) = 4x4 per frame: odd like the real 27x27.
     "llava_onevision": {"image_size": 56, "patch_size": 8},
+    # 64 / 8 = 8x8 patches, average-pooled by 2 to 4x4 per frame (the real 24x24 -> 12x12).
+    "llava_next_video": {"image_size": 64, "patch_size": 8},
+    # 64 / 8 = 8x8 patches, pixel-shuffled by 0.5 to 4x4 per frame (the real 32x32 -> 16x16).
+    "internvl": {"image_size": 64, "patch_size": 8},
+    # Whole-clip limits: up to 16 frames of 64x64 keep their size (4x4 tokens per unit).
+    **{family: {**_QWEN_PATCHING, "min_pixels": 4 * 32 * 32, "max_pixels": 16 * 64 * 64}
+       for family in ("glm4v", "glm46v")},
     # Per-frame limits: a 64x64 frame keeps its size, 8x8 patches, merged to 4x4 tokens.
     "qwen2_vl": {**_QWEN_PATCHING, "min_pixels": 32 * 32, "max_pixels": 64 * 64},
     "qwen2_5_vl": {**_QWEN_PATCHING, "min_pixels": 32 * 32, "max_pixels": 64 * 64},
     # Whole-clip limits: up to 16 frames of 64x64 keep their size.
-    "qwen3_vl": {**_QWEN_PATCHING, "min_pixels": 4 * 32 * 32, "max_pixels": 16 * 64 * 64},
+    **{family: {**_QWEN_PATCHING, "min_pixels": 4 * 32 * 32, "max_pixels": 16 * 64 * 64}
+       for family in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")},
 }
+
+# Per-frame pixel bounds of the tiny Qwen checkpoints, in place of the families' real defaults
+# (hundreds of tokens per frame, see vidcom2_cli.models.sizing) for the tests in this process:
+# a 64x64 frame keeps its size (16 tokens per temporal unit), larger ones shrink to 64x64's area.
+TINY_PIXEL_BOUNDS = PixelBounds(min_pixels=32 * 32, max_pixels=64 * 64)
 
 _TEXT = {
     "hidden_size": 64,
@@ -88,6 +109,90 @@ def tiny_config(family: str, token_ids: dict[str, int], vocab_size: int) -> Pret
             image_grid_pinpoints=[[side * i, side * j] for i in range(1, 7) for j in range(1, 7)],
         )
 
+    if family in ("glm4v", "glm46v"):
+        return (Glm4vConfig if family == "glm4v" else Glm46VConfig)(
+            text_config={
+                **text,
+                "model_type": "glm4v_text",
+                # half of each 16-wide head rotates: 4 frequencies for (t, h, w)
+                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                    "mrope_section": [2, 1, 1], "partial_rotary_factor": 0.5},
+                "pad_token_id": token_ids[PAD_TOKEN],
+                "eos_token_id": token_ids[EOS_TOKEN],
+            },
+            vision_config={
+                "model_type": "glm4v_vision",
+                "depth": 2,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+                "image_size": 64,
+                "patch_size": sizes["patch_size"],
+                "spatial_merge_size": sizes["merge_size"],
+                "temporal_patch_size": sizes["temporal_patch_size"],
+                "out_hidden_size": _TEXT["hidden_size"],
+            },
+            image_token_id=token_ids["<|image|>"],
+            video_token_id=token_ids["<|video|>"],
+            image_start_token_id=token_ids["<|begin_of_image|>"],
+            image_end_token_id=token_ids["<|end_of_image|>"],
+            video_start_token_id=token_ids["<|begin_of_video|>"],
+            video_end_token_id=token_ids["<|end_of_video|>"],
+        )
+
+    if family == "internvl":
+        side = sizes["image_size"]
+        return InternVLConfig(
+            text_config={
+                **text,
+                "model_type": "qwen2",
+                "bos_token_id": token_ids[PAD_TOKEN],
+                "eos_token_id": token_ids[EOS_TOKEN],
+                "pad_token_id": token_ids[PAD_TOKEN],
+            },
+            vision_config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": [side, side],
+                "patch_size": [sizes["patch_size"], sizes["patch_size"]],
+            },
+            image_token_id=token_ids["<IMG_CONTEXT>"],
+            image_seq_length=(side // sizes["patch_size"]) ** 2 // 4,
+            downsample_ratio=0.5,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+            # untied: with a tied head this tiny random model answers one token whatever it
+            # sees, which would let answer comparisons pass vacuously
+            tie_word_embeddings=False,
+        )
+
+    if family == "llava_next_video":
+        side = sizes["image_size"]
+        return LlavaNextVideoConfig(
+            text_config={
+                **text,
+                "model_type": "llama",
+                "bos_token_id": token_ids[PAD_TOKEN],
+                "eos_token_id": token_ids[EOS_TOKEN],
+                "pad_token_id": token_ids[PAD_TOKEN],
+            },
+            vision_config={
+                "model_type": "clip_vision_model",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": side,
+                "patch_size": sizes["patch_size"],
+                "projection_dim": 32,
+            },
+            image_token_index=token_ids["<image>"],
+            video_token_index=token_ids["<video>"],
+            image_grid_pinpoints=[[side * i, side * j] for i in (1, 2) for j in (1, 2)],
+        )
+
     vision: dict[str, Any] = {
         "depth": 2,
         "num_heads": 2,
@@ -101,24 +206,50 @@ def tiny_config(family: str, token_ids: dict[str, int], vocab_size: int) -> Pret
         "vision_start_token_id": token_ids["<|vision_start|>"],
         "vision_end_token_id": token_ids["<|vision_end|>"],
     }
-    if family == "qwen3_vl":
-        return Qwen3VLConfig(
-            text_config={
-                **text,
-                "head_dim": 16,
-                "rope_parameters": _QWEN3_ROPE,
-                "pad_token_id": token_ids[PAD_TOKEN],
-            },
-            vision_config={
-                **vision,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "out_hidden_size": _TEXT["hidden_size"],
-                "num_position_embeddings": 64,  # an 8x8 learned grid, resampled per video
-                "deepstack_visual_indexes": [0, 1],
-            },
+    qwen3_vision = {
+        **vision,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "out_hidden_size": _TEXT["hidden_size"],
+        "num_position_embeddings": 64,  # an 8x8 learned grid, resampled per video
+    }
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        qwen3_text = {**text, "head_dim": 16, "rope_parameters": _QWEN3_ROPE,
+                      "pad_token_id": token_ids[PAD_TOKEN]}
+        config_class = Qwen3VLConfig
+        if family == "qwen3_vl_moe":  # every layer sparse: 4 experts, 2 per token
+            qwen3_text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                              decoder_sparse_step=1)
+            config_class = Qwen3VLMoeConfig
+        return config_class(
+            text_config=qwen3_text,
+            vision_config={**qwen3_vision, "deepstack_visual_indexes": [0, 1]},
             **qwen_ids,
         )
+    if family in ("qwen3_5", "qwen3_5_moe"):
+        # One Gated DeltaNet (linear attention, recurrent state) layer, then one full-attention
+        # layer; a quarter of each 32-wide attention head rotates (8 dims: 4 M-RoPE
+        # frequencies), as in the real 0.25 partial rotary factor.
+        hybrid = {
+            **text,
+            "head_dim": 32,
+            "layer_types": ["linear_attention", "full_attention"],
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+            "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e7,
+                                "mrope_section": [2, 1, 1], "mrope_interleaved": True,
+                                "partial_rotary_factor": 0.25},
+            "pad_token_id": token_ids[PAD_TOKEN],
+            "eos_token_id": token_ids[EOS_TOKEN],
+        }
+        config_class = Qwen3_5Config
+        if family == "qwen3_5_moe":
+            hybrid.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                          shared_expert_intermediate_size=32)
+            config_class = Qwen3_5MoeConfig
+        return config_class(text_config=hybrid, vision_config=qwen3_vision, **qwen_ids)
     text_ids = {
         "bos_token_id": token_ids[PAD_TOKEN],
         "eos_token_id": token_ids[EOS_TOKEN],

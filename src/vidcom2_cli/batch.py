@@ -494,6 +494,7 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
     are. Bad input becomes an error record and the run goes on; an error waits for the batch
     it falls in, so records keep the groups' order.
     """
+    engine.pixel_bounds(options.sampling)  # InputError for every item: refused at once
     todo = pending_items(items, done or {})
     summary = BatchSummary(total=len(items), skipped=len(items) - len(todo))
     groups = video_groups(todo) if options.reuse else [[item] for item in todo]

@@ -13,16 +13,87 @@ from importlib import resources
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 RANDOM_PREFIX = "random:"
 
-# config.model_type -> (family label, recommended checkpoints, smallest first)
-SUPPORTED_MODEL_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "llava_onevision": ("LLaVA-OneVision / LLaVA-Video", (
-        "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
-        "llava-hf/llava-onevision-qwen2-7b-ov-hf",
-        "llava-hf/LLaVA-Video-7B-Qwen2-hf",
-    )),
-    "qwen2_vl": ("Qwen2-VL", ("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct")),
-    "qwen2_5_vl": ("Qwen2.5-VL", ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct")),
-    "qwen3_vl": ("Qwen3-VL", ("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-8B-Instruct")),
+# config.model_type -> (family label, recommended checkpoints (smallest first), what the
+# family does with the options: every family takes every --method, --ratio, batching, prefix
+# reuse and the feature cache). Only checkpoint ids confirmed to exist are listed. The pixel
+# bounds in the notes are models/sizing.py's (tests/test_catalog.py checks them).
+SUPPORTED_MODEL_TYPES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    'llava_onevision': (
+        'LLaVA-OneVision / LLaVA-Video',
+        ('llava-hf/llava-onevision-qwen2-0.5b-ov-hf', 'llava-hf/llava-onevision-qwen2-7b-ov-hf',
+         'llava-hf/LLaVA-Video-7B-Qwen2-hf'),
+        '1 frame per unit; the newline after the video kept; dense positions; frames '
+        "resized to the vision tower's square (no --min-pixels/--max-pixels)",
+    ),
+    'qwen2_vl': (
+        'Qwen2-VL',
+        ('Qwen/Qwen2-VL-2B-Instruct', 'Qwen/Qwen2-VL-7B-Instruct',),
+        '2 frames per unit; M-RoPE positions kept; frames sized to 3,136-602,112 '
+        'pixels (--min-pixels/--max-pixels)',
+    ),
+    'qwen2_5_vl': (
+        'Qwen2.5-VL',
+        ('Qwen/Qwen2.5-VL-3B-Instruct', 'Qwen/Qwen2.5-VL-7B-Instruct',),
+        '2 frames per unit; M-RoPE positions (with real frame times) kept; frames '
+        'sized to 200,704-1,605,632 pixels (--min-pixels/--max-pixels)',
+    ),
+    'qwen3_vl': (
+        'Qwen3-VL',
+        ('Qwen/Qwen3-VL-2B-Instruct', 'Qwen/Qwen3-VL-8B-Instruct',),
+        '2 frames per unit; M-RoPE positions kept; a timestamp per unit in the '
+        'prompt, kept; deepstack features sliced; frames sized to 200,704-1,605,632 '
+        'pixels (--min-pixels/--max-pixels)',
+    ),
+    'qwen3_vl_moe': (
+        'Qwen3-VL-MoE',
+        ('Qwen/Qwen3-VL-30B-A3B-Instruct',),
+        '2 frames per unit; M-RoPE positions kept; a timestamp per unit in the '
+        'prompt, kept; deepstack features sliced; mixture-of-experts language model; '
+        'frames sized to 200,704-1,605,632 pixels (--min-pixels/--max-pixels)',
+    ),
+    'qwen3_5': (
+        'Qwen3.5',
+        ('Qwen/Qwen3.5-9B', 'Qwen/Qwen3.5-27B',),
+        '2 frames per unit; M-RoPE positions kept; a timestamp per unit in the '
+        'prompt, kept; hybrid Gated DeltaNet language model: reused questions '
+        'answered one generate call per question length; frames sized to '
+        '200,704-1,605,632 pixels (--min-pixels/--max-pixels)',
+    ),
+    'qwen3_5_moe': (
+        'Qwen3.5-MoE',
+        ('Qwen/Qwen3.5-35B-A3B',),
+        '2 frames per unit; M-RoPE positions kept; a timestamp per unit in the '
+        'prompt, kept; hybrid Gated DeltaNet mixture-of-experts language model: '
+        'reused questions answered one generate call per question length; frames '
+        'sized to 200,704-1,605,632 pixels (--min-pixels/--max-pixels)',
+    ),
+    'llava_next_video': (
+        'LLaVA-NeXT-Video',
+        ('llava-hf/LLaVA-NeXT-Video-7B-hf',),
+        '1 frame per unit (2x2 pooled); dense positions; frames resized to the '
+        "vision tower's square (no --min-pixels/--max-pixels)",
+    ),
+    'internvl': (
+        'InternVL',
+        ('OpenGVLab/InternVL3-1B-hf',),
+        "1 frame per unit, each frame an image ('FrameN: <img>...</img>' kept); "
+        "dense positions; frames resized to the vision tower's square (no "
+        '--min-pixels/--max-pixels)',
+    ),
+    'glm4v': (
+        'GLM-4.1V',
+        ('zai-org/GLM-4.1V-9B-Thinking',),
+        "2 frames per unit; 3-D positions from the model's get_rope_index kept; "
+        'per-unit image begin/end tokens and timestamps kept; frames sized by the '
+        "checkpoint's processor (no --min-pixels/--max-pixels)",
+    ),
+    'glm46v': (
+        'GLM-4.6V',
+        ('zai-org/GLM-4.6V-Flash',),
+        "2 frames per unit; 3-D positions from the model's get_rope_index kept; "
+        'per-unit image begin/end tokens and timestamps kept; frames sized by the '
+        "checkpoint's processor (no --min-pixels/--max-pixels)",
+    ),
 }
 
 DEFAULT_NUM_FRAMES = 32

@@ -200,6 +200,10 @@ FpsOption = Annotated[float | None, typer.Option(envvar="VIDCOM2_FPS",
                                                  "the video instead (capped by --max-frames).")]
 MaxFramesOption = Annotated[int, typer.Option(envvar="VIDCOM2_MAX_FRAMES",
                                               help="Cap on frames when sampling by --fps.")]
+MinPixelsOption = Annotated[int | None, typer.Option(help="Qwen families: smallest area of a "
+                                                     "frame in pixels (default: the family's).")]
+MaxPixelsOption = Annotated[int | None, typer.Option(help="Qwen families: largest area of a "
+                                                     "frame in pixels (default: the family's).")]
 DebugOption = Annotated[bool, typer.Option(help="Show tracebacks and library logs.")]
 RatioOption = Annotated[float, typer.Option(envvar="VIDCOM2_RATIO",
                                              help="Fraction of video tokens to keep, in (0, 1].")]
@@ -363,6 +367,8 @@ def ask(
     frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
     max_frames: MaxFramesOption = DEFAULT_MAX_FRAMES,
+    min_pixels: MinPixelsOption = None,
+    max_pixels: MaxPixelsOption = None,
     max_new_tokens: MaxNewTokensOption = DEFAULT_MAX_NEW_TOKENS,
     sample: SampleOption = False,
     temperature: TemperatureOption = None,
@@ -393,7 +399,8 @@ def ask(
         compression = CompressionOptions(ratio=ratio, method=method, seed=seed)
         generation = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=sample,
                                        temperature=temperature, top_p=top_p, seed=seed)
-        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames)
+        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
+                                   min_pixels=min_pixels, max_pixels=max_pixels)
         check_options(compression, generation)
         check_sampling(sampling)
         _check_video(video)
@@ -457,6 +464,8 @@ def chat(
     frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
     max_frames: MaxFramesOption = DEFAULT_MAX_FRAMES,
+    min_pixels: MinPixelsOption = None,
+    max_pixels: MaxPixelsOption = None,
     max_new_tokens: MaxNewTokensOption = DEFAULT_MAX_NEW_TOKENS,
     sample: SampleOption = False,
     temperature: TemperatureOption = None,
@@ -489,7 +498,8 @@ def chat(
         compression = CompressionOptions(ratio=ratio, method=method, seed=seed)
         generation = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=sample,
                                        temperature=temperature, top_p=top_p, seed=seed)
-        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames)
+        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
+                                   min_pixels=min_pixels, max_pixels=max_pixels)
         check_options(compression, generation)
         check_sampling(sampling)
         _check_video(video)
@@ -558,6 +568,8 @@ def bench(
     frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
     max_frames: MaxFramesOption = DEFAULT_MAX_FRAMES,
+    min_pixels: MinPixelsOption = None,
+    max_pixels: MaxPixelsOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     attn: AttnOption = "auto",
@@ -578,7 +590,8 @@ def bench(
         method_list = [name.strip() for name in methods.split(",") if name.strip()]
         generation = GenerationOptions(max_new_tokens=max_new_tokens,
                                        min_new_tokens=max_new_tokens)
-        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames)
+        sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
+                                   min_pixels=min_pixels, max_pixels=max_pixels)
         try:
             check_bench_options(ratio_list, method_list, generation, repeats, warmup, seed)
         except InputError as error:  # the shared checks name ask's --ratio and --method
@@ -620,6 +633,8 @@ def batch(
     frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
     max_frames: MaxFramesOption = DEFAULT_MAX_FRAMES,
+    min_pixels: MinPixelsOption = None,
+    max_pixels: MaxPixelsOption = None,
     max_new_tokens: MaxNewTokensOption = DEFAULT_MAX_NEW_TOKENS,
     batch_size: Annotated[int, typer.Option(help="Items per generate call.")] = 1,
     prefetch: Annotated[int | None, typer.Option(
@@ -662,7 +677,8 @@ def batch(
         check_device(device)
         _heavy()
         options = BatchOptions(
-            SamplingOptions(frames=frames, fps=fps, max_frames=max_frames),
+            SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
+                            min_pixels=min_pixels, max_pixels=max_pixels),
             CompressionOptions(ratio=ratio, method=method, seed=seed),
             GenerationOptions(max_new_tokens=max_new_tokens, seed=seed), batch_size, prefetch,
             reuse)
@@ -769,16 +785,18 @@ def models(json_output: Annotated[bool, typer.Option("--json")] = False) -> None
     presets = {f"{RANDOM_PREFIX}{name}": preset_source(name) for name in preset_names()}
     if json_output:
         _print_json({"default": DEFAULT_MODEL, "families": [
-            {"model_type": kind, "family": label, "recommended": list(checkpoints)}
-            for kind, (label, checkpoints) in SUPPORTED_MODEL_TYPES.items()],
+            {"model_type": kind, "family": label, "recommended": list(checkpoints),
+             "options": notes}
+            for kind, (label, checkpoints, notes) in SUPPORTED_MODEL_TYPES.items()],
             "random_presets": presets})
         return
     table = Table(title=f"Supported families (default: {DEFAULT_MODEL})", title_justify="left")
     table.add_column("family")
     table.add_column("config model_type")
     table.add_column("recommended checkpoints")
-    for kind, (label, checkpoints) in SUPPORTED_MODEL_TYPES.items():
-        table.add_row(label, kind, "\n".join(checkpoints))
+    table.add_column("how it runs (every family takes every method, ratio, batch and reuse)")
+    for kind, (label, checkpoints, notes) in SUPPORTED_MODEL_TYPES.items():
+        table.add_row(label, kind, "\n".join(checkpoints), notes)
     stdout.print(table)
     stdout.print("Random-weight presets (real architecture, no download, meaningless answers; "
                  "for timing): " + ", ".join(f"{name} ({source})"

@@ -27,6 +27,7 @@ from .models.base import (
     PrefixCache,
     PreparedItem,
 )
+from .models.sizing import PixelBounds
 from .timing import PeakMemory, StageTimer, peak_memory, reset_peak_memory
 from .video import (
     DEFAULT_MAX_FRAMES,
@@ -49,6 +50,10 @@ class SamplingOptions:
     frames: int = DEFAULT_NUM_FRAMES
     fps: float | None = None
     max_frames: int = DEFAULT_MAX_FRAMES
+    # Per-frame pixel bounds of the Qwen families (None: the family's default, see
+    # models.sizing); refused for a family that resizes frames to a fixed size.
+    min_pixels: int | None = None
+    max_pixels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -238,7 +243,8 @@ class Engine:
                                max_frames=sampling.max_frames,
                                multiple_of=self.adapter.frames_multiple)
         with timer.stage("preprocess"):
-            item = self.adapter.preprocess(video.frames, video.metadata(), request.question)
+            item = self.adapter.preprocess(video.frames, video.metadata(), request.question,
+                                           self.pixel_bounds(sampling))
         return PreparedRequest(request, video, item, _stage_times(timer), key=key)
 
     def encode_prepared(self, prepared: PreparedRequest) -> EncodedRequest:
@@ -272,6 +278,14 @@ class Engine:
         return EncodedRequest(prepared.request, prepared.video, item.without_pixels(), encoded,
                               timer.stages_ms, host_item, prepared.feature_cache)
 
+    def pixel_bounds(self, sampling: SamplingOptions) -> PixelBounds | None:
+        """The per-frame pixel bounds ``sampling`` asks of this model (InputError when the
+        model's family has none)."""
+        try:
+            return self.adapter.pixel_bounds(sampling.min_pixels, sampling.max_pixels)
+        except ValueError as error:
+            raise InputError(f"--min-pixels/--max-pixels: {error}") from None
+
     @property
     def fingerprint(self) -> str:
         """What makes this model's encoder output what it is, for feature-cache keys: the
@@ -284,6 +298,7 @@ class Engine:
                      str(getattr(processor, "chat_template", None)),
                      str(len(processor.tokenizer)), repr(sorted(
                          self.adapter.processor_options.items())),
+                     repr(self.adapter.default_pixel_bounds),
                      str(self.loaded.dtype), self.device.type]
             self._fingerprint = hashlib.sha256("\x00".join(parts).encode()).hexdigest()
         return self._fingerprint
@@ -493,12 +508,21 @@ def check_sampling(sampling: SamplingOptions) -> None:
                        fps=sampling.fps, source_fps=1.0, max_frames=sampling.max_frames)
     except VideoError as error:
         raise InputError(f"--frames/--fps/--max-frames: {error}") from None
+    for name, value in (("--min-pixels", sampling.min_pixels),
+                        ("--max-pixels", sampling.max_pixels)):
+        if value is not None and value < 1:
+            raise InputError(f"{name}: must be at least 1, got {value}")
+    if (sampling.min_pixels is not None and sampling.max_pixels is not None
+            and sampling.min_pixels > sampling.max_pixels):
+        raise InputError(f"--min-pixels/--max-pixels: min {sampling.min_pixels} is above max "
+                         f"{sampling.max_pixels}")
 
 
 def sampling_key(sampling: SamplingOptions, frames_multiple: int) -> str:
     """The sampling options as part of a feature-cache key."""
     return (f"frames={sampling.frames if sampling.fps is None else None},fps={sampling.fps},"
-            f"max_frames={sampling.max_frames},multiple_of={frames_multiple}")
+            f"max_frames={sampling.max_frames},multiple_of={frames_multiple},"
+            f"pixels={sampling.min_pixels},{sampling.max_pixels}")
 
 
 def _stage_times(timer: StageTimer) -> dict[str, float]:

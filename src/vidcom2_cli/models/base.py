@@ -23,6 +23,7 @@ import torch
 
 from ..compression import KeepPlan
 from ..timing import GenerationTiming, StageTimer, TokenClock
+from .sizing import PixelBounds, resolve_bounds
 
 
 @dataclass
@@ -110,13 +111,25 @@ class VideoAdapter(ABC):
         self.model = model
         self.processor = processor
         self.device = device
-        self.video_token_id = int(model.config.video_token_id)
+        self.video_token_id = self.placeholder_token_id
         # One processor call at a time among the prefetch threads, a precaution: fast
         # tokenizers have raised "Already borrowed" when entered from two threads at once
         # (not reproduced here). Decoding, the slow part, still runs in parallel.
         self._processor_lock = threading.Lock()
 
     # --- family specifics ---------------------------------------------------------------
+
+    @property
+    def placeholder_token_id(self) -> int:
+        """The token the processor repeats once per visual token of the video (InternVL
+        repeats its image token in every frame)."""
+        return int(self.model.config.video_token_id)
+
+    @property
+    def encoder_output_key(self) -> str:
+        """Under which key of ``mm_encoder_outputs`` the model reads the video's features
+        (InternVL reads a video's frames as images)."""
+        return "video"
 
     @property
     def context_length(self) -> int:
@@ -131,6 +144,22 @@ class VideoAdapter(ABC):
     @property
     def processor_options(self) -> dict[str, Any]:
         """Extra keyword arguments for the processor call."""
+        return {}
+
+    @property
+    def default_pixel_bounds(self) -> PixelBounds | None:
+        """Per-frame pixel bounds used unless others are given; None for a family without
+        them (frames resized to a fixed size, or by the processor's own limits)."""
+        return None
+
+    def pixel_bounds(self, min_pixels: int | None = None, max_pixels: int | None = None
+                     ) -> PixelBounds | None:
+        """The default bounds with the given ones in their place (ValueError when the family
+        has none or they make no range)."""
+        return resolve_bounds(self.default_pixel_bounds, min_pixels, max_pixels)
+
+    def sizing_options(self, frames: int, bounds: PixelBounds | None) -> dict[str, Any]:
+        """Processor keyword arguments that size ``frames`` frames within ``bounds``."""
         return {}
 
     @abstractmethod
@@ -176,6 +205,41 @@ class VideoAdapter(ABC):
         """Left-padded (P, B, L) positions as ``generate`` wants them for this family."""
 
     @property
+    def pads_inside_are_neutral(self) -> bool:
+        """Whether pad tokens between a cached prefix and a question leave the model's state as
+        it was. They do for attention, which masks them out as keys; a layer that keeps a
+        recurrent state (Qwen3.5's Gated DeltaNet) still updates it at every pad token (it
+        decays), so such a model must answer reused questions without padding inside them.
+        (Left padding before a prompt is neutral for both: a state that starts at zero stays
+        zero over masked tokens.)"""
+        return True
+
+    def prefix_call_groups(self, items: list[CompressedItem], prefix_lengths: list[int]
+                           ) -> list[list[int]]:
+        """Which items, continuing cached prefixes of ``prefix_lengths`` tokens, can share one
+        ``generate`` call: all of them where pads inside a sequence are neutral, else those
+        whose questions have the same length (no padding between prefix and question)."""
+        if self.pads_inside_are_neutral:
+            return [list(range(len(items)))]
+        groups: dict[int, list[int]] = {}
+        for index, (item, cached) in enumerate(zip(items, prefix_lengths, strict=True)):
+            groups.setdefault(item.length - cached, []).append(index)
+        return list(groups.values())
+
+    @property
+    def video_mark_ids(self) -> frozenset[int]:
+        """Tokens that stand for the video in a prompt: the placeholder the processor repeats,
+        and, where the chat template writes another one that the processor expands into
+        frames (InternVL's ``<video>``), that one too."""
+        return frozenset({self.video_token_id})
+
+    @property
+    def video_close_ids(self) -> frozenset[int]:
+        """A token that closes the whole video after text following its last frame (GLM's
+        ``<|end_of_video|>``, after the last timestamp): the prefix runs up to it."""
+        return frozenset()
+
+    @property
     def video_end_ids(self) -> frozenset[int]:
         """Structural tokens that close a video (Qwen's ``<|vision_end|>``): they belong to the
         question-independent prefix of a prompt."""
@@ -188,31 +252,37 @@ class VideoAdapter(ABC):
         """Run the vision encoder on one item's video."""
         return self.describe(self.run_encoder(item), item.inputs)
 
+    @property
+    def chat_template_options(self) -> dict[str, Any]:
+        """Variables for the chat template (Qwen3.5: no thinking before the answer)."""
+        return {}
+
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "video"},
                                                  {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=False)
+                                                  tokenize=False, **self.chat_template_options)
 
-    def prepare(self, frames: np.ndarray, metadata: dict[str, Any], question: str
-                ) -> PreparedItem:
+    def prepare(self, frames: np.ndarray, metadata: dict[str, Any], question: str,
+                bounds: PixelBounds | None = None) -> PreparedItem:
         """``preprocess`` then ``to_device``: an item ready for ``encode``."""
-        return self.to_device(self.preprocess(frames, metadata, question))
+        return self.to_device(self.preprocess(frames, metadata, question, bounds))
 
-    def preprocess(self, frames: np.ndarray, metadata: dict[str, Any], question: str
-                   ) -> PreparedItem:
+    def preprocess(self, frames: np.ndarray, metadata: dict[str, Any], question: str,
+                   bounds: PixelBounds | None = None) -> PreparedItem:
         """Chat template + the model's processor on frames we decoded ourselves, on the CPU.
 
         The metadata (source fps, total frames, sampled indices) drives Qwen2.5-VL's temporal
         positions and Qwen3-VL's timestamps; frame sampling stays ours. The positions are
-        computed here too (Qwen's M-RoPE index walks the sequence on the host). Touches neither
-        the model's weights nor the device, so it can run on a worker thread while the model
-        works.
+        computed here too (Qwen's M-RoPE index walks the sequence on the host). Frames are sized
+        within ``bounds`` per frame (default: ``default_pixel_bounds``). Touches neither the
+        model's weights nor the device, so it can run on a worker thread while the model works.
         """
+        sizing = self.sizing_options(len(frames), bounds or self.default_pixel_bounds)
         with self._processor_lock:
             encoded = self.processor(text=[self.prompt(question)], videos=[frames],
                                      video_metadata=[metadata], do_sample_frames=False,
-                                     return_tensors="pt", **self.processor_options)
+                                     return_tensors="pt", **self.processor_options, **sizing)
         inputs = {key: value.to(self.model.dtype) if key.startswith("pixel_values") else value
                   for key, value in encoded.items() if isinstance(value, torch.Tensor)}
         video_token_mask = inputs["input_ids"][0] == self.video_token_id
@@ -223,13 +293,18 @@ class VideoAdapter(ABC):
         """Where the question starts in a prompt: after the video's last token and the
         structural tokens that close it. Everything before is the same for every question
         about the video (the chat template puts the video first)."""
-        last = max((index for index, token in enumerate(input_ids)
-                    if token == self.video_token_id), default=None)
+        marks = self.video_mark_ids
+        last = max((index for index, token in enumerate(input_ids) if token in marks),
+                   default=None)
         if last is None:
             raise ValueError("the prompt holds no video token")
         end = last + 1
         while end < len(input_ids) and input_ids[end] in self.video_end_ids:
             end += 1
+        closes = self.video_close_ids
+        if closes:  # text (GLM's last timestamp) between the last frame and the video's end
+            end = next((index + 1 for index in range(end, len(input_ids))
+                        if input_ids[index] in closes), end)
         return end
 
     def question_suffix(self, question: str) -> torch.Tensor:
@@ -330,7 +405,7 @@ class VideoAdapter(ABC):
         }
         if prefix_lengths is None:
             batch["mm_encoder_outputs"] = {
-                "video": self.merge_outputs([item.output for item in items])}
+                self.encoder_output_key: self.merge_outputs([item.output for item in items])}
         if items[0].mm_token_type_ids is not None:
             batch["mm_token_type_ids"] = left_pad([item.mm_token_type_ids for item in items], 0)
         return batch
@@ -373,15 +448,30 @@ class VideoAdapter(ABC):
         With ``prefix``, item i continues row ``rows[i]`` of that prefix cache (default: row i)
         on a copy of it, so only its question is prefilled. ``on_text`` receives the answer's
         text as it is generated (a batch of one).
+
+        Where padding inside a sequence is not neutral for the model
+        (``pads_inside_are_neutral``), questions of different lengths on a prefix go through
+        one call per length (no pad between a prefix and its question); the result is theirs,
+        in the items' order, with the calls' times added up.
         """
+        if prefix is not None:
+            rows = list(range(len(items))) if rows is None else rows
+            groups = self.prefix_call_groups(items, [prefix.lengths[row] for row in rows])
+            if len(groups) > 1:
+                return _joined([self.generate(
+                    [items[index] for index in group], max_new_tokens, do_sample,
+                    min_new_tokens, prefix, [rows[index] for index in group], on_text,
+                    **sampling) for group in groups], groups)
         if prefix is None:
             batch = self.collate(items)
         else:
-            rows = list(range(len(items))) if rows is None else rows
             batch = self.collate(items, [prefix.lengths[row] for row in rows], prefix.width)
             cache = copy.deepcopy(prefix.cache)
             if rows != list(range(len(prefix.lengths))):
-                cache.batch_select_indices(torch.tensor(rows, device=self.device))
+                # reorder_cache selects rows of every kind of layer: keys and values, and
+                # the convolution and recurrent states of linear-attention layers (which have
+                # no batch_select_indices)
+                cache.reorder_cache(torch.tensor(rows, device=self.device))
             batch[self._cache_argument] = cache
         clock = TokenClock(self.device)
         streamer = None if on_text is None else TextStreamer(
@@ -417,6 +507,21 @@ class VideoAdapter(ABC):
         """Logits of one prefill forward pass over a batch (for checking, not generation)."""
         batch = self.collate(items)
         return self.model(**batch, use_cache=False).logits
+
+
+class DensePositionsAdapter(VideoAdapter):
+    """A family with 1-D positions whose compressed sequence gets dense positions 0..L'-1, as
+    the VidCom2 authors' code does for LLaVA (the kept tokens close up)."""
+
+    def full_positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.arange(inputs["input_ids"].shape[1])[None]
+
+    def kept_positions(self, full: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        return torch.arange(kept.numel(), device=full.device)[None]
+
+    def batch_positions(self, positions: torch.Tensor, attention_mask: torch.Tensor
+                        ) -> torch.Tensor:
+        return positions[0]
 
 
 class TextStreamer:
@@ -456,6 +561,25 @@ class TextStreamer:
         if len(text) > self.sent:
             self.on_text(text[self.sent:])
             self.sent = len(text)
+
+
+def _joined(results: list[GenerationResult], groups: list[list[int]]) -> GenerationResult:
+    """The results of calls made one after another for ``groups`` of one batch's items, as
+    one result in the items' order; times and decode steps add up."""
+    count = sum(len(group) for group in groups)
+    texts: list[str] = [""] * count
+    token_ids: list[list[int]] = [[] for _ in range(count)]
+    prompt_lengths = [0] * count
+    for result, group in zip(results, groups, strict=True):
+        for position, index in enumerate(group):
+            texts[index] = result.texts[position]
+            token_ids[index] = result.token_ids[position]
+            prompt_lengths[index] = result.prompt_lengths[position]
+    timing = GenerationTiming(
+        prefill_ms=sum(result.timing.prefill_ms for result in results),
+        decode_ms=sum(result.timing.decode_ms for result in results),
+        decode_steps=sum(result.timing.decode_steps for result in results))
+    return GenerationResult(texts, token_ids, timing, prompt_lengths)
 
 
 def _cut_at_stop(row: list[int], stops: set[int]) -> list[int]:

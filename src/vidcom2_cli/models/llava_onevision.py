@@ -14,10 +14,10 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..compression import KeepPlan
-from .base import EncodedVideo, PreparedItem, VideoAdapter
+from .base import DensePositionsAdapter, EncodedVideo, PreparedItem
 
 
-class LlavaOnevisionAdapter(VideoAdapter):
+class LlavaOnevisionAdapter(DensePositionsAdapter):
     @torch.inference_mode()
     def run_encoder(self, item: PreparedItem) -> Any:
         output = self.model.model.get_video_features(
@@ -56,12 +56,3 @@ class LlavaOnevisionAdapter(VideoAdapter):
         pooled = torch.cat([output.pooler_output for output in outputs], dim=1)
         return BaseModelOutputWithPooling(pooler_output=pooled)
 
-    def full_positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.arange(inputs["input_ids"].shape[1])[None]
-
-    def kept_positions(self, full: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-        return torch.arange(kept.numel(), device=full.device)[None]
-
-    def batch_positions(self, positions: torch.Tensor, attention_mask: torch.Tensor
-                        ) -> torch.Tensor:
-        return positions[0]

@@ -7,21 +7,8 @@ from pathlib import Path
 
 import torch
 
+from ..catalog import SUPPORTED_MODEL_TYPES
 from ..errors import first_line
-
-DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
-
-# config.model_type -> (family label, recommended checkpoints, smallest first)
-SUPPORTED_MODEL_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "llava_onevision": ("LLaVA-OneVision / LLaVA-Video", (
-        "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
-        "llava-hf/llava-onevision-qwen2-7b-ov-hf",
-        "llava-hf/LLaVA-Video-7B-Qwen2-hf",
-    )),
-    "qwen2_vl": ("Qwen2-VL", ("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct")),
-    "qwen2_5_vl": ("Qwen2.5-VL", ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct")),
-    "qwen3_vl": ("Qwen3-VL", ("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-8B-Instruct")),
-}
 
 ATTENTION_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager")
 DTYPE_CHOICES = {"auto": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -122,7 +109,7 @@ def read_model_type(reference: str) -> str:
         raise ModelLoadError(f"--model: cannot load {reference!r}: {first_line(error)}") from None
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
-        supported = ", ".join(f"{label} ({kind})" for kind, (label, _) in
+        supported = ", ".join(f"{label} ({kind})" for kind, (label, *_) in
                               SUPPORTED_MODEL_TYPES.items())
         raise ModelLoadError(f"--model: {reference} is a {model_type!r} model; supported: "
                              f"{supported}")

@@ -15,6 +15,18 @@ import json
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
 from tokenizers.models import BPE
 from transformers import (
+    Glm4vImageProcessor,
+    Glm4vProcessor,
+    Glm4vVideoProcessor,
+    Glm46VImageProcessor,
+    Glm46VProcessor,
+    Glm46VVideoProcessor,
+    GotOcr2ImageProcessor,
+    InternVLProcessor,
+    InternVLVideoProcessor,
+    LlavaNextImageProcessor,
+    LlavaNextVideoProcessor,
+    LlavaNextVideoVideoProcessor,
     LlavaOnevisionImageProcessor,
     LlavaOnevisionProcessor,
     LlavaOnevisionVideoProcessor,
@@ -31,7 +43,11 @@ from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_S
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 from transformers.processing_utils import ProcessorMixin
 
-FAMILIES: tuple[str, ...] = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# Qwen3-VL's processor, vision placeholders and chat template serve the families after it too:
+# transformers maps qwen3_vl_moe, qwen3_5 and qwen3_5_moe to Qwen3VLProcessor.
+QWEN3_FAMILIES: tuple[str, ...] = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+FAMILIES: tuple[str, ...] = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", *QWEN3_FAMILIES,
+                             "llava_next_video", "internvl", "glm4v", "glm46v")
 
 # Special tokens in the order the real Qwen2 tokenizer numbers them (after the BPE vocabulary),
 # keeping only those the chat templates and processors use.
@@ -45,9 +61,23 @@ _QWEN_VISION_TOKENS = [
 ]
 SPECIAL_TOKENS: dict[str, list[str]] = {
     "llava_onevision": [*_CHATML_TOKENS, "<image>", "<video>"],
+    # The real LLaVA-NeXT-Video checkpoints use a Llama tokenizer; the offline one keeps the
+    # ChatML end and pad tokens the other families share.
+    "llava_next_video": [*_CHATML_TOKENS, "<image>", "<video>"],
+    "internvl": [*_CHATML_TOKENS, "<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
+    # GLM's own tokenizer; the ChatML end and pad tokens stay for the offline one.
+    **{family: [
+        *_CHATML_TOKENS, "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>",
+        "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
+        "<|image|>", "<|video|>"] for family in ("glm4v", "glm46v")},
     "qwen2_vl": _CHATML_TOKENS + _QWEN_VISION_TOKENS,
     "qwen2_5_vl": _CHATML_TOKENS + _QWEN_VISION_TOKENS,
-    "qwen3_vl": _CHATML_TOKENS + _QWEN_VISION_TOKENS,
+    **{family: _CHATML_TOKENS + _QWEN_VISION_TOKENS for family in QWEN3_FAMILIES},
+}
+# Special tokens a processor reads from the tokenizer by name (InternVL's).
+NAMED_SPECIAL_TOKENS: dict[str, dict[str, str]] = {
+    "internvl": {"start_image_token": "<img>", "end_image_token": "</img>",
+                 "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
 }
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
@@ -71,6 +101,49 @@ _LLAVA_ONEVISION_TEMPLATE = (
     "{% endif %}"
     "{{'<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# A Vicuna-style template as llava-hf/LLaVA-NeXT-Video-*-hf use ("USER: <video>\n... ASSISTANT:"):
+# media first, then the text.
+_LLAVA_NEXT_VIDEO_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "{{ '<video>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' ' }}{% endfor %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+# ChatML as OpenGVLab/InternVL3-*-hf use it, media as "<video>\n" before the text (no default
+# system turn here).
+_INTERNVL_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "{{ '<video>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# GLM-4.xV's turn markers (no thinking or tool branches): "[gMASK]<sop><|user|>\n" then the video
+# between its begin/end tokens, the text, and "<|assistant|>\n".
+_GLM4V_TEMPLATE = (
+    "[gMASK]<sop>{% for message in messages %}{{ '<|' + message['role'] + '|>\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<|begin_of_image|><|image|><|end_of_image|>' }}"
+    "{% elif content['type'] == 'video' %}{{ '<|begin_of_video|><|video|><|end_of_video|>' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
 # The chat template of Qwen/Qwen2-VL-*-Instruct and Qwen/Qwen2.5-VL-*-Instruct.
@@ -125,11 +198,27 @@ _QWEN3_VL_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
 
+# Qwen3.5's generation prompt: a thinking block opens unless enable_thinking is false, when it
+# comes closed and empty (the real template's ending; its tool and history branches left out).
+_QWEN3_5_TEMPLATE = _QWEN3_VL_TEMPLATE.replace(
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}",
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\n\n</think>\n\n' }}{%- else %}{{- '<think>\n' }}{%- endif %}"
+    "{%- endif %}")
+
 CHAT_TEMPLATES: dict[str, str] = {
     "llava_onevision": _LLAVA_ONEVISION_TEMPLATE,
     "qwen2_vl": _QWEN2_VL_TEMPLATE,
     "qwen2_5_vl": _QWEN2_VL_TEMPLATE,
     "qwen3_vl": _QWEN3_VL_TEMPLATE,
+    "qwen3_vl_moe": _QWEN3_VL_TEMPLATE,
+    "qwen3_5": _QWEN3_5_TEMPLATE,
+    "qwen3_5_moe": _QWEN3_5_TEMPLATE,
+    "llava_next_video": _LLAVA_NEXT_VIDEO_TEMPLATE,
+    "internvl": _INTERNVL_TEMPLATE,
+    "glm4v": _GLM4V_TEMPLATE,
+    "glm46v": _GLM4V_TEMPLATE,
 }
 
 _QWEN2_VIDEO_SIZES = {
@@ -144,15 +233,23 @@ _QWEN2_VIDEO_SIZES = {
 # Qwen2-VL and Qwen2.5-VL, for the whole clip (frames x height x width) for Qwen3-VL.
 REAL_VISION_SIZES: dict[str, dict[str, int]] = {
     "llava_onevision": {"image_size": 384, "patch_size": 14},
+    "llava_next_video": {"image_size": 336, "patch_size": 14},  # CLIP ViT-L/14-336
+    # InternViT at 448 px, 14 px patches, pixel-shuffled by 0.5: 16 x 16 = 256 tokens per frame
+    "internvl": {"image_size": 448, "patch_size": 14},
+    # Limits for the whole clip (frames x height x width), the video processor's defaults
+    **{family: {
+        "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2,
+        "min_pixels": 112 * 112, "max_pixels": 28 * 28 * 2 * 30000}
+       for family in ("glm4v", "glm46v")},
     "qwen2_vl": _QWEN2_VIDEO_SIZES,
     "qwen2_5_vl": _QWEN2_VIDEO_SIZES,
-    "qwen3_vl": {
+    **{family: {
         "patch_size": 16,
         "merge_size": 2,
         "temporal_patch_size": 2,
         "min_pixels": 4096,
         "max_pixels": 25165824,
-    },
+    } for family in QWEN3_FAMILIES},
 }
 
 _TRAINING_TEXT = """\
@@ -229,7 +326,7 @@ def build_tokenizer(family: str, vocab_size: int | None = None) -> PreTrainedTok
         unk_token=None,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
-        extra_special_tokens=specials,
+        extra_special_tokens=NAMED_SPECIAL_TOKENS.get(family, specials),
         model_max_length=32768,
     )
     tokenizer.chat_template = CHAT_TEMPLATES[family]
@@ -268,13 +365,54 @@ def build_processor(
             chat_template=template,
         )
 
+    if family in ("glm4v", "glm46v"):
+        patching = {key: sizes[key] for key in ("patch_size", "merge_size", "temporal_patch_size")}
+        classes = {"glm4v": (Glm4vProcessor, Glm4vImageProcessor, Glm4vVideoProcessor),
+                   "glm46v": (Glm46VProcessor, Glm46VImageProcessor, Glm46VVideoProcessor)}
+        processor_class, image_class, video_class = classes[family]
+        return processor_class(
+            image_processor=image_class(**patching),
+            tokenizer=tokenizer,
+            video_processor=video_class(
+                size={"shortest_edge": sizes["min_pixels"], "longest_edge": sizes["max_pixels"]},
+                **patching),
+            chat_template=template,
+        )
+
+    if family == "internvl":
+        side = sizes["image_size"]
+        square = {"height": side, "width": side}
+        return InternVLProcessor(
+            image_processor=GotOcr2ImageProcessor(size=square, crop_to_patches=False),
+            tokenizer=tokenizer,
+            video_processor=InternVLVideoProcessor(size=square),
+            image_seq_length=(side // sizes["patch_size"]) ** 2 // 4,  # pixel shuffle by 0.5
+            chat_template=template,
+        )
+
+    if family == "llava_next_video":
+        side = sizes["image_size"]
+        square = {"height": side, "width": side}
+        return LlavaNextVideoProcessor(
+            video_processor=LlavaNextVideoVideoProcessor(size={"shortest_edge": side},
+                                                         crop_size=square),
+            image_processor=LlavaNextImageProcessor(
+                size={"shortest_edge": side}, crop_size=square,
+                image_grid_pinpoints=[[side * i, side * j] for i in (1, 2) for j in (1, 2)]),
+            tokenizer=tokenizer,
+            patch_size=sizes["patch_size"],
+            vision_feature_select_strategy="default",  # CLIP: the CLS token is dropped
+            num_additional_image_tokens=1,
+            chat_template=template,
+        )
+
     patching = {
         "patch_size": sizes["patch_size"],
         "merge_size": sizes["merge_size"],
         "temporal_patch_size": sizes["temporal_patch_size"],
     }
     video_size = {"shortest_edge": sizes["min_pixels"], "longest_edge": sizes["max_pixels"]}
-    if family == "qwen3_vl":
+    if family in QWEN3_FAMILIES:
         return Qwen3VLProcessor(
             # Qwen3-VL normalises with mean = std = 0.5 where Qwen2-VL uses CLIP's statistics.
             image_processor=Qwen2VLImageProcessor(

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import Qwen3VLVideoProcessor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..compression import KeepPlan
 from .base import EncodedVideo, PreparedItem, VideoAdapter
+from .sizing import DEFAULT_PIXEL_BOUNDS, PixelBounds
 
 
 @dataclass
@@ -35,13 +37,31 @@ class QwenVLAdapter(VideoAdapter):
         return int(self.model.config.vision_config.temporal_patch_size)
 
     @property
-    def processor_options(self) -> dict[str, Any]:
-        """Size frames as the reference (qwen-vl-utils) does, a per-frame pixel cap that
-        transformers applies only when asked (until it becomes its default): without it a few
-        frames of a large video keep nearly native resolution and cost far more tokens."""
+    def default_pixel_bounds(self) -> PixelBounds | None:
+        return DEFAULT_PIXEL_BOUNDS.get(self.model.config.model_type)
+
+    def sizing_options(self, frames: int, bounds: PixelBounds | None) -> dict[str, Any]:
+        """Every frame scaled into ``bounds`` (per frame, as qwen-vl-utils does).
+
+        Qwen2-VL's video processor reads its size limits per frame; with
+        ``cap_pixels_per_frame`` it also shares a whole-video budget (qwen-vl-utils'
+        VIDEO_TOTAL_PIXELS) between the frames, which binds only past 112 frames at
+        Qwen2.5-VL's bounds (300 at Qwen2-VL's). Qwen3-VL's reads them for the whole clip
+        (frames x height x width), so they are given times the frame count (a multiple of the
+        temporal patch, so the processor's test equals the per-frame one) and its own
+        per-frame token cap is left off.
+        """
+        if bounds is None:
+            return {}
+        options: dict[str, Any] = {}
+        per_clip = isinstance(self.processor.video_processor, Qwen3VLVideoProcessor)
+        scale = frames if per_clip else 1
+        options["size"] = {"shortest_edge": bounds.min_pixels * scale,
+                           "longest_edge": bounds.max_pixels * scale}
         if hasattr(self.processor.video_processor, "cap_pixels_per_frame"):
-            return {"cap_pixels_per_frame": True}
-        return {}  # a transformers release from before the option
+            # (absent from transformers releases before the option)
+            options["cap_pixels_per_frame"] = not per_clip
+        return options
 
     @torch.inference_mode()
     def run_encoder(self, item: PreparedItem) -> Any:

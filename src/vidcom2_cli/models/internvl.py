@@ -1,0 +1,78 @@
+"""InternVL (OpenGVLab/InternVL3-*-hf and later, transformers' ``internvl``).
+
+A video is a run of frames, each an image to the model: the prompt holds
+``Frame1: <img><IMG_CONTEXT>...</img>\\nFrame2: <img>...`` (text between the frames: a label and
+the image start/end tokens, all kept), and the encoder output is read as ``image`` features.
+Each frame is one 448 x 448 tile (no thumbnail or tiling for video), InternViT then a 0.5 pixel
+shuffle: 16 x 16 = 256 tokens per frame on the real models. Positions are 1-D and, as for LLaVA,
+the compressed sequence gets dense positions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from ..compression import KeepPlan
+from .base import DensePositionsAdapter, EncodedVideo, PreparedItem
+
+
+class InternVLAdapter(DensePositionsAdapter):
+    @property
+    def placeholder_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def encoder_output_key(self) -> str:
+        return "image"
+
+    @property
+    def video_mark_ids(self) -> frozenset[int]:
+        """The template's ``<video>`` (expanded by the processor into the frames) and the image
+        token repeated in each frame."""
+        return frozenset({self.video_token_id, int(self.processor.tokenizer.video_token_id)})
+
+    @property
+    def video_end_ids(self) -> frozenset[int]:
+        """Each frame closes with ``</img>``; the last one ends the video."""
+        return frozenset({int(self.processor.end_image_token_id)})
+
+    @torch.inference_mode()
+    def run_encoder(self, item: PreparedItem) -> Any:
+        config = self.model.config
+        output = self.model.model.get_image_features(
+            pixel_values=item.inputs["pixel_values"],
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+            return_dict=True)
+        return BaseModelOutputWithPooling(pooler_output=output.pooler_output)  # (T, N, D)
+
+    def describe(self, output: Any, inputs: dict[str, torch.Tensor]) -> EncodedVideo:
+        features = output.pooler_output
+        side = math.isqrt(features.shape[1])
+        if side * side != features.shape[1]:
+            raise RuntimeError(f"expected a square grid of tokens per frame, got "
+                               f"{features.shape[1]}")
+        return EncodedVideo(features=features, grid=(side, side), output=output)
+
+    def output_tensors(self, output: Any) -> dict[str, torch.Tensor]:
+        return {"pooler_output": output.pooler_output}
+
+    def output_from_tensors(self, tensors: dict[str, torch.Tensor]) -> Any:
+        return BaseModelOutputWithPooling(pooler_output=tensors["pooler_output"])
+
+    def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
+        return plan.flat_mask()
+
+    def slice_output(self, output: Any, kept_features: torch.Tensor) -> Any:
+        # (1, K, D): the model scatters features in order, whatever their shape
+        tokens = output.pooler_output.flatten(0, 1)
+        return BaseModelOutputWithPooling(
+            pooler_output=tokens.index_select(0, kept_features.to(tokens.device))[None])
+
+    def merge_outputs(self, outputs: list[Any]) -> Any:
+        return BaseModelOutputWithPooling(pooler_output=torch.cat(
+            [output.pooler_output.flatten(0, -2)[None] for output in outputs], dim=1))
