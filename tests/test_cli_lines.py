@@ -25,8 +25,8 @@ FAST = ["--frames", "4", "--max-new-tokens", "2", "--device", "cpu"]
 runner = CliRunner()
 
 
-def invoke(*args: object):
-    return runner.invoke(app, [str(arg) for arg in args])
+def invoke(*args: object, input: str | None = None):
+    return runner.invoke(app, [str(arg) for arg in args], input=input)
 
 
 def one_line(result) -> str:
@@ -227,6 +227,14 @@ def test_output_says_what_ran(tiny_checkpoints):
     assert payload["frames"]["decoder"] == "decord" and payload["frames"]["substituted"] == {}
     human = invoke("ask", CLIP, "What?", *model)
     assert f"vidcom2-cli {__version__} · model loaded in" in human.stdout
+    rows = json.loads(invoke("bench", CLIP, *model, "--ratios", "1,0.5", "--repeats", "1",
+                             "--warmup", "0", "--json").stdout)
+    assert all(row["run"]["version"] == __version__ and row["run"]["model_load_s"] > 0
+               for row in rows)
+    records = [json.loads(line) for line in invoke(
+        "batch", "-", "--out", "-", *model, input=json.dumps(
+            {"id": 1, "video": str(CLIP), "question": "What?"}) + "\n").stdout.splitlines()]
+    assert records[0]["run"]["device"] == "cpu" and records[0]["run"]["model_load_s"] > 0
 
 
 @pytest.mark.slow

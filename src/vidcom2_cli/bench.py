@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .engine import (
     CompressionOptions,
@@ -39,6 +39,7 @@ class BenchRow:
     answer: str
     same_answer: bool  # equals the ratio-1.0 answer
     feature_cache: str | None = None  # "hit": the encoder output came from the cache (vision 0)
+    run: dict[str, object] = field(default_factory=dict)  # Engine.run_info()
 
 
 def parse_floats(text: str, option: str) -> list[float]:
@@ -92,7 +93,7 @@ def run_bench(engine: Engine, prepared: PreparedRequest, ratios: list[float], me
                 if measured.generation_ms else 0.0,
                 peak_memory_bytes=measured.memory.bytes, memory_source=measured.memory.source,
                 answer=measured.answer, same_answer=measured.answer == baseline.answer,
-                feature_cache=encoded.feature_cache))
+                feature_cache=encoded.feature_cache, run=engine.run_info()))
     return rows
 
 

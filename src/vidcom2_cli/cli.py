@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict
@@ -293,10 +292,8 @@ def _load_engine(model: str, device: str, dtype: str, attn: str, device_map: str
     check_model_source(model, RANDOM_PREFIX)
     options = LoadOptions(device=device, dtype=dtype, attention=attn, device_map=device_map)
     cache = None if feature_cache is None else _feature_cache(feature_cache)
-    start = time.perf_counter()
     with nullcontext() if quiet else stderr.status(f"loading {model} ..."):
         engine = Engine.load(model, options, feature_cache=cache)
-    engine.load_seconds = time.perf_counter() - start  # reported by _run_info
     if engine.random_weights:  # on stderr too, so that --json and --quiet runs say it
         stderr.print(RANDOM_WEIGHTS_NOTE, style="bold yellow")
     return engine
@@ -309,17 +306,8 @@ def _feature_cache(directory: Path) -> FeatureCache:
         message, style="yellow", markup=False, highlight=False))
 
 
-def _run_info(engine: Engine) -> dict[str, object]:
-    """What ran the request: tool version, model load time, device, dtype, attention."""
-    return {"version": __version__,
-            "model_load_s": round(getattr(engine, "load_seconds", float("nan")), 3),
-            "device": str(engine.device),
-            "dtype": str(engine.loaded.dtype).removeprefix("torch."),
-            "attention": engine.loaded.attention}
-
-
 def _run_line(engine: Engine) -> str:
-    info = _run_info(engine)
+    info = engine.run_info()
     return (f"vidcom2-cli {info['version']} · model loaded in {info['model_load_s']:.1f} s · "
             f"{info['device']} {info['dtype']} {info['attention']}")
 
@@ -429,7 +417,6 @@ def _print_answers(engine: Engine, answers: Iterable[Answer], json_output: bool,
         if json_output:
             payload = answer_to_json(result)
             payload["heatmap"] = str(heatmap) if heatmap is not None else None
-            payload["run"] = _run_info(engine)
             _print_json(payload)
         elif quiet:
             stdout.print(result.answer, highlight=False, markup=False)

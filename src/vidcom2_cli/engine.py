@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import __version__
 from .compression import KeepPlan, get_method, select
 from .compression.checks import check_ratio
 from .feature_cache import CachedEncoding, FeatureCache
@@ -174,6 +176,7 @@ class Answer:
     memory: PeakMemory
     random_weights: bool
     feature_cache: str | None = None  # "hit", "miss", or None without a feature cache
+    run: dict[str, object] = field(default_factory=dict)  # Engine.run_info(): what answered
 
 
 OPENING_QUESTION = "Describe this video."
@@ -186,16 +189,26 @@ class Engine:
     """A loaded model and its adapter, answering requests."""
 
     def __init__(self, loaded: LoadedModel, adapter: VideoAdapter,
-                 feature_cache: FeatureCache | None = None) -> None:
+                 feature_cache: FeatureCache | None = None, load_seconds: float = 0.0) -> None:
         self.loaded = loaded
         self.adapter = adapter
         self.feature_cache = feature_cache
+        self.load_seconds = load_seconds
         self._fingerprint: str | None = None
 
     @classmethod
     def load(cls, model: str, options: LoadOptions = LoadOptions(),
              feature_cache: FeatureCache | None = None) -> Engine:
-        return cls(*load_adapter(model, options), feature_cache=feature_cache)
+        start = time.perf_counter()
+        loaded, adapter = load_adapter(model, options)
+        return cls(loaded, adapter, feature_cache, time.perf_counter() - start)
+
+    def run_info(self) -> dict[str, object]:
+        """What answers: the tool's version, the model's load time, device, dtype, attention."""
+        return {"version": __version__, "model_load_s": round(self.load_seconds, 3),
+                "device": str(self.device),
+                "dtype": str(self.loaded.dtype).removeprefix("torch."),
+                "attention": self.loaded.attention}
 
     @property
     def device(self) -> torch.device:
@@ -373,7 +386,7 @@ class Engine:
             tokens=token_counts(item, plan, compressed, len(result.token_ids[index]),
                                 prefix_reused),
             timing_ms=timing, memory=memory, random_weights=self.random_weights,
-            feature_cache=encoded.feature_cache)
+            feature_cache=encoded.feature_cache, run=self.run_info())
 
     # --- one video, many questions ----------------------------------------------------------
 

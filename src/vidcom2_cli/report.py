@@ -51,6 +51,7 @@ def answer_to_json(answer: Answer) -> dict[str, Any]:
         "timing_ms": {key: round(value, 3) for key, value in answer.timing_ms.items()},
         "memory": {"peak_bytes": answer.memory.bytes, "source": answer.memory.source},
         "feature_cache": answer.feature_cache,
+        "run": answer.run,
     }
 
 
