@@ -45,7 +45,7 @@ def _subtitled(path: Path) -> Path:
 
     def add(container: av.container.OutputContainer) -> None:
         with av.open(str(srt)) as source:
-            for _ in range(8):
+            for _ in range(20):
                 container.add_stream_from_template(source.streams[0])
 
     return encode(path, extra=add)
@@ -120,7 +120,7 @@ ANSWERED: dict[str, tuple[Callable[[Path], Path], int, int, str | None]] = {
     "animated.gif": (lambda p: animated_image(p, 12, "GIF"), 12, 0, "pillow"),
     "animated.png": (lambda p: animated_image(p, 12, "PNG"), 12, 0, "pillow"),
     "animated.webp": (lambda p: animated_image(p, 12, "WEBP"), 12, 0, "pillow"),
-    "eight subtitle tracks.mkv": (_subtitled, N, 0, None),
+    "twenty subtitle tracks.mkv": (_subtitled, N, 0, None),
     "three data tracks first.ts": (_data_tracks, N, 0, "pyav"),
     "two video streams.mkv": (_two_video_streams, N, 0, "pyav"),
     "index promises more.mp4": (_cut_index, 12, 0, None),

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..compression import KeepPlan
 from ..timing import GenerationTiming, StageTimer, TokenClock
@@ -522,6 +523,13 @@ class DensePositionsAdapter(VideoAdapter):
     def batch_positions(self, positions: torch.Tensor, attention_mask: torch.Tensor
                         ) -> torch.Tensor:
         return positions[0]
+
+    def output_tensors(self, output: Any) -> dict[str, torch.Tensor]:
+        """These families' encoder output is one pooled tensor."""
+        return {"pooler_output": output.pooler_output}
+
+    def output_from_tensors(self, tensors: dict[str, torch.Tensor]) -> Any:
+        return BaseModelOutputWithPooling(pooler_output=tensors["pooler_output"])
 
 
 class TextStreamer:

@@ -58,12 +58,6 @@ class InternVLAdapter(DensePositionsAdapter):
                                f"{features.shape[1]}")
         return EncodedVideo(features=features, grid=(side, side), output=output)
 
-    def output_tensors(self, output: Any) -> dict[str, torch.Tensor]:
-        return {"pooler_output": output.pooler_output}
-
-    def output_from_tensors(self, tensors: dict[str, torch.Tensor]) -> Any:
-        return BaseModelOutputWithPooling(pooler_output=tensors["pooler_output"])
-
     def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
         return plan.flat_mask()
 

@@ -35,12 +35,6 @@ class LlavaOnevisionAdapter(DensePositionsAdapter):
         features = tokens[:-1].reshape(-1, side * side, tokens.shape[-1])
         return EncodedVideo(features=features, grid=(side, side), output=output)
 
-    def output_tensors(self, output: Any) -> dict[str, torch.Tensor]:
-        return {"pooler_output": output.pooler_output}
-
-    def output_from_tensors(self, tensors: dict[str, torch.Tensor]) -> Any:
-        return BaseModelOutputWithPooling(pooler_output=tensors["pooler_output"])
-
     def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
         newline = torch.ones(1, dtype=torch.bool, device=plan.mask.device)
         return torch.cat([plan.flat_mask(), newline])
