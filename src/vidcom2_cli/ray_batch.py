@@ -303,13 +303,7 @@ def _start_workers(ray: Any, options: RayOptions, model: str, load_options: Load
     if per_worker and load_options.device == "cpu":
         per_worker = 0.0
     cpus_each = min(1.0, cpus / workers)
-    free = ray.available_resources()
-    if (workers * cpus_each > float(free.get("CPU", 0)) + 1e-9
-            or workers * per_worker > float(free.get("GPU", 0)) + 1e-9):
-        raise InputError(f"--workers: {workers} workers need {workers * cpus_each:g} CPUs and "
-                         f"{workers * per_worker:g} GPUs, but the cluster has "
-                         f"{float(free.get('CPU', 0)):g} CPUs and {float(free.get('GPU', 0)):g} "
-                         "GPUs free")
+    _wait_for_resources(ray, workers * cpus_each, workers * per_worker)
     actor = ray.remote(num_cpus=cpus_each, num_gpus=per_worker,
                        max_restarts=options.retries, max_task_retries=options.retries)(
         BatchWorker)
@@ -325,6 +319,23 @@ def _start_workers(ray: Any, options: RayOptions, model: str, load_options: Load
     labels = [f"worker {index} (pid {pid} on {node})"
               for index, (pid, node) in enumerate(identities)]
     return actors, labels
+
+
+def _wait_for_resources(ray: Any, cpus: float, gpus: float, patience_s: float = 15.0) -> None:
+    """InputError unless the cluster has ``cpus`` and ``gpus`` free within ``patience_s`` (the
+    workers of a run that just ended give theirs back a moment later); without this, actors
+    that cannot be placed would wait for ever."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        free = ray.available_resources()
+        free_cpus, free_gpus = float(free.get("CPU", 0)), float(free.get("GPU", 0))
+        if cpus <= free_cpus + 1e-9 and gpus <= free_gpus + 1e-9:
+            return
+        if time.monotonic() > deadline:
+            raise InputError(f"--workers: the workers need {cpus:g} CPUs and {gpus:g} GPUs, "
+                             f"but the cluster has {free_cpus:g} CPUs and {free_gpus:g} GPUs "
+                             "free")
+        time.sleep(0.2)
 
 
 def _cause(error: BaseException) -> str:
