@@ -208,3 +208,21 @@ def test_unreadable_model_on_the_workers_is_one_line(tmp_path, local_records):
                                  "--device", "cpu"])
     assert result.exit_code == 2, result.output
     assert "--model" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_relative_paths_are_resolved_on_the_driver(pool, tmp_path, monkeypatch):
+    """The workers' working folder is not the driver's: a relative input and relative video
+    paths still name the driver's files."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "clip.mp4").write_bytes(Path(VIDEOS[0]).read_bytes())
+    jsonl(folder / "in.jsonl", [{"id": "a", "video": "clip.mp4", "question": "What?"},
+                                {"id": "b", "video": "clip.mp4", "question": "Who?"}])
+    monkeypatch.chdir(tmp_path)
+    with ResultWriter.open(str(tmp_path / "out.jsonl")) as writer:
+        run_ray_batch(pool, stream_input("data/in.jsonl"), OPTIONS, RayOptions(workers=2),
+                      writer)
+    written = records((tmp_path / "out.jsonl").read_text())
+    assert sorted(row["id"] for row in written) == ["a", "b"]
+    assert not any("error" in row for row in written)
+    assert {row["video"] for row in written} == {str(folder / "clip.mp4")}

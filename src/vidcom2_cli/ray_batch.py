@@ -16,6 +16,7 @@ one; a chunk that fails on every try becomes error records. Every id is written 
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import os
@@ -173,6 +174,8 @@ def ray_workers(options: RayOptions, model: str, load_options: LoadOptions,
     (Ctrl-C included) the workers are stopped, and Ray too if this started it."""
     check_ray_options(options)
     ray = import_ray()
+    if Path(model).exists():  # a local folder: the workers may run elsewhere than here
+        model = str(Path(model).resolve())
     started = _connect(ray, options.address)
     actors: list[Any] = []
     try:
@@ -196,8 +199,8 @@ def run_ray_batch(workers: RayWorkers, items: Iterable[BatchItem], options: Batc
     try:
         summary = RaySummary(total=0, workers=[WorkerStats(label) for label in workers.labels])
         counts: Counter[str] = Counter()
-        pending = _counted(iter_pending(_counted(items, counts, "read"), done or {}), counts,
-                           "pending")
+        pending = _counted(_absolute(iter_pending(_counted(items, counts, "read"),
+                                                  done or {})), counts, "pending")
         chunks = _chunks(_checked_first_video(ray, actors[0], pending), ray_options.chunk,
                          options.reuse)
         output = _Output(writer, summary, on_record, ray_options.ordered)
@@ -357,6 +360,14 @@ def _checked_first_video(ray: Any, actor: Any, items: Iterator[BatchItem]
             if problem is not None:
                 raise InputError(f"--ray: a worker cannot read {item.video} ({problem}); the "
                                  "videos must be on storage every node sees, at the same path")
+        yield item
+
+
+def _absolute(items: Iterable[BatchItem]) -> Iterator[BatchItem]:
+    """The items with absolute video paths: the workers' working folder is not the driver's."""
+    for item in items:
+        if isinstance(item.video, str) and item.video and not os.path.isabs(item.video):
+            item = dataclasses.replace(item, video=os.path.abspath(item.video))
         yield item
 
 
