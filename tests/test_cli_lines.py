@@ -248,3 +248,22 @@ def test_ask_json_says_which_frames_were_substituted(tiny_checkpoints, tmp_path)
     assert frames["source_frames"] == 24 and frames["indices"] == list(range(24))
     (missing, used), = frames["substituted"].items()
     assert abs(int(missing) - used) == 1
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--bogus"], "No such option: --bogus"),
+    (["ask"], "Missing argument 'video'"),
+    (["ask", "clip.mp4", "q", "--frames", "abc"], "'--frames'"),
+    (["batch", "in.jsonl", "--out", "o.jsonl", "--ray", "bogus://x"], "bogus://x"),
+])
+def test_usage_errors_are_one_line_through_the_entry_point(argv, needle):
+    """click's usage box (usage line, hint, framed error) becomes one line naming the problem
+    and where to look, exit 2, when the command runs as users run it."""
+    code = ("import sys; from vidcom2_cli.cli import main; "
+            "sys.argv = ['vidcom2', *sys.argv[1:]]; main()")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "--help" in lines[0]
+    assert done.stdout == ""

@@ -811,7 +811,27 @@ def info(
 
 
 def main() -> None:
-    app(args=with_ray_address(sys.argv[1:]))
+    """The ``vidcom2`` entry point: a usage error (unknown option, missing argument, a value of
+    the wrong type) is one line naming it too, not click's usage box."""
+    try:
+        code = app(args=with_ray_address(sys.argv[1:]), standalone_mode=False)
+    except _usage_error() as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # bare `vidcom2 cmd`: its help
+            error.show()
+            sys.exit(2)
+        context = getattr(error, "ctx", None)
+        hint = f" (see '{context.command_path} --help')" if context is not None else ""
+        _print_error(f"{error.format_message()}{hint}")
+        sys.exit(2)
+    except typer.Abort:
+        stderr.print("interrupted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error() -> type[Exception]:
+    """click's UsageError, from typer's own copy of click or from click itself."""
+    return next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == "UsageError")
 
 
 def with_ray_address(argv: list[str]) -> list[str]:
