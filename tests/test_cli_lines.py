@@ -267,3 +267,20 @@ def test_usage_errors_are_one_line_through_the_entry_point(argv, needle):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "--help" in lines[0]
     assert done.stdout == ""
+
+
+@pytest.mark.slow
+def test_in_a_terminal_the_answer_streams_then_the_report(tiny_checkpoints, monkeypatch):
+    from rich.console import Console
+
+    from vidcom2_cli import cli
+
+    model = ["--model", tiny_checkpoints("qwen2_vl"), *FAST]
+    expected = json.loads(invoke("ask", CLIP, "What?", *model, "--json").stdout)["answer"]
+    monkeypatch.setattr(cli, "stdout", Console(force_terminal=True, width=160))
+    result = invoke("ask", CLIP, "What?", *model)
+    assert result.exit_code == 0, result.stderr
+    first, report = result.stdout.split("\n", 1)
+    assert first.startswith("answer: ") and first.removeprefix("answer: ").strip() == expected
+    assert "Retained tokens" in report and "Timing" in report
+    assert "╭" not in report  # the answer is not printed again in a panel

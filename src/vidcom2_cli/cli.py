@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -318,16 +318,17 @@ _STAGE_NAMES = {"video_decode": "decoding the sampled frames", "preprocess": "pr
 
 
 @contextmanager
-def _stage_status(show: bool) -> Iterator[None]:
-    """A status line naming the current stage, on a terminal only."""
+def _stage_status(show: bool) -> Iterator[Callable[[], None]]:
+    """A status line naming the current stage, on a terminal only; yields what stops it (so
+    that an answer can stream in its place)."""
     if not (show and stderr.is_terminal):
-        yield
+        yield lambda: None
         return
     from .timing import stage_listener
 
     with stderr.status("starting ...") as status, stage_listener(
             lambda stage: status.update(f"{_STAGE_NAMES.get(stage, stage)} ...")):
-        yield
+        yield status.stop
 
 
 def _check_video(video: Path) -> None:
@@ -394,20 +395,42 @@ def ask(
         _check_video(video)
         engine = _load_engine(model, device, dtype, attn, device_map, quiet or json_output,
                               feature_cache)
-        with _stage_status(not (quiet or json_output) and len(questions) == 1):
+        human = not (quiet or json_output)
+        streaming = human and len(questions) == 1 and stdout.is_terminal
+        with _stage_status(human and len(questions) == 1) as stop_status:
             if len(questions) == 1:
+                on_text = _answer_streamer(stop_status) if streaming else None
                 answers: Iterable[Answer] = [engine.ask(Request(str(video), questions[0]),
-                                                        sampling, compression, generation)]
+                                                        sampling, compression, generation,
+                                                        on_text)]
             else:
                 answers = engine.ask_many(str(video), questions, sampling, compression,
                                           generation)
+        if streaming:
+            sys.stdout.write("\n")
         _print_answers(engine, answers, json_output, quiet, heatmap, sampling,
-                       several=len(questions) > 1)
+                       several=len(questions) > 1, streamed=streaming)
+
+
+def _answer_streamer(stop_status: Callable[[], None]) -> Callable[[str], None]:
+    """Writes the answer as it is generated, in place of the status line."""
+    started = False
+
+    def write(text: str) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            stop_status()
+            sys.stdout.write("answer: ")
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    return write
 
 
 def _print_answers(engine: Engine, answers: Iterable[Answer], json_output: bool, quiet: bool,
                    heatmap: Path | None = None, sampling: SamplingOptions | None = None,
-                   several: bool = False) -> None:
+                   several: bool = False, streamed: bool = False) -> None:
     """Each answer as it comes: a JSON line, the bare answer, or the human report (for
     several questions of one video, the shared summary once and then each answer)."""
     for index, result in enumerate(answers):
@@ -425,7 +448,7 @@ def _print_answers(engine: Engine, answers: Iterable[Answer], json_output: bool,
                 stdout.print(render_summary(result))
             stdout.print(render_question_answer(result, index))
         else:
-            stdout.print(render_answer(result))
+            stdout.print(render_answer(result, with_text=not streamed))
     if not (json_output or quiet):
         stdout.print(_run_line(engine), highlight=False, markup=False)
         if heatmap is not None:

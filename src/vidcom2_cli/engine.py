@@ -353,13 +353,16 @@ class Engine:
                                      on_text=on_text, **options.sampling_kwargs())
 
     def answer(self, encoded: list[EncodedRequest], compression: CompressionOptions,
-               generation: GenerationOptions) -> list[Answer]:
-        """Compress each encoded request with its own plan and generate for all in one call."""
+               generation: GenerationOptions,
+               on_text: Callable[[str], None] | None = None) -> list[Answer]:
+        """Compress each encoded request with its own plan and generate for all in one call
+        (``on_text``: the answer's text as it is generated, for a batch of one)."""
         check_options(compression, generation)
         compressed = [self.compress(request, compression) for request in encoded]
         for request, (_, item, _) in zip(encoded, compressed, strict=True):
             self.check_context(request, item, generation)
-        result = self.generate([item for _, item, _ in compressed], generation)
+        result = self.generate([item for _, item, _ in compressed], generation,
+                               on_text=on_text)
         memory = peak_memory(self.devices)
         return [self._answer(request, plan, request.item, item, result, index,
                              {**request.stages_ms, "compress": compress_ms}, memory)
@@ -486,10 +489,12 @@ class Engine:
 
     def ask(self, request: Request, sampling: SamplingOptions = SamplingOptions(),
             compression: CompressionOptions = CompressionOptions(),
-            generation: GenerationOptions = GenerationOptions()) -> Answer:
+            generation: GenerationOptions = GenerationOptions(),
+            on_text: Callable[[str], None] | None = None) -> Answer:
         check_options(compression, generation)
         reset_peak_memory(self.devices)
-        return self.answer([self.encode(request, sampling)], compression, generation)[0]
+        return self.answer([self.encode(request, sampling)], compression, generation,
+                           on_text)[0]
 
 
 def check_options(compression: CompressionOptions, generation: GenerationOptions) -> None:

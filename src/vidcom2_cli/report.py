@@ -151,9 +151,12 @@ def _notes(answer: Answer) -> list[RenderableType]:
     return notes
 
 
-def render_answer(answer: Answer) -> Group:
+def render_answer(answer: Answer, with_text: bool = True) -> Group:
+    """The report of one answer; ``with_text=False`` when the answer was streamed already (the
+    header line stands in for its panel)."""
     parts: list[RenderableType] = [Panel(Text(answer.answer or "(empty answer)"),
-                                         title=_header(answer), title_align="left")]
+                                         title=_header(answer), title_align="left")
+                                   if with_text else _header(answer)]
     parts += _notes(answer)
     parts += [token_table(answer), heatmap_summary(answer), timing_table(answer)]
     return Group(*parts)
