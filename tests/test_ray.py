@@ -226,3 +226,33 @@ def test_relative_paths_are_resolved_on_the_driver(pool, tmp_path, monkeypatch):
     assert sorted(row["id"] for row in written) == ["a", "b"]
     assert not any("error" in row for row in written)
     assert {row["video"] for row in written} == {str(folder / "clip.mp4")}
+
+
+def test_when_every_worker_is_gone_each_remaining_id_is_an_error(model, local_records,
+                                                                 tmp_path):
+    """No restarts allowed and both workers killed: the run still writes one record per id."""
+    source, expected = local_records
+    options = RayOptions(workers=2, chunk=2, retries=0)
+    with ray_workers(options, model, LOAD) as workers:
+        for actor in workers.actors:
+            pid, _ = ray.get(actor.identity.remote())
+            os.kill(pid, signal.SIGKILL)
+        with ResultWriter.open(str(tmp_path / "out.jsonl")) as writer:
+            summary = run_ray_batch(workers, stream_input(str(source)), OPTIONS, options,
+                                    writer)
+    written = records((tmp_path / "out.jsonl").read_text())
+    assert Counter(row["id"] for row in written) == Counter(list(expected))
+    assert all("error" in row for row in written)
+    assert summary.total == len(expected) and summary.errors == len(expected)
+
+
+def test_an_option_the_model_refuses_is_one_line_before_any_item(tiny_checkpoints,
+                                                                 local_records, tmp_path):
+    source, _ = local_records
+    out = tmp_path / "o.jsonl"
+    result = runner.invoke(app, ["batch", str(source), "--out", str(out), "-m",
+                                 str(tiny_checkpoints("llava_onevision")), "--device", "cpu",
+                                 "--ray", "local", "--workers", "1", "--min-pixels", "4096"])
+    assert result.exit_code == 2, result.output
+    assert "--min-pixels" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() or out.read_text() == ""

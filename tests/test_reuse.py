@@ -568,3 +568,43 @@ def test_interactive_chat_streams_each_answer(tiny_checkpoints, monkeypatch, cap
     assert len(pieces) > len(expected) + 1  # more than one piece per answer: streamed
     footers = capsys.readouterr().err
     assert footers.count("prefill") == 2 and "reused from the cached prefix" in footers
+
+
+def test_a_cache_that_cannot_be_written_is_reported_and_the_answer_given(
+        tiny_checkpoints, tmp_path, monkeypatch):
+    from vidcom2_cli import feature_cache
+
+    def failing_save(*args, **kwargs):
+        raise RuntimeError("I/O error: No space left on device")  # as safetensors reports it
+
+    monkeypatch.setattr(feature_cache, "save_file", failing_save)
+    notices: list[str] = []
+    engine = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"),
+                         feature_cache=FeatureCache(tmp_path / "cache", report=notices.append))
+    answer = engine.ask(Request(SCENE, "What happens?"), SAMPLING, COMPRESSION, GENERATION)
+    assert answer.feature_cache == "miss" and answer.answer is not None
+    assert len(notices) == 1 and "No space left" in notices[0]
+    assert entries(tmp_path / "cache") == [] and not list((tmp_path / "cache").glob(".*.tmp"))
+
+
+def test_cache_clear_removes_only_its_own_entries(tiny_checkpoints, tmp_path):
+    folder = tmp_path / "cache"
+    engine = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"),
+                         feature_cache=FeatureCache(folder))
+    engine.ask(Request(SCENE, "What happens?"), SAMPLING, COMPRESSION, GENERATION)
+    weights = folder / "model-00001-of-00002.safetensors"  # a folder given by mistake
+    weights.write_bytes(b"weights")
+    usage = FeatureCache(folder).usage()
+    assert usage.entries == 1
+    assert FeatureCache(folder).clear().entries == 1
+    assert weights.exists() and entries(folder) == [weights]
+
+
+def test_a_missing_video_with_a_cache_gets_the_decoders_message(tiny_checkpoints, tmp_path):
+    engine = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"),
+                         feature_cache=FeatureCache(tmp_path / "cache"))
+    from vidcom2_cli.video import VideoError
+
+    with pytest.raises(VideoError, match="no such file"):
+        engine.ask(Request(str(tmp_path / "gone.mp4"), "Q?"), SAMPLING, COMPRESSION,
+                   GENERATION)

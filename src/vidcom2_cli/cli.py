@@ -39,6 +39,7 @@ from .catalog import (
 from .cli_support import (
     HubUnreachable,
     OptionError,
+    Terminated,
     check_batch_numbers,
     check_device,
     check_generation_options,
@@ -399,7 +400,7 @@ def ask(
         streaming = human and len(questions) == 1 and stdout.is_terminal
         with _stage_status(human and len(questions) == 1) as stop_status:
             if len(questions) == 1:
-                on_text = _answer_streamer(stop_status) if streaming else None
+                on_text = _AnswerStreamer(stop_status) if streaming else None
                 answers: Iterable[Answer] = [engine.ask(Request(str(video), questions[0]),
                                                         sampling, compression, generation,
                                                         on_text)]
@@ -407,25 +408,27 @@ def ask(
                 answers = engine.ask_many(str(video), questions, sampling, compression,
                                           generation)
         if streaming:
+            if not on_text.started:  # the first token ended the answer
+                on_text("(empty answer)")
             sys.stdout.write("\n")
         _print_answers(engine, answers, json_output, quiet, heatmap, sampling,
                        several=len(questions) > 1, streamed=streaming)
 
 
-def _answer_streamer(stop_status: Callable[[], None]) -> Callable[[str], None]:
+class _AnswerStreamer:
     """Writes the answer as it is generated, in place of the status line."""
-    started = False
 
-    def write(text: str) -> None:
-        nonlocal started
-        if not started:
-            started = True
-            stop_status()
+    def __init__(self, stop_status: Callable[[], None]) -> None:
+        self.stop_status = stop_status
+        self.started = False
+
+    def __call__(self, text: str) -> None:
+        if not self.started:
+            self.started = True
+            self.stop_status()
             sys.stdout.write("answer: ")
         sys.stdout.write(text)
         sys.stdout.flush()
-
-    return write
 
 
 def _print_answers(engine: Engine, answers: Iterable[Answer], json_output: bool, quiet: bool,
@@ -550,7 +553,9 @@ def _chat_loop(engine: Engine, context: VideoContext, prefix: PrefixCache,
             request = Request(context.encoded.request.video, question)
             answer = engine.ask_contexts([context], prefix, [(0, request)], generation,
                                          on_text=write)[0]
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
+            if isinstance(interrupt, Terminated):  # SIGTERM ends the chat
+                raise
             write("\n")
             stderr.print("(answer interrupted)", style="dim")
             continue
@@ -737,10 +742,12 @@ def _ray_batch(input_path: str, out: str, resume: bool, options: BatchOptions,
     done = prepare_output(out, resume, input_path)
     total = None if input_path == "-" else max(count_lines(Path(input_path)) - sum(
         done.values()), 0)
-    cache = None if feature_cache is None else str(_feature_cache(feature_cache).directory)
+    cache = None if feature_cache is None else str(
+        _feature_cache(feature_cache).directory.expanduser().resolve())
     with ExitStack() as stack:
         with stderr.status(f"starting Ray workers for {model} ..."):
-            workers = stack.enter_context(ray_workers(ray_options, model, load_options, cache))
+            workers = stack.enter_context(ray_workers(ray_options, model, load_options, cache,
+                                                      options))
         writer = stack.enter_context(ResultWriter.open(out))
         on_record = stack.enter_context(progress_bar(stderr, total))
         summary = run_ray_batch(workers, items, options, ray_options, writer, done, on_record)

@@ -233,12 +233,16 @@ def library_logs(show: bool) -> None:
         decoder_logs(show)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: handled as Ctrl-C, except where Ctrl-C only stops the current step (chat)."""
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a batch scheduler's stop) ends the command like Ctrl-C does."""
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     try:
         previous = signal.signal(signal.SIGTERM, interrupt)

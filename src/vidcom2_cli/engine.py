@@ -238,7 +238,9 @@ class Engine:
             raise InputError("question: the question is empty")
         timer = StageTimer(torch.device("cpu"))  # CPU work: never wait for the device here
         key = None
-        if self.feature_cache is not None:
+        # Only a regular file is hashed: a missing one gets the decoder's own message, and a
+        # pipe is not read to its end before decoding.
+        if self.feature_cache is not None and Path(request.video).is_file():
             with timer.stage("feature_cache"):
                 key = self.feature_cache.key(Path(request.video), self.fingerprint,
                                              sampling_key(sampling, self.adapter.frames_multiple))
@@ -428,7 +430,8 @@ class Engine:
             with timer.stage("preprocess"):
                 item = self.adapter.to_device(self.adapter.with_question(
                     context.encoded.host_item, request.question))
-            compressed = self.adapter.compress(item, context.encoded.encoded, context.plan)
+            with timer.stage("compress"):
+                compressed = self.adapter.compress(item, context.encoded.encoded, context.plan)
             encoded = dataclasses.replace(context.encoded, request=request)
             self.check_context(encoded, compressed, generation)
             built.append((row, encoded, item, compressed, timer.stages_ms))
@@ -441,7 +444,8 @@ class Engine:
             if context.reported:
                 stages, reused = own_ms, prefix.lengths[row]
             else:
-                stages = {**context.encoded.stages_ms, "compress": context.compress_ms,
+                stages = {**context.encoded.stages_ms,
+                          "compress": context.compress_ms + own_ms["compress"],
                           "prefix_prefill": prefix.prefill_ms}
                 stages["preprocess"] = stages.get("preprocess", 0.0) + own_ms["preprocess"]
                 reused = 0

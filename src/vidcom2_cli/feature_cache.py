@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ from .video import VideoInfo
 
 FORMAT = "vidcom2-feature-cache/1"
 SUFFIX = ".safetensors"
+# Only files named as this cache names them are its entries: a folder given by mistake (a
+# model's, holding its own *.safetensors weights) loses nothing to `cache clear`.
+_ENTRY = re.compile(r"[0-9a-f]{64}\.safetensors")
+_TEMPORARY = re.compile(r"\.[0-9a-f]{64}\.\d+\.[0-9a-f]{32}\.tmp")
 _CHUNK = 1 << 20
 
 
@@ -100,6 +105,11 @@ class FeatureCache:
         if not path.is_file():
             return None
         try:
+            with path.open("rb"):  # unreadable now (permissions, NFS hiccup): skip, keep it
+                pass
+        except OSError:
+            return None
+        try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
@@ -147,22 +157,27 @@ class FeatureCache:
             with temporary.open("rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(temporary, self._path(key))
-        except OSError as error:
+        except Exception as error:  # OSError, or safetensors' own error for a failed write
             temporary.unlink(missing_ok=True)
-            self._notice(key, f"feature cache: cannot write to {self.directory} "
-                              f"({error.strerror or error}); going on without it")
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            self._notice(key, f"feature cache: cannot write to {self.directory} ({reason}); "
+                              "going on without it")
+
+    def _files(self, pattern: re.Pattern[str]) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return [path for path in self.directory.iterdir() if pattern.fullmatch(path.name)]
 
     def usage(self) -> CacheUsage:
-        entries = list(self.directory.glob(f"*{SUFFIX}")) if self.directory.is_dir() else []
+        entries = self._files(_ENTRY)
         return CacheUsage(len(entries), sum(entry.stat().st_size for entry in entries))
 
     def clear(self) -> CacheUsage:
-        """Remove every entry (and temporary files left by killed runs); returns what was
-        removed."""
+        """Remove every entry (and temporary files left by killed runs), and nothing else;
+        returns what was removed."""
         removed = self.usage()
-        if self.directory.is_dir():
-            for path in [*self.directory.glob(f"*{SUFFIX}"), *self.directory.glob(".*.tmp")]:
-                path.unlink(missing_ok=True)
+        for path in [*self._files(_ENTRY), *self._files(_TEMPORARY)]:
+            path.unlink(missing_ok=True)
         return removed
 
     def _notice(self, key: str, message: str) -> None:

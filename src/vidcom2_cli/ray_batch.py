@@ -49,6 +49,7 @@ RAY_EXTRA = 'pip install "vidcom2-cli[ray]"'
 IN_FLIGHT_PER_WORKER = 2  # chunks queued on a worker: one running, the next ready
 WINDOW_CHUNKS = 4  # lines read ahead to gather a video's questions: this many chunks' worth
 _MODEL_ERROR = re.compile(r"ModelLoadError: (.+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,15 @@ class BatchWorker:
 
         return os.getpid(), ray.util.get_node_ip_address()
 
+    def check_options(self, options: BatchOptions) -> str | None:
+        """None when this model takes ``options``, else the one-line reason (e.g. pixel bounds
+        asked of a family without them): found once here, not on every chunk."""
+        try:
+            self.engine.pixel_bounds(options.sampling)
+        except ValueError as error:
+            return first_line(error)
+        return None
+
     def check_video(self, path: str) -> str | None:
         """None when the worker can open the video, else why not."""
         from .video import VideoError, probe
@@ -169,9 +179,11 @@ class RayWorkers:
 
 @contextmanager
 def ray_workers(options: RayOptions, model: str, load_options: LoadOptions,
-                feature_cache: str | None = None) -> Iterator[RayWorkers]:
-    """Connect to (or start) Ray and start the workers, each loading the model once; on leaving
-    (Ctrl-C included) the workers are stopped, and Ray too if this started it."""
+                feature_cache: str | None = None,
+                batch_options: BatchOptions | None = None) -> Iterator[RayWorkers]:
+    """Connect to (or start) Ray and start the workers, each loading the model once (and
+    checking ``batch_options`` against it: InputError if it refuses them); on leaving (Ctrl-C
+    included) the workers are stopped, and Ray too if this started it."""
     check_ray_options(options)
     ray = import_ray()
     if Path(model).exists():  # a local folder: the workers may run elsewhere than here
@@ -180,6 +192,10 @@ def ray_workers(options: RayOptions, model: str, load_options: LoadOptions,
     actors: list[Any] = []
     try:
         actors, labels = _start_workers(ray, options, model, load_options, feature_cache)
+        if batch_options is not None:
+            problem = ray.get(actors[0].check_options.remote(batch_options))
+            if problem is not None:
+                raise InputError(problem)
         yield RayWorkers(ray, actors, labels)
     finally:
         for actor in actors:
@@ -201,9 +217,9 @@ def run_ray_batch(workers: RayWorkers, items: Iterable[BatchItem], options: Batc
         counts: Counter[str] = Counter()
         pending = _counted(_absolute(iter_pending(_counted(items, counts, "read"),
                                                   done or {})), counts, "pending")
-        chunks = _chunks(_checked_first_video(ray, actors[0], pending), ray_options.chunk,
-                         options.reuse)
         output = _Output(writer, summary, on_record, ray_options.ordered)
+        chunks = _chunks(_checked_first_video(ray, actors[0], pending), ray_options.chunk,
+                         options.reuse, output.expect)
         alive = [True] * len(actors)
         load = [0] * len(actors)
         retry: list[_Chunk] = []
@@ -214,8 +230,6 @@ def run_ray_batch(workers: RayWorkers, items: Iterable[BatchItem], options: Batc
             if not candidates:
                 return False
             worker = min(candidates, key=load.__getitem__)
-            if chunk.tries == 0:
-                output.expect(chunk.items)
             chunk.tries += 1
             load[worker] += 1
             in_flight[actors[worker].run.remote(chunk.items, options)] = (worker, chunk)
@@ -232,9 +246,9 @@ def run_ray_batch(workers: RayWorkers, items: Iterable[BatchItem], options: Batc
                 elif not submit(chunk := _Chunk(chunk)):
                     retry.append(chunk)
                     break
-            if not in_flight:
-                for chunk in retry:  # no live worker is left
-                    output.failed(chunk.items, "no Ray worker is left alive")
+            if not in_flight:  # done, or no live worker is left: what remains becomes errors
+                for chunk in [*retry, *(_Chunk(items) for items in chunks)]:
+                    output.failed(chunk.items, "not answered: no Ray worker is left alive")
                 break
             (ref,), _ = ray.wait(list(in_flight), num_returns=1)
             worker, chunk = in_flight.pop(ref)
@@ -244,7 +258,9 @@ def run_ray_batch(workers: RayWorkers, items: Iterable[BatchItem], options: Batc
             except ray.exceptions.RayError as error:
                 if isinstance(error, ray.exceptions.ActorDiedError):
                     alive[worker] = False  # restarts used up, or its node is gone
-                if chunk.tries <= ray_options.retries and any(alive):
+                if isinstance(error, ray.exceptions.RayTaskError):  # our code failed: no retry
+                    output.failed(chunk.items, _cause(error))
+                elif chunk.tries <= ray_options.retries and any(alive):
                     retry.append(chunk)
                 else:
                     output.failed(chunk.items, f"failed on every try of a Ray worker "
@@ -342,10 +358,14 @@ def _wait_for_resources(ray: Any, cpus: float, gpus: float, patience_s: float = 
 
 
 def _cause(error: BaseException) -> str:
-    """The useful line of a Ray error: the model-load message, or the first line."""
-    text = str(error)
+    """The useful line of a Ray error: the exception raised on the worker (a task's, or the
+    model load's), without Ray's colour codes and task header."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        return _ANSI.sub("", f"{type(cause).__name__}: {first_line(cause)}")
+    text = _ANSI.sub("", str(error))
     found = _MODEL_ERROR.search(text)
-    return found.group(1).strip() if found else first_line(error)
+    return found.group(1).strip() if found else _ANSI.sub("", first_line(error))
 
 
 def _checked_first_video(ray: Any, actor: Any, items: Iterator[BatchItem]
@@ -356,7 +376,10 @@ def _checked_first_video(ray: Any, actor: Any, items: Iterator[BatchItem]
     for item in items:
         if not checked and item.error is None and os.path.isfile(item.video):
             checked = True
-            problem = ray.get(actor.check_video.remote(item.video))
+            try:
+                problem = ray.get(actor.check_video.remote(item.video))
+            except ray.exceptions.RayError:  # the worker is gone: its items will say so
+                problem = None
             if problem is not None:
                 raise InputError(f"--ray: a worker cannot read {item.video} ({problem}); the "
                                  "videos must be on storage every node sees, at the same path")
@@ -379,16 +402,20 @@ def _counted(items: Iterable[BatchItem], counts: Counter[str], name: str
         yield item
 
 
-def _chunks(items: Iterator[BatchItem], size: int, reuse: bool) -> Iterator[list[BatchItem]]:
+def _chunks(items: Iterator[BatchItem], size: int, reuse: bool,
+            on_window: Callable[[list[BatchItem]], None]) -> Iterator[list[BatchItem]]:
     """Tasks of about ``size`` items: with reuse, the questions about one video within a window
-    of ``WINDOW_CHUNKS * size`` lines stay in one task."""
+    of ``WINDOW_CHUNKS * size`` lines stay in one task. ``on_window`` hears each window's items
+    before its first task is handed out (what ``--ordered`` waits for)."""
     window: list[BatchItem] = []
     for item in items:
         window.append(item)
         if len(window) >= WINDOW_CHUNKS * size:
+            on_window(window)
             yield from _pack(window, size, reuse)
             window = []
     if window:
+        on_window(window)
         yield from _pack(window, size, reuse)
 
 
