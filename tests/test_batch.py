@@ -410,10 +410,10 @@ def test_model_runs_on_the_main_thread_and_decoding_ahead_is_bounded(tmp_path, w
             events.append(("encode", prepared.request.id, threading.current_thread() is main))
         return real_encode(prepared)
 
-    def generate(compressed, options):
+    def generate(compressed, options, **kwargs):
         with lock:
             events.append(("generate", "", threading.current_thread() is main))
-        return real_generate(compressed, options)
+        return real_generate(compressed, options, **kwargs)
 
     monkeypatch.setattr(qwen_engine, "prepare", prepare)
     monkeypatch.setattr(qwen_engine, "encode_prepared", encode_prepared)

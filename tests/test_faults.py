@@ -101,7 +101,7 @@ def generate_calls(monkeypatch) -> list[object]:
 # --- CUDA out of memory ---------------------------------------------------------------------
 
 def test_ask_out_of_memory_exits_1_with_one_hint_line(tiny_checkpoints, monkeypatch):
-    def generate(self, items, options):
+    def generate(self, items, options, **kwargs):
         raise out_of_memory()
 
     monkeypatch.setattr(engine_module.Engine, "generate", generate)
@@ -131,14 +131,14 @@ def test_batch_out_of_memory_retries_each_item_alone(tmp_path, qwen, monkeypatch
     class Activation:  # stands for the tensors the failed forward pass held
         pass
 
-    def generate(self, items, options):
+    def generate(self, items, options, **kwargs):
         generate_calls.append(len(items))
         if len(items) > 1:
             activation = Activation()
             activations.append(weakref.ref(activation))
             raise out_of_memory()
         freed_at_retry.append(all(ref() is None for ref in activations))
-        return real_generate(self, items, options)
+        return real_generate(self, items, options, **kwargs)
 
     monkeypatch.setattr(engine_module.Engine, "generate", generate)
     result, written = batch_in_order(tmp_path, rows, qwen, batch_size=2)
@@ -153,7 +153,7 @@ def test_batch_out_of_memory_retries_each_item_alone(tmp_path, qwen, monkeypatch
 
 def test_batch_out_of_memory_every_time_records_each_item_and_goes_on(
         tmp_path, qwen, monkeypatch, generate_calls):
-    def generate(self, items, options):
+    def generate(self, items, options, **kwargs):
         generate_calls.append(len(items))
         raise out_of_memory()
 
@@ -186,9 +186,9 @@ def test_batch_out_of_memory_in_the_vision_encoder_retries_after_the_queue(
 
     real_generate = engine_module.Engine.generate
 
-    def generate(self, items, options):
+    def generate(self, items, options, **kwargs):
         generate_calls.append(len(items))
-        return real_generate(self, items, options)
+        return real_generate(self, items, options, **kwargs)
 
     monkeypatch.setattr(QwenVLAdapter, "encode", encode)
     monkeypatch.setattr(engine_module.Engine, "generate", generate)
