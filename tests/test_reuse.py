@@ -608,3 +608,19 @@ def test_a_missing_video_with_a_cache_gets_the_decoders_message(tiny_checkpoints
     with pytest.raises(VideoError, match="no such file"):
         engine.ask(Request(str(tmp_path / "gone.mp4"), "Q?"), SAMPLING, COMPRESSION,
                    GENERATION)
+
+
+def test_a_question_holding_a_special_token_is_refused_in_both_paths(tiny_checkpoints):
+    """Read as the token, not as text, it would break the prompt (the processor's layout or
+    the reused prefix): one InputError naming it, whether asked alone or with others."""
+    from vidcom2_cli.engine import InputError
+
+    engine = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"))
+    bad = "Is <|video_pad|> a token? What colour is the car?"
+    with pytest.raises(InputError, match="video_pad"):
+        engine.ask(Request(SCENE, bad), SAMPLING, COMPRESSION, GENERATION)
+    with pytest.raises(InputError, match="video_pad"):
+        list(engine.ask_many(SCENE, [QUESTIONS[0], bad], SAMPLING, COMPRESSION, GENERATION))
+    result = runner.invoke(app, ["ask", SCENE, bad, "-m", str(tiny_checkpoints("qwen2_vl")),
+                                 *FAST])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .models.base import (
     GenerationResult,
     PrefixCache,
     PreparedItem,
+    QuestionError,
 )
 from .models.sizing import PixelBounds
 from .timing import PeakMemory, StageTimer, peak_memory, reset_peak_memory
@@ -246,7 +248,7 @@ class Engine:
                                              sampling_key(sampling, self.adapter.frames_multiple))
                 cached = self.feature_cache.load(key)
             if cached is not None:
-                with timer.stage("preprocess"):
+                with timer.stage("preprocess"), _as_input_error(QuestionError):
                     item = self.adapter.with_question(cached.item, request.question)
                 video = SampledVideo(frames=np.zeros((0, 0, 0, 3), dtype=np.uint8),
                                      indices=cached.indices, info=cached.info,
@@ -257,7 +259,7 @@ class Engine:
             video = load_video(Path(request.video), num_frames=sampling.frames, fps=sampling.fps,
                                max_frames=sampling.max_frames,
                                multiple_of=self.adapter.frames_multiple)
-        with timer.stage("preprocess"):
+        with timer.stage("preprocess"), _as_input_error(QuestionError):
             item = self.adapter.preprocess(video.frames, video.metadata(), request.question,
                                            self.pixel_bounds(sampling))
         return PreparedRequest(request, video, item, _stage_times(timer), key=key)
@@ -427,7 +429,7 @@ class Engine:
         for row, request in asked:
             context = contexts[row]
             timer = StageTimer(torch.device("cpu"))
-            with timer.stage("preprocess"):
+            with timer.stage("preprocess"), _as_input_error(QuestionError):
                 item = self.adapter.to_device(self.adapter.with_question(
                     context.encoded.host_item, request.question))
             with timer.stage("compress"):
@@ -545,6 +547,15 @@ def sampling_key(sampling: SamplingOptions, frames_multiple: int) -> str:
     return (f"frames={sampling.frames if sampling.fps is None else None},fps={sampling.fps},"
             f"max_frames={sampling.max_frames},multiple_of={frames_multiple},"
             f"pixels={sampling.min_pixels},{sampling.max_pixels}")
+
+
+@contextmanager
+def _as_input_error(kind: type[Exception]) -> Iterator[None]:
+    """``kind`` raised inside becomes an InputError with the same one-line message."""
+    try:
+        yield
+    except kind as error:
+        raise InputError(str(error)) from None
 
 
 def _stage_times(timer: StageTimer) -> dict[str, float]:

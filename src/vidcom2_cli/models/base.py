@@ -11,6 +11,7 @@ transformers is patched; with an all-True plan the model sees exactly its usual 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import threading
 from abc import ABC, abstractmethod
@@ -25,6 +26,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..compression import KeepPlan
 from ..timing import GenerationTiming, StageTimer, TokenClock
 from .sizing import PixelBounds, resolve_bounds
+
+
+class QuestionError(ValueError):
+    """A question the model cannot be asked as text."""
 
 
 @dataclass
@@ -258,7 +263,23 @@ class VideoAdapter(ABC):
         """Variables for the chat template (Qwen3.5: no thinking before the answer)."""
         return {}
 
+    @functools.cached_property
+    def _special_tokens(self) -> frozenset[str]:
+        """The tokenizer's special tokens, those it declares and those added as special (Qwen's
+        vision placeholders are the latter)."""
+        tokenizer = self.processor.tokenizer
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        return frozenset(tokenizer.all_special_tokens) | frozenset(
+            token.content for token in added.values() if getattr(token, "special", False))
+
     def prompt(self, question: str) -> str:
+        """The chat template around the video and ``question``; QuestionError when the question
+        holds one of the tokenizer's special tokens (it would be read as that token, not as
+        text: a video placeholder in it would break the prompt's layout)."""
+        for token in self._special_tokens:
+            if token in question:
+                raise QuestionError(f"question: holds {token!r}, one of the model's special "
+                                    "tokens")
         messages = [{"role": "user", "content": [{"type": "video"},
                                                  {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True,
