@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -44,12 +44,10 @@ from .engine import (
     PreparedRequest,
     Request,
     SamplingOptions,
-    VideoContext,
     check_options,
     check_sampling,
 )
 from .errors import first_line
-from .models.base import PrefixCache
 from .report import answer_to_json
 from .timing import is_out_of_memory, release_cached_memory, reset_peak_memory
 from .video import VideoError
@@ -64,6 +62,10 @@ PREFETCH_WORKERS = 2
 _STANDALONE_LETTER = re.compile(r"(?<![A-Za-z])[A-Z](?![A-Za-z])")
 # What follows "A" used as the article ("A red ball") or "I" as the pronoun ("I think", "I'm").
 _USED_AS_WORD = re.compile(r"'|\s+[a-z]")
+
+
+Part = TypeVar("Part")
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -644,30 +646,17 @@ def _prefetched(pool: ThreadPoolExecutor, engine: Engine, groups: list[list[Batc
 
 def answer_batch(engine: Engine, batch: list[tuple[BatchItem, EncodedRequest]],
                  options: BatchOptions) -> list[dict[str, Any]]:
-    """One generate call for the batch; when it fails, each item alone before an error.
+    """One generate call for the batch; when it fails, each item alone before an error."""
 
-    After an out-of-memory error the cached CUDA memory is released before going on.
-    """
-    if not batch:
-        return []
-    try:
-        answers = engine.answer([encoded for _, encoded in batch], options.compression,
+    def answer(pairs: list[tuple[BatchItem, EncodedRequest]]) -> list[dict[str, Any]]:
+        answers = engine.answer([encoded for _, encoded in pairs], options.compression,
                                 options.generation)
-    except Exception as error:
-        failure, out_of_memory = _failure(error)
-    else:
         return [result_record(item, answer)
-                for (item, _), answer in zip(batch, answers, strict=True)]
-    # Outside the except block: the traceback, and the activations its frames hold, are gone.
-    if out_of_memory:
-        release_cached_memory()
-    if len(batch) == 1:
-        return [error_record(batch[0][0], failure)]
-    results = []
-    for pair in batch:
-        reset_peak_memory(engine.devices)  # each retried item reports its own peak
-        results += answer_batch(engine, [pair], options)
-    return results
+                for (item, _), answer in zip(pairs, answers, strict=True)]
+
+    return together_or_alone(answer, batch, lambda pair, failure: error_record(pair[0], failure),
+                             # each retried item reports its own peak
+                             before_alone=lambda: reset_peak_memory(engine.devices))
 
 
 def answer_groups(engine: Engine, batch: list[tuple[list[BatchItem], EncodedRequest]],
@@ -679,54 +668,55 @@ def answer_groups(engine: Engine, batch: list[tuple[list[BatchItem], EncodedRequ
     When the prefill fails, each video is tried alone before its questions become errors;
     when a generate call fails, each of its questions is tried alone before becoming an error.
     """
-    if not batch:
+
+    def answer(pairs: list[tuple[list[BatchItem], EncodedRequest]]
+               ) -> list[list[dict[str, Any]]]:
+        contexts = [engine.context(encoded, options.compression) for _, encoded in pairs]
+        prefix = engine.prefill(contexts)
+
+        def ask(chunk: list[tuple[int, BatchItem]]) -> list[dict[str, Any]]:
+            requests = [(row, Request(item.video, item.prompt or "", item.key))
+                        for row, item in chunk]
+            answers = engine.ask_contexts(contexts, prefix, requests, options.generation)
+            return [result_record(item, answer)
+                    for (_, item), answer in zip(chunk, answers, strict=True)]
+
+        asked = [(row, item) for row, (group, _) in enumerate(pairs) for item in group]
+        records = iter([record for start in range(0, len(asked), options.batch_size)
+                        for record in together_or_alone(
+                            ask, asked[start:start + options.batch_size],
+                            lambda pair, failure: error_record(pair[1], failure))])
+        return [[next(records) for _ in group] for group, _ in pairs]
+
+    return together_or_alone(
+        answer, batch, lambda pair, failure: [error_record(item, failure) for item in pair[0]],
+        before_alone=lambda: reset_peak_memory(engine.devices))
+
+
+def together_or_alone(run: Callable[[list[Part]], list[Result]], parts: list[Part],
+                      failed: Callable[[Part, str], Result],
+                      before_alone: Callable[[], None] = lambda: None) -> list[Result]:
+    """``run(parts)``, one result per part; when it fails, each part alone (``before_alone``
+    called first), and a part that fails alone gets ``failed(part, message)``.
+
+    After an out-of-memory error the cached CUDA memory is released, outside the ``except``
+    block, so that the failed call's traceback (and the activations its frames hold) is gone.
+    """
+    if not parts:
         return []
     try:
-        contexts = [engine.context(encoded, options.compression) for _, encoded in batch]
-        prefix = engine.prefill(contexts)
+        return run(parts)
     except Exception as error:
         failure, out_of_memory = _failure(error)
-    else:
-        asked = [(row, item) for row, (group, _) in enumerate(batch) for item in group]
-        records: dict[int, dict[str, Any]] = {}
-        for start in range(0, len(asked), options.batch_size):
-            chunk = asked[start:start + options.batch_size]
-            records.update(_answer_questions(engine, contexts, prefix, chunk, options, start))
-        numbered = iter(range(len(asked)))
-        return [[records[next(numbered)] for _ in group] for group, _ in batch]
-    if out_of_memory:  # outside the except block: the failed call's tensors are gone
-        release_cached_memory()
-    if len(batch) == 1:
-        return [[error_record(item, failure) for item in batch[0][0]]]
-    results = []
-    for pair in batch:
-        reset_peak_memory(engine.devices)
-        results += answer_groups(engine, [pair], options)
-    return results
-
-
-def _answer_questions(engine: Engine, contexts: list[VideoContext], prefix: PrefixCache,
-                      chunk: list[tuple[int, BatchItem]], options: BatchOptions,
-                      first: int) -> dict[int, dict[str, Any]]:
-    """Records of one generate call's questions, keyed by their position in the whole batch
-    (``first`` is the chunk's; each question alone again when the call fails)."""
-    requests = [(row, Request(item.video, item.prompt or "", item.key)) for row, item in chunk]
-    try:
-        answers = engine.ask_contexts(contexts, prefix, requests, options.generation)
-    except Exception as error:
-        failure, out_of_memory = _failure(error)
-    else:
-        return {first + index: result_record(item, answer)
-                for index, ((_, item), answer) in enumerate(zip(chunk, answers, strict=True))}
     if out_of_memory:
         release_cached_memory()
-    if len(chunk) == 1:
-        return {first: error_record(chunk[0][1], failure)}
-    records = {}
-    for index, pair in enumerate(chunk):
-        records.update(_answer_questions(engine, contexts, prefix, [pair], options,
-                                         first + index))
-    return records
+    if len(parts) == 1:
+        return [failed(parts[0], failure)]
+    results = []
+    for part in parts:
+        before_alone()
+        results += together_or_alone(run, [part], failed, before_alone)
+    return results
 
 
 def _failure(error: Exception) -> tuple[str, bool]:
