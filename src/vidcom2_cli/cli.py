@@ -313,7 +313,8 @@ def _run_line(engine: Engine) -> str:
             f"{info['device']} {info['dtype']} {info['attention']}")
 
 
-_STAGE_NAMES = {"video_decode": "decoding the sampled frames", "preprocess": "preprocessing",
+_STAGE_NAMES = {"feature_cache": "reading the feature cache",
+                "video_decode": "decoding the sampled frames", "preprocess": "preprocessing",
                 "vision": "running the vision encoder", "compress": "compressing visual tokens",
                 "prefill": "prefill (reading the prompt)", "decode": "generating the answer"}
 
@@ -523,10 +524,8 @@ def chat(
                                                    compression, generation),
                            json_output, quiet, several=True)
             return
-        with stderr.status(f"decoding {video.name} ...") as status:
-            context, prefix = engine.open(
-                str(video), sampling, compression,
-                on_stage=lambda stage: status.update(f"{stage} {video.name} ..."))
+        with _stage_status(True):
+            context, prefix = engine.open(str(video), sampling, compression)
         stderr.print(chat_ready_line(context, prefix), markup=False, highlight=False)
         _chat_loop(engine, context, prefix, generation)
 

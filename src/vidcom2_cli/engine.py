@@ -456,25 +456,18 @@ class Engine:
                                         stages, memory, reused))
         return answers
 
-    def open(self, video: str, sampling: SamplingOptions, compression: CompressionOptions,
-             on_stage: Callable[[str], None] | None = None
+    def open(self, video: str, sampling: SamplingOptions, compression: CompressionOptions
              ) -> tuple[VideoContext, PrefixCache]:
         """Decode, encode, compress and prefill one video's prompt prefix, once for all the
-        questions to come; ``on_stage`` hears each stage start.
+        questions to come (each stage is announced to ``timing.stage_listener``).
 
         The processor needs a prompt, so it gets ``OPENING_QUESTION``; only the prefix of that
         prompt is kept, which is the same whatever the question.
         """
         check_compression(compression)
         reset_peak_memory(self.devices)
-        announce = on_stage or (lambda stage: None)
-        announce("decoding")
         prepared = self.prepare(Request(video, OPENING_QUESTION), sampling)
-        announce("encoding")
-        encoded = self.encode_prepared(prepared)
-        announce("compressing")
-        context = self.context(encoded, compression)
-        announce("prefilling")
+        context = self.context(self.encode_prepared(prepared), compression)
         return context, self.prefill([context])
 
     def ask_many(self, video: str, questions: list[str], sampling: SamplingOptions,

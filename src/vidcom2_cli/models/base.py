@@ -432,7 +432,7 @@ class VideoAdapter(ABC):
             batch["mm_token_type_ids"] = left_pad([item.mm_token_type_ids for item in items], 0)
         return batch
 
-    @property
+    @functools.cached_property
     def _cache_argument(self) -> str:
         """The keyword ``forward``/``generate`` take a cache by: ``cache`` in recent
         transformers 5.x, ``past_key_values`` before."""
