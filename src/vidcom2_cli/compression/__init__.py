@@ -1,7 +1,17 @@
-"""VidCom2 and baseline visual-token selectors: pure torch, no knowledge of models or files."""
+"""VidCom2 and the field's visual-token compressors: pure torch, no knowledge of models or files."""
 
-from .methods import METHODS, Method, fca_budgets, get_method, select, vidcom2_select
-from .plan import KeepPlan
+from .method import PROFILES, SIGNALS, MethodInput, MethodSpec, Selection, VisionSignals
+from .methods import (
+    METHODS,
+    Method,
+    fca_budgets,
+    get_method,
+    method_options,
+    select,
+    vidcom2_select,
+)
+from .plan import KeepPlan, Merges
 
-__all__ = ["METHODS", "KeepPlan", "Method", "fca_budgets", "get_method", "select",
-           "vidcom2_select"]
+__all__ = ["METHODS", "PROFILES", "SIGNALS", "KeepPlan", "Merges", "Method", "MethodInput",
+           "MethodSpec", "Selection", "VisionSignals", "fca_budgets", "get_method",
+           "method_options", "select", "vidcom2_select"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .vidcom2 import keep_lowest
+from .method import MethodInput, MethodSpec, Selection
+from .vidcom2 import flat_or_given, keep_lowest
 
 
 def random_mask(units: int, tokens_per_unit: int, counts: torch.Tensor, seed: int) -> torch.Tensor:
@@ -27,3 +28,18 @@ def evenly_spaced_mask(tokens_per_unit: int, counts: torch.Tensor) -> torch.Tens
     positions = torch.where(slots < per_unit, positions, positions[:, :1])
     mask = torch.zeros(counts.shape[0], tokens_per_unit, dtype=torch.bool, device=device)
     return mask.scatter_(1, positions, True)
+
+
+def _random(inp: MethodInput) -> Selection:
+    units, tokens, _ = inp.features.shape
+    return Selection(random_mask(units, tokens, flat_or_given(inp), inp.seed))
+
+
+def _uniform(inp: MethodInput) -> Selection:
+    return Selection(evenly_spaced_mask(inp.features.shape[1], flat_or_given(inp)))
+
+
+RANDOM = MethodSpec(name="random", keeps="tokens drawn at random (seeded)",
+                    budget="a flat round(R*N) per unit", run=_random, fca="VidCom2 FCA budgets")
+UNIFORM = MethodSpec(name="uniform", keeps="tokens evenly spaced in raster order",
+                     budget="a flat round(R*N) per unit", run=_uniform, fca="VidCom2 FCA budgets")

@@ -1,102 +1,60 @@
-"""Named compression methods: a token selector paired with a budget allocator.
+"""Named compression methods: each method family's module, with its own or VidCom2's budgets.
 
-``vidcom2`` is VidCom2's scorer with its Frame Compression Adjustment (FCA) budgets. The
-baselines ``random`` and ``uniform`` use a flat budget of round(R * N) per unit; the ``+fca``
-variants give them VidCom2's per-frame budgets instead (the paper's plug-in experiment), and
-``vidcom2+flat`` is the ablation that keeps VidCom2's scorer with flat budgets.
+``vidcom2`` is VidCom2's scorer with its Frame Compression Adjustment (FCA) budgets;
+``vidcom2+flat`` keeps the scorer with a flat round(R*N) per unit (the ablation). Every other
+method runs with its own budget rule, and its ``+fca`` variant (where the method has a per-frame
+budget to replace) spends VidCom2's FCA counts instead: the paper's plug-in experiment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
-from .baselines import evenly_spaced_mask, random_mask
+from .baselines import RANDOM, UNIFORM
 from .checks import check_features, check_ratio
+from .method import PROFILES, MethodInput, MethodSpec, VisionSignals
 from .plan import KeepPlan
-from .vidcom2 import (
-    DEFAULT_TAU,
-    Similarity,
-    fca_counts,
-    keep_lowest,
-    similarity,
-    uniform_counts,
-    vidcom2_scores,
-)
+from .vidcom2 import DEFAULT_TAU, VIDCOM2, fca_counts, similarity
 
-
-class _Lazy:
-    """Computes VidCom2's similarities at most once per selection, only if something needs them."""
-
-    def __init__(self, features: torch.Tensor) -> None:
-        self.features = features
-        self._similarity: Similarity | None = None
-
-    @property
-    def similarity(self) -> Similarity:
-        if self._similarity is None:
-            self._similarity = similarity(self.features)
-        return self._similarity
-
-
-Budget = Callable[[_Lazy, float, float], torch.Tensor]
-Selector = Callable[[_Lazy, torch.Tensor, int], torch.Tensor]
-
-
-def _flat_budget(state: _Lazy, ratio: float, tau: float) -> torch.Tensor:
-    units, tokens, _ = state.features.shape
-    return uniform_counts(units, tokens, ratio, device=state.features.device)
-
-
-def _fca_budget(state: _Lazy, ratio: float, tau: float) -> torch.Tensor:
-    return fca_counts(state.similarity, ratio, tau)
-
-
-def _vidcom2_selector(state: _Lazy, counts: torch.Tensor, seed: int) -> torch.Tensor:
-    return keep_lowest(vidcom2_scores(state.similarity), counts)
-
-
-def _random_selector(state: _Lazy, counts: torch.Tensor, seed: int) -> torch.Tensor:
-    units, tokens, _ = state.features.shape
-    return random_mask(units, tokens, counts, seed)
-
-
-def _uniform_selector(state: _Lazy, counts: torch.Tensor, seed: int) -> torch.Tensor:
-    return evenly_spaced_mask(state.features.shape[1], counts)
-
-
-BUDGETS: dict[str, Budget] = {"fca": _fca_budget, "flat": _flat_budget}
+_SPECS: tuple[MethodSpec, ...] = (VIDCOM2, RANDOM, UNIFORM)
 
 
 @dataclass(frozen=True)
 class Method:
-    """A selector and the budget allocator it runs with."""
+    """A method family and whether it spends VidCom2's FCA budgets."""
 
     name: str
-    selector: str
-    budget: str
-    description: str
+    spec: MethodSpec
+    fca: bool
 
+    @property
+    def signals(self) -> tuple[str, ...]:
+        return self.spec.signals
 
-_SELECTORS: dict[str, tuple[Selector, str, str]] = {
-    # name: (selector, default budget, what it keeps)
-    "vidcom2": (_vidcom2_selector, "fca", "tokens least like their frame and the video"),
-    "random": (_random_selector, "flat", "tokens drawn at random (seeded)"),
-    "uniform": (_uniform_selector, "flat", "tokens evenly spaced in raster order"),
-}
+    @property
+    def budget(self) -> str:
+        if self.fca and self.spec.fca:
+            return self.spec.fca
+        return "VidCom2 FCA budgets" if self.fca else self.spec.budget
 
-_BUDGET_WORDS = {"fca": "VidCom2 FCA budgets", "flat": "a flat round(R*N) per unit"}
+    @property
+    def description(self) -> str:
+        return f"{self.spec.keeps}; {self.budget}"
 
 
 def _build_methods() -> dict[str, Method]:
-    methods = {}
-    for selector, (_, default_budget, keeps) in _SELECTORS.items():
-        for budget in BUDGETS:
-            name = selector if budget == default_budget else f"{selector}+{budget}"
-            description = f"{keeps}, {_BUDGET_WORDS[budget]}"
-            methods[name] = Method(name, selector, budget, description)
+    methods: dict[str, Method] = {}
+    for spec in _SPECS:
+        if spec is VIDCOM2:
+            methods[spec.name] = Method(spec.name, spec, fca=True)
+            methods[f"{spec.name}+flat"] = Method(f"{spec.name}+flat", spec, fca=False)
+            continue
+        methods[spec.name] = Method(spec.name, spec, fca=False)
+        if spec.fca:
+            methods[f"{spec.name}+fca"] = Method(f"{spec.name}+fca", spec, fca=True)
     return methods
 
 
@@ -112,25 +70,48 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown compression method {name!r}; choose one of: {known}") from None
 
 
+def method_options(method: str, profile: str, overrides: Mapping[str, float] | None = None
+                   ) -> dict[str, float]:
+    """A method's hyperparameters for a family profile, with ``overrides`` by name; a name the
+    method does not have is a ValueError that lists the ones it has."""
+    spec = get_method(method).spec
+    options = spec.options_for(profile)
+    for name, value in (overrides or {}).items():
+        if name not in options:
+            known = ", ".join(options) or "none"
+            raise ValueError(f"method {method!r} has no option {name!r} (options: {known})")
+        options[name] = float(value)
+    return options
+
+
 def select(features: torch.Tensor, ratio: float, method: str = "vidcom2", *, seed: int = 0,
-           tau: float = DEFAULT_TAU, grid: tuple[int, int] | None = None) -> KeepPlan:
-    """Choose the visual tokens of one video to keep.
+           tau: float = DEFAULT_TAU, grid: tuple[int, int] | None = None,
+           signals: VisionSignals | None = None, options: Mapping[str, float] | None = None,
+           profile: str = "qwen") -> KeepPlan:
+    """Choose (and, for merging methods, fold) the visual tokens of one video.
 
     ``features``: (T units, N tokens per unit in raster order, D channels), any float dtype and
-    device. ``ratio``: the fraction of tokens to keep, in (0, 1]. Returns a KeepPlan on the
-    features' device.
+    device. ``ratio``: the fraction of tokens to keep, in (0, 1]. ``signals``: the vision-tower
+    signals the method declares (``get_method(name).signals``). ``options``: hyperparameter
+    overrides by name. Returns a KeepPlan on the features' device.
     """
-    spec = get_method(method)
+    spec_method = get_method(method)
     ratio = check_ratio(ratio)
     check_features(features)
+    if profile not in PROFILES:
+        raise ValueError(f"unknown family profile {profile!r}; choose one of: "
+                         f"{', '.join(PROFILES)}")
+    resolved = method_options(method, profile, options)
     units, tokens, _ = features.shape
     if ratio == 1.0:
         mask = torch.ones(units, tokens, dtype=torch.bool, device=features.device)
-        return KeepPlan(mask=mask, method=spec.name, ratio=ratio, grid=grid)
-    state = _Lazy(features)
-    counts = BUDGETS[spec.budget](state, ratio, tau)
-    mask = _SELECTORS[spec.selector][0](state, counts, seed)
-    return KeepPlan(mask=mask, method=spec.name, ratio=ratio, grid=grid)
+        return KeepPlan(mask=mask, method=spec_method.name, ratio=ratio, grid=grid)
+    budgets = fca_counts(similarity(features), ratio, tau) if spec_method.fca else None
+    chosen = spec_method.spec.run(MethodInput(
+        features=features, ratio=ratio, grid=grid, profile=profile, options=resolved,
+        signals=signals or VisionSignals(), budgets=budgets, seed=seed))
+    return KeepPlan(mask=chosen.mask, method=spec_method.name, ratio=ratio, grid=grid,
+                    merges=chosen.merges)
 
 
 def vidcom2_select(features: torch.Tensor, ratio: float) -> list[torch.Tensor]:

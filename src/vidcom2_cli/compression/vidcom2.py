@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .method import MethodInput, MethodSpec, Selection
+
 KERNEL_BANDWIDTHS = (1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
 DEFAULT_TAU = 0.01
 NORM_EPS = 1e-12
@@ -130,3 +132,25 @@ def fca_counts(similarities: Similarity, ratio: float, tau: float = DEFAULT_TAU)
 def vidcom2_scores(similarities: Similarity) -> torch.Tensor:
     """Step 8's score: low = unlike both the video and its own frame = kept first."""
     return similarities.video + similarities.frame
+
+
+def flat_or_given(inp: MethodInput) -> torch.Tensor:
+    """The method input's FCA budgets when it has them, else a flat round(R*N) per unit."""
+    if inp.budgets is not None:
+        return inp.budgets
+    units, tokens, _ = inp.features.shape
+    return uniform_counts(units, tokens, inp.ratio, device=inp.features.device)
+
+
+def _run(inp: MethodInput) -> Selection:
+    scores = vidcom2_scores(similarity(inp.features))
+    return Selection(keep_lowest(scores, flat_or_given(inp)))
+
+
+VIDCOM2 = MethodSpec(
+    name="vidcom2",
+    keeps="tokens least like their frame and the video (multi-scale kernel on features)",
+    budget="a flat round(R*N) per unit",
+    run=_run,
+    fca="VidCom2 FCA budgets: more for frames unlike the video",
+)
