@@ -190,8 +190,9 @@ class VideoAdapter(ABC):
         """Mask over the item's video placeholder tokens (structural ones always kept)."""
 
     @abstractmethod
-    def slice_output(self, output: Any, kept_features: torch.Tensor) -> Any:
-        """The encoder output restricted to the kept video tokens (indices, ascending)."""
+    def map_output(self, output: Any, transform: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        """The encoder output with ``transform`` applied to each of its per-token tensors, each
+        given as (tokens, D) with the video's T*N features first, in feature order."""
 
     @abstractmethod
     def merge_outputs(self, outputs: list[Any]) -> Any:
@@ -371,13 +372,21 @@ class VideoAdapter(ABC):
 
     def compress(self, item: PreparedItem, encoded: EncodedVideo, plan: KeepPlan
                  ) -> CompressedItem:
-        """Apply a plan: one keep-mask slices the sequence, its positions and the features.
+        """Apply a plan: one keep-mask slices the sequence, its positions and the features,
+        after the plan's merges (if any) fold dropped tokens into kept ones in every per-token
+        tensor. A merged token keeps its own place, so its position is its original one.
 
         The masks over the sequence and over the features each become indices once (the kept
         count sizes every tensor after it, so these two ``nonzero`` calls are where the host
         waits for the device), and every slice is an ``index_select``.
         """
         feature_mask = self.feature_keep_mask(plan).to(self.device)
+        kept_features = feature_mask.nonzero().squeeze(1)
+
+        def merge_and_keep(tokens: torch.Tensor) -> torch.Tensor:
+            # with device_map, the tokens may sit on another GPU than self.device
+            return plan.apply(tokens).index_select(0, kept_features.to(tokens.device))
+
         keep = torch.ones(item.length, dtype=torch.bool, device=self.device)
         keep[item.video_token_mask] = feature_mask
         kept = keep.nonzero().squeeze(1)
@@ -386,7 +395,7 @@ class VideoAdapter(ABC):
             input_ids=item.inputs["input_ids"][0].index_select(0, kept),
             mm_token_type_ids=None if types is None else types[0].index_select(0, kept),
             position_ids=self.kept_positions(item.positions, kept),
-            output=self.slice_output(encoded.output, feature_mask.nonzero().squeeze(1)),
+            output=self.map_output(encoded.output, merge_and_keep),
             full_length=item.length,
         )
 

@@ -11,6 +11,7 @@ the compressed sequence gets dense positions.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -61,11 +62,10 @@ class InternVLAdapter(DensePositionsAdapter):
     def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
         return plan.flat_mask()
 
-    def slice_output(self, output: Any, kept_features: torch.Tensor) -> Any:
+    def map_output(self, output: Any, transform: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         # (1, K, D): the model scatters features in order, whatever their shape
-        tokens = output.pooler_output.flatten(0, 1)
         return BaseModelOutputWithPooling(
-            pooler_output=tokens.index_select(0, kept_features.to(tokens.device))[None])
+            pooler_output=transform(output.pooler_output.flatten(0, 1))[None])
 
     def merge_outputs(self, outputs: list[Any]) -> Any:
         return BaseModelOutputWithPooling(pooler_output=torch.cat(

@@ -8,6 +8,7 @@ authors' released code, the compressed sequence gets dense positions 0..L'-1.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,10 +40,8 @@ class LlavaOnevisionAdapter(DensePositionsAdapter):
         newline = torch.ones(1, dtype=torch.bool, device=plan.mask.device)
         return torch.cat([plan.flat_mask(), newline])
 
-    def slice_output(self, output: Any, kept_features: torch.Tensor) -> Any:
-        pooled = output.pooler_output  # with device_map, on the projector's GPU
-        return BaseModelOutputWithPooling(
-            pooler_output=pooled.index_select(1, kept_features.to(pooled.device)))
+    def map_output(self, output: Any, transform: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        return BaseModelOutputWithPooling(pooler_output=transform(output.pooler_output[0])[None])
 
     def merge_outputs(self, outputs: list[Any]) -> Any:
         # forward flattens (videos, tokens) before scattering, so one row of all tokens works

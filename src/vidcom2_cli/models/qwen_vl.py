@@ -10,6 +10,7 @@ Qwen3-VL's deepstack features are sliced with the same mask as the main features
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,14 +97,11 @@ class QwenVLAdapter(VideoAdapter):
     def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
         return plan.flat_mask()
 
-    def slice_output(self, output: Any, kept_features: torch.Tensor) -> Any:
-        def kept(tokens: torch.Tensor) -> torch.Tensor:  # with device_map, on the merger's GPU
-            return tokens.index_select(0, kept_features.to(tokens.device))
-
+    def map_output(self, output: Any, transform: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         deepstack = output.deepstack_features
         return VideoEncoderOutput(
-            pooler_output=(kept(output.pooler_output[0]),),
-            deepstack_features=None if deepstack is None else [(kept(layer[0]),)
+            pooler_output=(transform(output.pooler_output[0]),),
+            deepstack_features=None if deepstack is None else [(transform(layer[0]),)
                                                                for layer in deepstack])
 
     def merge_outputs(self, outputs: list[Any]) -> Any:
