@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..compression import KeepPlan
+from ..compression import KeepPlan, VisionSignals
 from ..timing import GenerationTiming, StageTimer, TokenClock
 from .sizing import PixelBounds, resolve_bounds
+from .vision_signals import SignalLayer, probe
 
 
 class QuestionError(ValueError):
@@ -65,6 +66,7 @@ class EncodedVideo:
     features: torch.Tensor  # (T units, N tokens per unit in raster order, D)
     grid: tuple[int, int]  # (h, w) of the token grid of one unit
     output: Any  # what the model takes as mm_encoder_outputs["video"]
+    signals: VisionSignals | None = None  # read from the tower when a method asked for them
 
 
 @dataclass
@@ -255,9 +257,37 @@ class VideoAdapter(ABC):
 
     # --- shared steps -------------------------------------------------------------------
 
-    def encode(self, item: PreparedItem) -> EncodedVideo:
-        """Run the vision encoder on one item's video."""
-        return self.describe(self.run_encoder(item), item.inputs)
+    def encode(self, item: PreparedItem, signals: frozenset[str] = frozenset()) -> EncodedVideo:
+        """Run the vision encoder on one item's video; with ``signals`` (names of
+        ``compression.SIGNALS``), also read those signals from the tower through a hook that
+        is gone when this returns."""
+        if not signals:
+            return self.describe(self.run_encoder(item), item.inputs)
+        with probe(self.signal_layer(), signals) as recorded:
+            output = self.run_encoder(item)
+        encoded = self.describe(output, item.inputs)
+        pooled = {}
+        for name in signals:
+            values = recorded.stacked(name).to(self.device)
+            scalar = values.dim() == 2
+            grid = self.pool_signals(values.unsqueeze(-1) if scalar else values, item.inputs)
+            if tuple(grid.shape[:2]) != tuple(encoded.features.shape[:2]):
+                raise RuntimeError(f"vision signal {name!r} pooled to {tuple(grid.shape[:2])}, "
+                                   f"features are {tuple(encoded.features.shape[:2])}")
+            pooled[name] = grid.squeeze(-1) if scalar else grid
+        encoded.signals = VisionSignals(**pooled)
+        return encoded
+
+    def signal_layer(self) -> SignalLayer:
+        """The vision attention module whose signals the methods read: the one of the layer
+        the features come from (the last full-attention block on Qwen-style towers)."""
+        raise NotImplementedError(f"{type(self).__name__} reads no vision signals")
+
+    def pool_signals(self, values: torch.Tensor, inputs: dict[str, torch.Tensor]
+                     ) -> torch.Tensor:
+        """Per-patch values (chunks, P, C) onto the feature grid (T, N, C), pooled as the
+        family pools its features."""
+        raise NotImplementedError(f"{type(self).__name__} reads no vision signals")
 
     @property
     def chat_template_options(self) -> dict[str, Any]:

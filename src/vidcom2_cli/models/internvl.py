@@ -19,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..compression import KeepPlan
 from .base import DensePositionsAdapter, EncodedVideo, PreparedItem
+from .vision_signals import SignalLayer, feature_layer, grid_tokens, square_grids
 
 
 class InternVLAdapter(DensePositionsAdapter):
@@ -58,6 +59,18 @@ class InternVLAdapter(DensePositionsAdapter):
             raise RuntimeError(f"expected a square grid of tokens per frame, got "
                                f"{features.shape[1]}")
         return EncodedVideo(features=features, grid=(side, side), output=output)
+
+    def signal_layer(self) -> SignalLayer:
+        config = self.model.config
+        return feature_layer(self.model.model.vision_tower, config.vision_feature_layer,
+                             config.vision_feature_select_strategy)
+
+    def pool_signals(self, values: torch.Tensor, inputs: dict[str, torch.Tensor]
+                     ) -> torch.Tensor:
+        """Averaged over the patches each pixel-shuffled token gathers (2x2 at the usual
+        downsample ratio of 0.5)."""
+        window = round(1 / self.model.config.downsample_ratio)
+        return grid_tokens(torch.nn.functional.avg_pool2d(square_grids(values), window))
 
     def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
         return plan.flat_mask()
