@@ -214,6 +214,12 @@ class VideoAdapter(ABC):
         """Left-padded (P, B, L) positions as ``generate`` wants them for this family."""
 
     @property
+    def compression_profile(self) -> str:
+        """How this family's tokens look to the methods whose official code differs by family
+        (``compression.PROFILES``): Qwen-style merged grids unless a family says otherwise."""
+        return "qwen"
+
+    @property
     def pads_inside_are_neutral(self) -> bool:
         """Whether pad tokens between a cached prefix and a question leave the model's state as
         it was. They do for attention, which masks them out as keys; a layer that keeps a

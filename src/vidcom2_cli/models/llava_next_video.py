@@ -40,6 +40,10 @@ class LlavaNextVideoAdapter(LlavaOnevisionAdapter):
         features = tokens.reshape(-1, side * side, tokens.shape[-1])
         return EncodedVideo(features=features, grid=(side, side), output=output)
 
+    @property
+    def compression_profile(self) -> str:
+        return "llava_video"
+
     def pool_signals(self, values: torch.Tensor, inputs: dict[str, torch.Tensor]
                      ) -> torch.Tensor:
         """Averaged over the pooler's stride x stride windows (the pooler itself may average,

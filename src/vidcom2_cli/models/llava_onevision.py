@@ -46,6 +46,10 @@ class LlavaOnevisionAdapter(DensePositionsAdapter):
         return feature_layer(self.model.model.vision_tower, config.vision_feature_layer,
                              config.vision_feature_select_strategy)
 
+    @property
+    def compression_profile(self) -> str:
+        return "onevision"
+
     def pool_signals(self, values: torch.Tensor, inputs: dict[str, torch.Tensor]
                      ) -> torch.Tensor:
         """Bilinear to ceil(side / 2), as the model's own ``apply_pooling``."""
