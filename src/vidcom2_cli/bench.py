@@ -39,6 +39,7 @@ class BenchRow:
     memory_source: str
     answer: str
     same_answer: bool  # equals the ratio-1.0 answer
+    merged_tokens: int = 0  # dropped tokens whose content a merging method folded into kept ones
     feature_cache: str | None = None  # "hit": the encoder output came from the cache (vision 0)
     run: dict[str, object] = field(default_factory=dict)  # Engine.run_info()
 
@@ -107,6 +108,7 @@ def run_bench(engine: Engine, prepared: PreparedRequest, ratios: list[float], me
                 if measured.generation_ms else 0.0,
                 peak_memory_bytes=measured.memory.bytes, memory_source=measured.memory.source,
                 answer=measured.answer, same_answer=measured.answer == baseline.answer,
+                merged_tokens=measured.merged_tokens,
                 feature_cache=encoded.feature_cache, run=engine.run_info()))
     return rows
 
@@ -123,6 +125,7 @@ class _Measurement:
     visual_full: int
     prompt_length: int
     memory: PeakMemory
+    merged_tokens: int
 
 
 def _measure(engine: Engine, encoded: EncodedRequest, compression: CompressionOptions,
@@ -148,7 +151,8 @@ def _measure(engine: Engine, encoded: EncodedRequest, compression: CompressionOp
         decode_ms_per_token=statistics.median(per_token),
         generation_ms=statistics.median(totals), answer=result.texts[0],
         visual_kept=visual_full - (plan.total_full - plan.total_kept), visual_full=visual_full,
-        prompt_length=item.length, memory=peak_memory(engine.devices))
+        prompt_length=item.length, memory=peak_memory(engine.devices),
+        merged_tokens=plan.total_merged)
 
 
 def _encode(engine: Engine, prepared: PreparedRequest, repeats: int, warmup: int
