@@ -156,6 +156,8 @@ def dynamic_keep(unit: int, dynamic: torch.Tensor, inp: MethodInput, budget: int
     scores = inp.signals.require("received")[unit, dynamic].float()
     order = torch.argsort(-scores, stable=True)
     top = dynamic[order[:dominant]].sort().values
+    if dominant == budget:
+        return unit * tokens + top, None
     rest = dynamic[order[dominant:]].sort().values
     extra, merges = contextual_merge(unit * tokens + rest, inp.features[unit, rest],
                                      budget - dominant)
