@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vidcom2_cli.compression import VisionSignals, fca_budgets, select
 from vidcom2_cli.compression.holitom import Window, cluster_merges, segment
@@ -247,6 +249,27 @@ def test_fca_variant_scales_dynamic_budgets_by_fca_counts():
     assert all(abs(ours - theirs) <= 1 for ours, theirs in zip(plan.counts, budgets.tolist(),
                                                                 strict=True))
     assert len(set(plan.counts)) > 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(st.integers(1, 10), st.integers(1, 30), st.integers(2, 16)),
+       ratio=st.floats(0.01, 0.99), seed=st.integers(0, 2**16),
+       method=st.sampled_from(["holitom", "holitom+fca"]), contextual=st.sampled_from([0, 0.5]))
+def test_plan_invariants(shape, ratio, seed, method, contextual):
+    """Shapes hold for any input; with D = 0 every merged token is a convex combination
+    (weights summing to 1) of tokens that fold into no other token."""
+    units, tokens, _ = shape
+    features = video_with_static_regions(*shape, seed=seed)
+    received = torch.rand(units, tokens, generator=torch.Generator().manual_seed(seed))
+    plan = select(features, ratio, method, signals=VisionSignals(received=received),
+                  options={"D": contextual}, seed=seed)
+    assert plan.mask.shape == (units, tokens)
+    assert 1 <= plan.total_kept <= units * tokens
+    if plan.merges is not None and contextual == 0:
+        merges = plan.merges
+        assert merges.sources.unique().numel() == merges.sources.numel()
+        sums = torch.zeros(units * tokens).index_add_(0, merges.targets, merges.weights)
+        assert bool(((sums[merges.targets] - 1).abs() < 1e-5).all())
 
 
 # --- registry ---------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vidcom2_cli.compression import VisionSignals, fca_budgets, select
 from vidcom2_cli.compression.visionzip import QWEN_SHARE, SIGLIP_SHARE
@@ -162,6 +164,27 @@ def test_kept_tokens_are_within_five_points_of_the_ratio(ratio, shape, profile):
     signals = signals_for(shape[0], shape[1])
     plan = select(torch.randn(*shape), ratio, "visionzip", signals=signals, profile=profile)
     assert abs(plan.kept_ratio - ratio) <= 0.05
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(st.integers(1, 8), st.integers(1, 40), st.integers(1, 16)),
+       ratio=st.floats(0.01, 0.99), seed=st.integers(0, 2**16),
+       profile=st.sampled_from(["onevision", "llava_video", "qwen"]))
+def test_plan_invariants(shape, ratio, seed, profile):
+    """round(R*N) (at least 1) tokens per unit; each token folds into at most one target, and
+    a target holds itself (weight 1) plus its assigned tokens' mean (weights summing to 1)."""
+    units, tokens, _ = shape
+    features = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    plan = select(features, ratio, "visionzip", signals=signals_for(units, tokens, seed=seed),
+                  profile=profile)
+    assert plan.counts == [max(1, round(ratio * tokens))] * units
+    if plan.merges is not None:
+        merges = plan.merges
+        assert merges.sources.unique().numel() == merges.sources.numel()
+        own = merges.targets == merges.sources
+        assert bool((merges.weights[own] == 1).all())
+        sums = torch.zeros(units * tokens).index_add_(0, merges.targets, merges.weights)
+        assert bool(((sums[merges.targets] - 2).abs() < 1e-5).all())
 
 
 # --- registry ---------------------------------------------------------------------------------
