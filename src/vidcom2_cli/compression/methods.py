@@ -15,11 +15,13 @@ import torch
 
 from .baselines import RANDOM, UNIFORM
 from .checks import check_features, check_ratio
+from .dycoke import DYCOKE
+from .fastvid import FASTVID
 from .method import PROFILES, MethodInput, MethodSpec, VisionSignals
 from .plan import KeepPlan
 from .vidcom2 import DEFAULT_TAU, VIDCOM2, fca_counts, similarity
 
-_SPECS: tuple[MethodSpec, ...] = (VIDCOM2, RANDOM, UNIFORM)
+_SPECS: tuple[MethodSpec, ...] = (VIDCOM2, RANDOM, UNIFORM, FASTVID, DYCOKE)
 
 
 @dataclass(frozen=True)
