@@ -189,12 +189,12 @@ def salient_mask(probe: torch.Tensor, salient: list[int]) -> torch.Tensor:
     return mask
 
 
-def dtm_merges(features: torch.Tensor, anchors: torch.Tensor, candidates: torch.Tensor,
+def dtm_merges(unit_tokens: torch.Tensor, anchors: torch.Tensor, candidates: torch.Tensor,
                beta: float) -> Merges:
-    """Each candidate (flat index) to its most cosine-similar anchor (flat index); every anchor
-    with members becomes w anchor + (1-w) mean(members), w = max(beta, 1/(count+1))."""
-    flat = features.reshape(-1, features.shape[-1]).float()
-    cosine = F.normalize(flat[candidates], dim=-1) @ F.normalize(flat[anchors], dim=-1).T
+    """Each candidate (flat index) to its most cosine-similar anchor (flat index) by the
+    L2-normalised (T*N, D) ``unit_tokens``; every anchor with members becomes
+    w anchor + (1-w) mean(members), w = max(beta, 1/(count+1))."""
+    cosine = unit_tokens[candidates] @ unit_tokens[anchors].T
     assigned = cosine.argmax(dim=1)
     counts = torch.bincount(assigned, minlength=anchors.numel()).float()
     keep = torch.clamp(1.0 / (counts + 1.0), min=beta)
@@ -221,6 +221,7 @@ def _run(inp: MethodInput) -> Selection:
     salient = salient_mask(probe, budget.salient)
     mask = salient.clone()
     generator = torch.Generator(device="cpu").manual_seed(inp.seed)
+    unit_tokens = F.normalize(features.reshape(units * tokens, -1).float(), dim=-1)
     flat_index = torch.arange(units * tokens, device=features.device).reshape(units, tokens)
     merges = []
     for segment in segments:
@@ -235,7 +236,7 @@ def _run(inp: MethodInput) -> Selection:
             anchors = flat_index[t, local]
             candidates = pool if inp.profile == "onevision" else pool[~torch.isin(pool, anchors)]
             if candidates.numel():
-                merges.append(dtm_merges(features, anchors, candidates, o.beta))
+                merges.append(dtm_merges(unit_tokens, anchors, candidates, o.beta))
     return Selection(mask, Merges.concat(merges))
 
 
