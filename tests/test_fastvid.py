@@ -96,7 +96,7 @@ def ref_budgets(segments, sims, units, tokens, ratio, profile, o):
             context[t] = ctx // len(anchors) + (1 if late else 0)
     for t in range(units):
         if profile == "qwen":
-            context[t] = min(context[t], tokens // 2)
+            context[t] = min(context[t], max(1, tokens // 2))
             salient[t] = min(salient[t], tokens - context[t])
         salient[t] = min(salient[t], tokens)
         context[t] = min(context[t], tokens - salient[t])

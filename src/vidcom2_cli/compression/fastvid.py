@@ -14,8 +14,9 @@ Follows the official code (docs/METHODS.md section 1):
      the segment's frames (remainder to the earliest), context split evenly over the anchor
      frames (remainder to the later ones). ``qwen`` first sub-cuts a multi-frame segment where
      s_i < ignore: only the last frame of each sub-run gets budget (salient split over the
-     sub-runs, anchors every p-th sub-run from the end) and caps a frame's context at N/2 and
-     its salient count at N - context (budget above a cap is lost).
+     sub-runs, anchors every p-th sub-run from the end) and caps a frame's context at N/2 (at
+     least 1, so a one-token frame still holds its anchor) and its salient count at
+     N - context (budget above a cap is lost).
    Every profile also caps salient at N and context at the frame's non-salient count.
 3. ATS: the top-S tokens of each frame by the ``probe`` signal are kept as they are.
 4. Context anchors: the top tokens by DPC-kNN rho*delta (``density.dpc_scores``) among the
@@ -160,7 +161,7 @@ def straightforward_budget(segments: list[range], retain: list[int], similaritie
             context[t] = share
     for t in range(len(retain)):
         if qwen:
-            context[t] = min(context[t], tokens // 2)
+            context[t] = min(context[t], max(1, tokens // 2))
             salient[t] = min(salient[t], tokens - context[t])
         salient[t] = min(salient[t], tokens)
         context[t] = min(context[t], tokens - salient[t])
