@@ -206,19 +206,24 @@ def dtm_merges(unit_tokens: torch.Tensor, anchors: torch.Tensor, candidates: tor
                   torch.cat([keep[has], member_weight[assigned]]))
 
 
+def _budget(inp: MethodInput, o: _Options, segments: list[range], similarities: torch.Tensor
+            ) -> _Budget:
+    tokens = inp.features.shape[1]
+    retain = per_frame_retain(inp)
+    if inp.profile == "onevision":
+        return parallel_budget(segments, retain, o, tokens)
+    return straightforward_budget(segments, retain, similarities, o, tokens,
+                                  qwen=inp.profile == "qwen")
+
+
 def _run(inp: MethodInput) -> Selection:
     o = _Options.of(inp)
     features = inp.features
     units, tokens, _ = features.shape
-    probe = inp.signals.require("probe")
+    probe = inp.signals.require("probe").to(features.device)
     similarities = frame_similarities(features)
     segments = runs(0, units - 1, segment_cuts(similarities, o.segments, o.tau))
-    retain = per_frame_retain(inp)
-    if inp.profile == "onevision":
-        budget = parallel_budget(segments, retain, o, tokens)
-    else:
-        budget = straightforward_budget(segments, retain, similarities, o, tokens,
-                                        qwen=inp.profile == "qwen")
+    budget = _budget(inp, o, segments, similarities)
     salient = salient_mask(probe, budget.salient)
     mask = salient.clone()
     generator = torch.Generator(device="cpu").manual_seed(inp.seed)
@@ -227,9 +232,7 @@ def _run(inp: MethodInput) -> Selection:
     merges = []
     for segment in segments:
         pool = flat_index[segment.start:segment.stop][~salient[segment.start:segment.stop]]
-        for t in segment:
-            if budget.context[t] == 0:
-                continue
+        for t in (t for t in segment if budget.context[t]):
             own = torch.nonzero(~salient[t]).flatten()
             scores = dpc_scores(features[t, own], o.neighbours, generator)
             local = own[top_by_score(scores, budget.context[t])]
