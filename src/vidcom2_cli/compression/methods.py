@@ -15,13 +15,15 @@ import torch
 
 from .baselines import RANDOM, UNIFORM
 from .checks import check_features, check_ratio
+from .dycoke import DYCOKE
+from .fastvid import FASTVID
 from .holitom import HOLITOM
 from .method import PROFILES, MethodInput, MethodSpec, VisionSignals
 from .plan import KeepPlan
 from .vidcom2 import DEFAULT_TAU, VIDCOM2, fca_counts, similarity
 from .visionzip import VISIONZIP
 
-_SPECS: tuple[MethodSpec, ...] = (VIDCOM2, RANDOM, UNIFORM, HOLITOM, VISIONZIP)
+_SPECS: tuple[MethodSpec, ...] = (VIDCOM2, FASTVID, HOLITOM, VISIONZIP, DYCOKE, RANDOM, UNIFORM)
 
 
 @dataclass(frozen=True)
