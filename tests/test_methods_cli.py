@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_adapters import FAMILIES
 from typer.testing import CliRunner
 
 from vidcom2_cli.cli import app
@@ -56,3 +57,50 @@ def test_an_option_the_method_lacks_is_one_line_naming_the_known_ones(tiny_check
     assert result.exit_code == 2
     line = one_line(result)
     assert "--method-option" in line and "nosuch" in line
+
+
+FIELD = "vidcom2,fastvid,holitom,visionzip,dycoke,fastvid+fca,holitom+fca,visionzip+fca,dycoke+fca"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bench_runs_every_method_on_every_family(tiny_checkpoints, family):
+    """One encoding (with every signal) serves every method; each sends fewer tokens than the
+    full row, and the merging methods say how many tokens they folded."""
+    result = invoke("bench", CLIP, "--model", tiny_checkpoints(family), "--frames", "4",
+                    "--ratios", "1.0,0.3", "--methods", FIELD, "--repeats", "1", "--warmup", "0",
+                    "--max-new-tokens", "2", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert {row["method"] for row in rows} == set(FIELD.split(","))
+    full = rows[0]
+    for row in rows:
+        assert row["vision_ms"] == full["vision_ms"]  # one encoder run for every method
+        if row["ratio"] == 0.3:
+            assert row["visual_kept"] < full["visual_full"], row["method"]
+        else:
+            assert row["visual_kept"] == full["visual_full"] and row["merged_tokens"] == 0
+    merged = {row["method"]: row["merged_tokens"] for row in rows if row["ratio"] == 0.3}
+    assert merged["vidcom2"] == merged["dycoke"] == 0  # they only drop
+    assert merged["visionzip"] > 0
+
+
+def test_method_options_reach_the_method(tiny_checkpoints):
+    """--method-option changes what HoliTom keeps (a lower static threshold merges more)."""
+    def kept(*extra: str) -> int:
+        result = invoke("ask", CLIP, "What happens?", "--model", tiny_checkpoints("qwen2_vl"),
+                        "--frames", "8", "--max-new-tokens", "2", "--device", "cpu",
+                        "--method", "holitom", "--ratio", "0.3", "--json", *extra)
+        assert result.exit_code == 0, result.stderr
+        payload = json.loads(result.stdout)
+        return payload["tokens"]["per_frame_kept"], payload["merged_tokens"]
+
+    assert kept() != kept("--method-option", "tau=-1")
+
+
+def test_an_option_out_of_its_range_is_one_line_naming_it(tiny_checkpoints):
+    result = invoke("ask", CLIP, "Q?", "--model", tiny_checkpoints("llava_onevision"),
+                    "--frames", "4", "--max-new-tokens", "2", "--device", "cpu",
+                    "--method", "visionzip", "--method-option", "dominant_share=2")
+    assert result.exit_code == 2
+    line = one_line(result)
+    assert "--method-option" in line and "dominant_share" in line and "[0, 1]" in line

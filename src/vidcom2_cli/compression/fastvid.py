@@ -267,6 +267,9 @@ FASTVID = MethodSpec(
         "beta": "minimum weight an anchor keeps of itself when merging",
         "k": "k-NN size of the DPC density",
     },
+    option_bounds={"c": (1.0, math.inf), "tau": (-1.0, 1.0), "ignore": (-1.0, 1.0),
+                   "d": (0.0, 1.0), "p": (1.0, math.inf), "beta": (0.0, 1.0),
+                   "k": (1.0, math.inf)},
     fca="VidCom2 FCA budgets as each frame's retain r_t (split salient/context as FastVID does; "
         "straightforward profiles pool them per segment)",
     notes="Saliency is the 'probe' signal (frame mean query attention) on every profile: "

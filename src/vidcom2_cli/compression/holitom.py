@@ -40,11 +40,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .density import dpc_scores
 from .method import MethodInput, MethodSpec, Selection
 from .plan import Merges
 from .visionzip import contextual_merge
-
-RHO_NOISE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -98,24 +97,6 @@ def segment(static_pairs: torch.Tensor, max_window: int) -> tuple[list[tuple[int
 def rescaled_ratio(ratio: float, total: int, reduced: int) -> float:
     """Step 3: the ratio to apply to what the segmentation leaves."""
     return min(ratio / ((total - reduced) / total), 1.0)
-
-
-def dpc_scores(tokens: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """DPC-kNN score rho*delta of each row of ``tokens`` (M, D).
-
-    Distances are Euclidean / sqrt(D); rho = exp(-mean squared distance to the k nearest, self
-    included) + seeded noise below 1e-6 (breaks ties); delta = distance to the nearest denser
-    token, the largest distance of all for the densest.
-    """
-    x = tokens.float()
-    distance = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist") / math.sqrt(
-        x.shape[1])
-    nearest = torch.topk(distance, k, dim=1, largest=False).values
-    rho = torch.exp(-nearest.square().mean(dim=1))
-    rho = rho + torch.rand(rho.shape, generator=generator).to(rho.device) * RHO_NOISE
-    denser = rho[None, :] > rho[:, None]
-    delta = torch.where(denser, distance, distance.max()).min(dim=1).values
-    return rho * delta
 
 
 def cluster_merges(positions: torch.Tensor, window: Window, tokens: int, centres: int,
@@ -184,17 +165,8 @@ def _dynamic_budget(inp: MethodInput, unit: int, count: int, rescaled: float) ->
     return min(count, math.ceil(count * rescaled * weight))
 
 
-def _check_options(options: dict[str, float]) -> None:
-    for name in ("tau", "beta", "D"):
-        if not 0.0 <= options[name] <= 1.0:
-            raise ValueError(f"holitom {name} must be in [0, 1], got {options[name]}")
-    if options["K"] < 1 or options["max_window"] < 1:
-        raise ValueError("holitom K and max_window must be at least 1")
-
-
 def _run(inp: MethodInput) -> Selection:
     options = dict(inp.options)
-    _check_options(options)
     features = inp.features
     units, tokens, _ = features.shape
     inp.signals.require("received")
@@ -243,6 +215,8 @@ HOLITOM = MethodSpec(
         "K": "k-NN size of the DPC density, used as min(K, number of centres)",
         "max_window": "longest temporal window of the segmentation, in frames",
     },
+    option_bounds={"tau": (-1.0, 1.0), "beta": (0.0, 1.0), "D": (0.0, 1.0),
+                   "K": (1.0, math.inf), "max_window": (1.0, math.inf)},
     fca="global r' as usual, each frame's dynamic budget scaled by its VidCom2 FCA count / "
         "(R*N)",
     notes="outer-LLM stage only (no inner-LLM merge); tokens are not reordered: a static token "

@@ -85,6 +85,10 @@ def method_options(method: str, profile: str, overrides: Mapping[str, float] | N
             known = ", ".join(options) or "none"
             raise ValueError(f"method {method!r} has no option {name!r} (options: {known})")
         options[name] = float(value)
+    for name, (low, high) in spec.option_bounds.items():
+        if name in options and not low <= options[name] <= high:
+            raise ValueError(f"method {method!r}: {name} must be in [{low:g}, {high:g}], got "
+                             f"{options[name]:g}")
     return options
 
 

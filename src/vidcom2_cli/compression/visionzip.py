@@ -80,8 +80,6 @@ def _run(inp: MethodInput) -> Selection:
     keys = inp.signals.require("keys")
     tokens = inp.features.shape[1]
     share = inp.options["dominant_share"]
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"visionzip dominant_share must be in [0, 1], got {share}")
     splits = [split_budget(int(s), share) for s in flat_or_given(inp).tolist()]
     dominant = torch.tensor([d for d, _ in splits], device=received.device)
     mask = keep_lowest(-received, dominant)
@@ -109,6 +107,7 @@ VISIONZIP = MethodSpec(
                                    "(floor); the rest become contextual (merged) tokens. "
                                    "Published 54/64 (SigLIP/CLIP); 65/70 for qwen, from the "
                                    "official Qwen2.5-VL file's 0.65N:0.05N"},
+    option_bounds={"dominant_share": (0.0, 1.0)},
     fca="VidCom2 FCA budgets per unit, split dominant:contextual as usual",
     notes="per frame as the SigLIP/OneVision port; qwen: per-unit rule with the official Qwen "
           "file's 65:5 split (that file handles images only); kept and merged tokens stay at "
