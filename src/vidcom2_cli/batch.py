@@ -103,6 +103,9 @@ class BatchItem:
     options: tuple[str, ...] | None = None
     expected: str | int | None = None
     error: str | None = None
+    # The ratio and method of this item's answer, when not the run's (``BatchOptions``): a
+    # sweep asks one video's questions under several settings, from one encoding (``eval``).
+    compression: CompressionOptions | None = None
 
     @property
     def key(self) -> str:
@@ -507,7 +510,7 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
         encoded = [(group, outcome) for group, outcome in queue
                    if isinstance(outcome, EncodedRequest)]
         if options.reuse:
-            answered = iter(answer_groups(engine, encoded, options))
+            answered = iter(answer_settings(engine, encoded, options))
         else:
             answered = iter([record] for record in answer_batch(
                 engine, [(group[0], outcome) for group, outcome in encoded], options))
@@ -649,10 +652,13 @@ def answer_batch(engine: Engine, batch: list[tuple[BatchItem, EncodedRequest]],
     """One generate call for the batch; when it fails, each item alone before an error."""
 
     def answer(pairs: list[tuple[BatchItem, EncodedRequest]]) -> list[dict[str, Any]]:
-        answers = engine.answer([encoded for _, encoded in pairs], options.compression,
-                                options.generation)
-        return [result_record(item, answer)
-                for (item, _), answer in zip(pairs, answers, strict=True)]
+        records: list[dict[str, Any]] = [{} for _ in pairs]
+        for setting, rows in _by_setting([item for item, _ in pairs], options).items():
+            answers = engine.answer([pairs[row][1] for row in rows], setting,
+                                    options.generation)
+            for row, answer in zip(rows, answers, strict=True):
+                records[row] = result_record(pairs[row][0], answer)
+        return records
 
     return together_or_alone(answer, batch, lambda pair, failure: error_record(pair[0], failure),
                              # each retried item reports its own peak
@@ -671,7 +677,8 @@ def answer_groups(engine: Engine, batch: list[tuple[list[BatchItem], EncodedRequ
 
     def answer(pairs: list[tuple[list[BatchItem], EncodedRequest]]
                ) -> list[list[dict[str, Any]]]:
-        contexts = [engine.context(encoded, options.compression) for _, encoded in pairs]
+        contexts = [engine.context(encoded, group[0].compression or options.compression)
+                    for group, encoded in pairs]
         prefix = engine.prefill(contexts)
 
         def ask(chunk: list[tuple[int, BatchItem]]) -> list[dict[str, Any]]:
@@ -691,6 +698,38 @@ def answer_groups(engine: Engine, batch: list[tuple[list[BatchItem], EncodedRequ
     return together_or_alone(
         answer, batch, lambda pair, failure: [error_record(item, failure) for item in pair[0]],
         before_alone=lambda: reset_peak_memory(engine.devices))
+
+
+def answer_settings(engine: Engine, batch: list[tuple[list[BatchItem], EncodedRequest]],
+                    options: BatchOptions) -> list[list[dict[str, Any]]]:
+    """``answer_groups`` where the items of a group may ask for several compression settings
+    (``BatchItem.compression``): each video is compressed once per setting from its one
+    encoding, ``batch_size`` (video, setting) contexts are prefilled at a time, and each group's
+    records come back in its items' order."""
+    if all(item.compression is None for group, _ in batch for item in group):
+        return answer_groups(engine, batch, options)
+    parts: list[tuple[int, list[int], list[BatchItem], EncodedRequest]] = []
+    for index, (group, encoded) in enumerate(batch):
+        for rows in _by_setting(group, options).values():
+            parts.append((index, rows, [group[row] for row in rows], encoded))
+    results: list[list[dict[str, Any]]] = [[{} for _ in group] for group, _ in batch]
+    for start in range(0, len(parts), options.batch_size):
+        chunk = parts[start:start + options.batch_size]
+        answered = answer_groups(engine, [(items, encoded) for _, _, items, encoded in chunk],
+                                 options)
+        for (index, rows, _, _), records in zip(chunk, answered, strict=True):
+            for row, record in zip(rows, records, strict=True):
+                results[index][row] = record
+    return results
+
+
+def _by_setting(items: list[BatchItem], options: BatchOptions
+                ) -> dict[CompressionOptions, list[int]]:
+    """The positions of the items under each compression setting, in order of first use."""
+    settings: dict[CompressionOptions, list[int]] = {}
+    for row, item in enumerate(items):
+        settings.setdefault(item.compression or options.compression, []).append(row)
+    return settings
 
 
 def together_or_alone(run: Callable[[list[Part]], list[Result]], parts: list[Part],
