@@ -5,6 +5,10 @@ that encode each video once, resume, and the summary."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -394,3 +398,45 @@ def test_summary_scores_percent_of_full_and_mlvu_means_task_types():
     assert overall[0.25]["of_full"] == pytest.approx(75.0)
     assert overall[0.25]["errors"] == 1 and overall[0.25]["questions"] == 4
     assert overall[0.25]["visual_tokens"] == 25 and overall[0.25]["seconds_per_question"] == 1
+
+
+def test_a_sigkilled_eval_resumes_to_every_record_once(tiny_checkpoints, tmp_path):
+    """A real kill part-way (the batch runner's complete lines), then --resume."""
+    root = tmp_path / "LVB"
+    rows = [{"id": f"q{number}", "video_path": f"v{number}.mp4", "question": "What is it?",
+             "candidates": ["A square", "A circle"], "correct_choice": number % 2,
+             "duration_group": 15} for number in range(30)]
+    root.mkdir()
+    (root / "lvb_val.json").write_text(json.dumps(rows))
+    for number in range(30):
+        clip(root / "videos" / f"v{number}.mp4", number % 3)
+    out, log = tmp_path / "out.jsonl", tmp_path / "stderr.txt"
+    args = ["eval", "longvideobench", "--data", str(root), "--out", str(out), "-m",
+            str(tiny_checkpoints("qwen2_vl")), *FAST, "--min-pixels", "1024",
+            "--max-pixels", "4096", "--ratios", "1.0,0.5"]
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from vidcom2_cli.cli import main; main()", *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.exists() and out.read_bytes().count(b"\n") >= 3):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    before = out.read_bytes().count(b"\n")
+    assert 3 <= before < 60, "the run was not cut part-way"
+    result = runner.invoke(app, [*args, "--resume", "--json"])
+    assert result.exit_code == 0, result.output
+    after = records(out.read_text())
+    assert Counter(row["id"] for row in after) == {
+        f"longvideobench/q{number}|vidcom2@{ratio}": 1 for number in range(30)
+        for ratio in ("1", "0.5")}
+    overall = [row for row in json.loads(result.stdout)["rows"] if row["subset"] == "all"]
+    assert [row["questions"] for row in overall] == [30, 30]
