@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -283,11 +284,11 @@ OPTIONS = BatchOptions(SamplingOptions(frames=4), CompressionOptions(),
                        GenerationOptions(max_new_tokens=2))
 
 
-def sweep(engine, questions, chosen, out, done=None):
+def sweep(engine, questions, chosen, out, done=None, options=OPTIONS):
     items, index = sweep_items(questions, chosen)
     with ResultWriter.open(str(out)) as writer:
         sink = ScoringSink(writer, index)
-        run_batch(engine, items, OPTIONS, sink, done)
+        run_batch(engine, items, options, sink, done)
     return records(out.read_text())
 
 
@@ -323,6 +324,20 @@ def test_a_sweep_encodes_each_video_once(engine, datasets, tmp_path, encoder_cal
     kept = {row["setting"]: row["tokens"]["visual_kept"] for row in answered
             if row["question_id"] == "001-1"}
     assert kept["vidcom2@0.25"] < kept["vidcom2@0.5"]
+
+
+def test_a_sweep_without_reuse_gives_the_same_answers(engine, datasets, tmp_path):
+    questions = read_questions(TASKS["mlvu"], None, datasets["mlvu"])
+    chosen = settings([0.5, 0.25], ["vidcom2", "random"])
+
+    def answers(rows):
+        return {row["id"]: (row["answer"], row["tokens"]["visual_kept"], row["method"],
+                            row["ratio"]) for row in rows}
+
+    reused = sweep(engine, questions, chosen, tmp_path / "reuse.jsonl")
+    alone = sweep(engine, questions, chosen, tmp_path / "alone.jsonl",
+                  options=replace(OPTIONS, reuse=False, batch_size=2))
+    assert answers(reused) == answers(alone) and len(reused) == 8
 
 
 def test_ratio_one_is_asked_once():
@@ -440,3 +455,11 @@ def test_a_sigkilled_eval_resumes_to_every_record_once(tiny_checkpoints, tmp_pat
         for ratio in ("1", "0.5")}
     overall = [row for row in json.loads(result.stdout)["rows"] if row["subset"] == "all"]
     assert [row["questions"] for row in overall] == [30, 30]
+
+
+def test_an_unknown_method_is_one_line_naming_methods(datasets, tmp_path):
+    result = runner.invoke(app, ["eval", "mlvu", "--data", str(datasets["mlvu"]), "--out",
+                                 str(tmp_path / "o.jsonl"), "--methods", "vidcom2,nosuch"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --methods:") and "nosuch" in lines[0]

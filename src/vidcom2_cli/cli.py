@@ -833,8 +833,11 @@ def eval_(
         from .evaluation.summary import summarize
         from .evaluation.sweep import ScoringSink, settings, sweep_items
 
-        for name in method_list:
-            check_options(CompressionOptions(method=name), GenerationOptions())
+        for name in method_list:  # any name of the registry; an unknown one lists them
+            try:
+                check_options(CompressionOptions(method=name), GenerationOptions())
+            except InputError as error:
+                raise rename_option(error, {"--method": "--methods"}) from None
         chosen = settings(ratio_list, method_list)
         options = BatchOptions(
             SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
