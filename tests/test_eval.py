@@ -5,6 +5,7 @@ that encode each video once, resume, and the summary."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -463,3 +464,16 @@ def test_an_unknown_method_is_one_line_naming_methods(datasets, tmp_path):
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --methods:") and "nosuch" in lines[0]
+
+
+@pytest.mark.parametrize("argv", [["eval", "--help"], ["eval", "videomme", "--data", ".",
+                                                       "--out", "o.jsonl"]],
+                         ids=["help", "wrong dir"])
+def test_eval_help_and_a_wrong_dir_never_import_torch(argv, tmp_path):
+    code = ("import sys; from vidcom2_cli.cli import main; sys.argv[0] = 'vidcom2'\n"
+            "try:\n    main()\nexcept SystemExit as done:\n    code = done.code\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules), code)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=tmp_path)
+    assert done.stdout.strip().splitlines()[-1] in ("[] 0", "[] 2"), done.stdout + done.stderr
