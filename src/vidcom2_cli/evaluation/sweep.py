@@ -54,7 +54,8 @@ def sweep_items(questions: list[EvalQuestion], chosen: list[Setting], seed: int 
             items.append(BatchItem(
                 line=len(items) + 1, id=key, video=question.video, question=question.prompt,
                 prompt=question.prompt, error=question.error,
-                compression=CompressionOptions(setting.ratio, setting.method, seed)))
+                compression=CompressionOptions(ratio=setting.ratio, method=setting.method,
+                                               seed=seed)))
     return items, index
 
 
