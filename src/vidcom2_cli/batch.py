@@ -497,7 +497,9 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
     one at a time on this thread; every ``batch_size`` encoded groups are answered together
     (see ``answer_groups`` and ``answer_batch``), and their records written as soon as they
     are. Bad input becomes an error record and the run goes on; an error waits for the batch
-    it falls in, so records keep the groups' order.
+    it falls in, so records keep the groups' order. Items may carry their own compression
+    setting (``BatchItem.compression``, a sweep): a group is then encoded once and compressed
+    and prefilled once per setting (``answer_settings``).
     """
     engine.pixel_bounds(options.sampling)  # InputError for every item: refused at once
     todo = pending_items(items, done or {})
@@ -653,7 +655,7 @@ def answer_batch(engine: Engine, batch: list[tuple[BatchItem, EncodedRequest]],
 
     def answer(pairs: list[tuple[BatchItem, EncodedRequest]]) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = [{} for _ in pairs]
-        for setting, rows in _by_setting([item for item, _ in pairs], options).items():
+        for setting, rows in _by_setting([item for item, _ in pairs], options):
             answers = engine.answer([pairs[row][1] for row in rows], setting,
                                     options.generation)
             for row, answer in zip(rows, answers, strict=True):
@@ -710,7 +712,7 @@ def answer_settings(engine: Engine, batch: list[tuple[list[BatchItem], EncodedRe
         return answer_groups(engine, batch, options)
     parts: list[tuple[int, list[int], list[BatchItem], EncodedRequest]] = []
     for index, (group, encoded) in enumerate(batch):
-        for rows in _by_setting(group, options).values():
+        for _, rows in _by_setting(group, options):
             parts.append((index, rows, [group[row] for row in rows], encoded))
     results: list[list[dict[str, Any]]] = [[{} for _ in group] for group, _ in batch]
     for start in range(0, len(parts), options.batch_size):
@@ -724,12 +726,14 @@ def answer_settings(engine: Engine, batch: list[tuple[list[BatchItem], EncodedRe
 
 
 def _by_setting(items: list[BatchItem], options: BatchOptions
-                ) -> dict[CompressionOptions, list[int]]:
-    """The positions of the items under each compression setting, in order of first use."""
-    settings: dict[CompressionOptions, list[int]] = {}
+                ) -> list[tuple[CompressionOptions, list[int]]]:
+    """Each compression setting of the items with their positions, in order of first use
+    (settings compared by value: their repr, as an option may hold an unhashable dict)."""
+    settings: dict[str, tuple[CompressionOptions, list[int]]] = {}
     for row, item in enumerate(items):
-        settings.setdefault(item.compression or options.compression, []).append(row)
-    return settings
+        setting = item.compression or options.compression
+        settings.setdefault(repr(setting), (setting, []))[1].append(row)
+    return list(settings.values())
 
 
 def together_or_alone(run: Callable[[list[Part]], list[Result]], parts: list[Part],
