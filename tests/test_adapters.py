@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidcom2_cli.compression import METHODS, select
+from vidcom2_cli.compression import METHODS, get_method, select
 from vidcom2_cli.engine import (
     CompressionOptions,
     Engine,
@@ -147,9 +147,13 @@ def test_a_batch_gives_each_item_its_single_answer(family_adapter):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_on_every_family(family_adapter, method):
+    """With the vision signals the method reads, from the tower, and the family's profile."""
     _, _, adapter = family_adapter
-    item, encoded = prepared(adapter)
-    plan = select(encoded.features, 0.3, method, grid=encoded.grid)
+    video, metadata = clip(0, 8)
+    item = adapter.prepare(video, metadata, "What happens in this video?")
+    encoded = adapter.encode(item, frozenset(get_method(method).signals))
+    plan = select(encoded.features, 0.3, method, grid=encoded.grid, signals=encoded.signals,
+                  profile=adapter.compression_profile)
     compressed = adapter.compress(item, encoded, plan)
     assert compressed.length == item.length - (plan.total_full - plan.total_kept)
     assert len(adapter.generate([compressed], max_new_tokens=2).texts) == 1

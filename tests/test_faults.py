@@ -177,12 +177,12 @@ def test_batch_out_of_memory_in_the_vision_encoder_retries_after_the_queue(
     real_encode = QwenVLAdapter.encode
     encodes: list[int] = []
 
-    def encode(self, item):
+    def encode(self, item, signals=frozenset()):
         encodes.append(len(encodes))
         if 2 <= len(encodes) < 2 + failures:
             generate_calls.append("encode OOM")
             raise out_of_memory()
-        return real_encode(self, item)
+        return real_encode(self, item, signals)
 
     real_generate = engine_module.Engine.generate
 

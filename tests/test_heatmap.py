@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vidcom2_cli.compression.plan import KeepPlan
+from vidcom2_cli.compression.plan import KeepPlan, Merges
 from vidcom2_cli.heatmap import (
     CAPTION_HEIGHT,
     PADDING,
@@ -82,6 +82,19 @@ def test_only_the_kept_quadrant_stays_bright() -> None:
     assert (pixel(16, 16) == GREY).all()
     for row, col in [(16, 48), (48, 16), (48, 48)]:
         assert (pixel(row, col) == round(GREY * 0.25)).all()
+
+
+def test_merged_cells_are_tinted_blue_and_plainly_dropped_ones_dimmed() -> None:
+    """Top-left kept; top-right folded into it (merged); the bottom row dropped."""
+    mask = torch.tensor([[True, False, False, False]])
+    merges = Merges.from_groups([(0, [0, 1], [0.5, 0.5])])
+    plan = KeepPlan(mask=mask, method="visionzip", ratio=0.25, grid=(2, 2), merges=merges)
+    sheet = np.asarray(contact_sheet(grey_frames(1), plan, tile_width=64)).astype(int)
+    kept, merged = sheet[PADDING + 8, PADDING + 8], sheet[PADDING + 8, PADDING + 56]
+    dropped = sheet[PADDING + 56, PADDING + 56]
+    assert (kept == GREY).all()
+    assert merged[2] > merged[0] and merged[2] > GREY * 0.25  # blue, brighter than dropped
+    assert (dropped == round(GREY * 0.25)).all()
 
 
 def test_kept_region_is_outlined_only_on_coarse_grids() -> None:

@@ -57,9 +57,9 @@ def encoder_calls(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = VideoAdapter.encode
 
-    def encode(self, item):
+    def encode(self, item, signals=frozenset()):
         calls.append(1)
-        return real(self, item)
+        return real(self, item, signals)
 
     monkeypatch.setattr(VideoAdapter, "encode", encode)
     return calls

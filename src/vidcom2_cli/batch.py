@@ -502,6 +502,7 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
     and prefilled once per setting (``answer_settings``).
     """
     engine.pixel_bounds(options.sampling)  # InputError for every item: refused at once
+    engine.accept(options.compression)
     todo = pending_items(items, done or {})
     summary = BatchSummary(total=len(items), skipped=len(items) - len(todo))
     groups = video_groups(todo) if options.reuse else [[item] for item in todo]

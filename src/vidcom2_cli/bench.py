@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+from .compression import get_method
 from .engine import (
     CompressionOptions,
     EncodedRequest,
@@ -38,6 +39,7 @@ class BenchRow:
     memory_source: str
     answer: str
     same_answer: bool  # equals the ratio-1.0 answer
+    merged_tokens: int = 0  # dropped tokens whose content a merging method folded into kept ones
     feature_cache: str | None = None  # "hit": the encoder output came from the cache (vision 0)
     run: dict[str, object] = field(default_factory=dict)  # Engine.run_info()
 
@@ -64,22 +66,35 @@ def check_bench_options(ratios: list[float], methods: list[str],
 
 def run_bench(engine: Engine, prepared: PreparedRequest, ratios: list[float], methods: list[str],
               generation: GenerationOptions, repeats: int = 3, warmup: int = 1,
-              seed: int = 0) -> list[BenchRow]:
-    """Measure each (method, ratio) on one decoded and preprocessed video; ratio 1.0 is always
-    measured first as the baseline."""
+              seed: int = 0, method_options: tuple[tuple[str, float], ...] = ()
+              ) -> list[BenchRow]:
+    """Measure each (method, ratio) on one decoded and preprocessed video, encoded once (with
+    the vision signals every method needs); ratio 1.0 is always measured first as the
+    baseline. ``method_options`` apply to every method that has them."""
     check_bench_options(ratios, methods, generation, repeats, warmup, seed)
+
+    def options_for(method: str, ratio: float) -> CompressionOptions:
+        known = get_method(method).spec.options_for(engine.adapter.compression_profile)
+        return CompressionOptions(ratio, method, seed, tuple(
+            (name, value) for name, value in method_options if name in known))
+
+    profile = engine.adapter.compression_profile
+    for name, _ in method_options:
+        if not any(name in get_method(method).spec.options_for(profile) for method in methods):
+            raise InputError(f"--method-option: none of the methods has an option {name!r}")
+    for method in methods:
+        engine.accept(options_for(method, 0.5))
     encoded, vision_ms = _encode(engine, prepared, repeats, warmup)
     video_decode_ms = encoded.stages_ms["video_decode"]
     preprocess_ms = encoded.stages_ms["preprocess"]
     shared_ms = video_decode_ms + preprocess_ms + vision_ms
-    baseline = _measure(engine, encoded, CompressionOptions(1.0, methods[0], seed), generation,
-                        repeats, warmup)
+    baseline = _measure(engine, encoded, options_for(methods[0], 1.0), generation, repeats,
+                        warmup)
     rows = []
     for method in methods:
         for ratio in ratios:
             measured = baseline if ratio == 1.0 else _measure(
-                engine, encoded, CompressionOptions(ratio, method, seed), generation, repeats,
-                warmup)
+                engine, encoded, options_for(method, ratio), generation, repeats, warmup)
             rows.append(BenchRow(
                 method=method, ratio=ratio, visual_kept=measured.visual_kept,
                 visual_full=measured.visual_full, prompt_length=measured.prompt_length,
@@ -93,6 +108,7 @@ def run_bench(engine: Engine, prepared: PreparedRequest, ratios: list[float], me
                 if measured.generation_ms else 0.0,
                 peak_memory_bytes=measured.memory.bytes, memory_source=measured.memory.source,
                 answer=measured.answer, same_answer=measured.answer == baseline.answer,
+                merged_tokens=measured.merged_tokens,
                 feature_cache=encoded.feature_cache, run=engine.run_info()))
     return rows
 
@@ -109,6 +125,7 @@ class _Measurement:
     visual_full: int
     prompt_length: int
     memory: PeakMemory
+    merged_tokens: int
 
 
 def _measure(engine: Engine, encoded: EncodedRequest, compression: CompressionOptions,
@@ -134,7 +151,8 @@ def _measure(engine: Engine, encoded: EncodedRequest, compression: CompressionOp
         decode_ms_per_token=statistics.median(per_token),
         generation_ms=statistics.median(totals), answer=result.texts[0],
         visual_kept=visual_full - (plan.total_full - plan.total_kept), visual_full=visual_full,
-        prompt_length=item.length, memory=peak_memory(engine.devices))
+        prompt_length=item.length, memory=peak_memory(engine.devices),
+        merged_tokens=plan.total_merged)
 
 
 def _encode(engine: Engine, prepared: PreparedRequest, repeats: int, warmup: int

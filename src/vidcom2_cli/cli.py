@@ -50,6 +50,7 @@ from .cli_support import (
     library_logs,
     looks_like_address,
     output_records,
+    parse_method_options,
     parse_ratios,
     rename_option,
     sigterm_as_interrupt,
@@ -209,8 +210,13 @@ DebugOption = Annotated[bool, typer.Option(help="Show tracebacks and library log
 RatioOption = Annotated[float, typer.Option(envvar="VIDCOM2_RATIO",
                                              help="Fraction of video tokens to keep, in (0, 1].")]
 MethodOption = Annotated[str, typer.Option(envvar="VIDCOM2_METHOD",
-                                           help="Token selector: vidcom2, random, ... (an "
-                                           "unknown name lists them all).")]
+                                           help="Compressor: vidcom2, fastvid, holitom, "
+                                           "visionzip, dycoke, random, uniform, each +fca "
+                                           "(see `vidcom2 methods`).")]
+MethodSettingOption = Annotated[list[str] | None, typer.Option(
+    "--method-option", metavar="NAME=VALUE",
+    help="Set one of the method's hyperparameters (repeatable), e.g. tau=0.8; "
+    "`vidcom2 methods` lists them with their defaults per family.")]
 MaxNewTokensOption = Annotated[int, typer.Option(envvar="VIDCOM2_MAX_NEW_TOKENS",
                                                  help="Longest answer, in tokens.")]
 SampleOption = Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")]
@@ -355,6 +361,7 @@ def ask(
         "video's prompt prefix.")],
     ratio: RatioOption = DEFAULT_RATIO,
     method: MethodOption = DEFAULT_METHOD,
+    method_option: MethodSettingOption = None,
     model: ModelOption = DEFAULT_MODEL,
     frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
@@ -388,7 +395,8 @@ def ask(
         if not all(question.strip() for question in questions):
             raise OptionError("question: a question is empty")
         _heavy()
-        compression = CompressionOptions(ratio=ratio, method=method, seed=seed)
+        compression = CompressionOptions(ratio=ratio, method=method, seed=seed,
+                                         method_options=parse_method_options(method_option))
         generation = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=sample,
                                        temperature=temperature, top_p=top_p, seed=seed)
         sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
@@ -475,6 +483,7 @@ def chat(
     video: Annotated[Path, typer.Argument(help="Video file.")],
     ratio: RatioOption = DEFAULT_RATIO,
     method: MethodOption = DEFAULT_METHOD,
+    method_option: MethodSettingOption = None,
     model: ModelOption = DEFAULT_MODEL,
     frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
@@ -510,7 +519,8 @@ def chat(
         if not interactive and not questions:
             raise OptionError("stdin: no question (give one question per line)")
         _heavy()
-        compression = CompressionOptions(ratio=ratio, method=method, seed=seed)
+        compression = CompressionOptions(ratio=ratio, method=method, seed=seed,
+                                         method_options=parse_method_options(method_option))
         generation = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=sample,
                                        temperature=temperature, top_p=top_p, seed=seed)
         sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
@@ -571,7 +581,10 @@ def bench(
     video: Annotated[Path, typer.Argument(help="Video file.")],
     ratios: Annotated[str, typer.Option(help="Comma-separated keep ratios.")]
     = "1.0,0.5,0.25,0.15,0.1",
-    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "vidcom2,random",
+    methods: Annotated[str, typer.Option(help="Comma-separated methods, e.g. vidcom2,fastvid,"
+                                         "holitom,visionzip,dycoke (see `vidcom2 methods`).")]
+    = "vidcom2,random",
+    method_option: MethodSettingOption = None,
     question: Annotated[str, typer.Option(help="Question asked at every setting.")]
     = "Describe what happens in this video.",
     repeats: Annotated[int, typer.Option(help="Measured runs per setting (median).")] = 3,
@@ -615,10 +628,12 @@ def bench(
         _check_video(video)
         engine = _load_engine(model, device, dtype, attn, device_map, json_output,
                               feature_cache)
+        engine.expect_methods(method_list)  # before prepare: signals are part of a cache key
         prepared = engine.prepare(Request(str(video), question), sampling)
         with stderr.status("benchmarking ...") if not json_output else nullcontext():
             rows = run_bench(engine, prepared, ratio_list, method_list, generation,
-                             repeats=repeats, warmup=warmup, seed=seed)
+                             repeats=repeats, warmup=warmup, seed=seed,
+                             method_options=parse_method_options(method_option))
         if json_output:
             _print_json(bench_rows_to_json(rows))
             return
@@ -644,6 +659,7 @@ def batch(
                                      "(- for stdout).")],
     ratio: RatioOption = DEFAULT_RATIO,
     method: MethodOption = DEFAULT_METHOD,
+    method_option: MethodSettingOption = None,
     model: ModelOption = DEFAULT_MODEL,
     frames: FramesOption = DEFAULT_NUM_FRAMES,
     fps: FpsOption = None,
@@ -694,7 +710,8 @@ def batch(
         options = BatchOptions(
             SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
                             min_pixels=min_pixels, max_pixels=max_pixels),
-            CompressionOptions(ratio=ratio, method=method, seed=seed),
+            CompressionOptions(ratio=ratio, method=method, seed=seed,
+                               method_options=parse_method_options(method_option)),
             GenerationOptions(max_new_tokens=max_new_tokens, seed=seed), batch_size, prefetch,
             reuse)
         check_batch_options(options)
@@ -970,6 +987,49 @@ def models(json_output: Annotated[bool, typer.Option("--json")] = False) -> None
     stdout.print("Random-weight presets (real architecture, no download, meaningless answers; "
                  "for timing): " + ", ".join(f"{name} ({source})"
                                             for name, source in presets.items()))
+
+
+@app.command()
+def methods(json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the compression methods: what each keeps, its budget rule, the vision signals it
+    reads, its hyperparameters (defaults per family profile) and where it departs from its
+    official code."""
+    from .compression import METHODS, PROFILES, SIGNALS
+
+    rows = [{"name": name, "keeps": method.spec.keeps, "budget": method.budget,
+             "signals": list(method.signals),
+             "options": {profile: method.spec.options_for(profile) for profile in PROFILES
+                         if method.spec.defaults},
+             "option_help": dict(method.spec.option_help), "notes": method.spec.notes}
+            for name, method in METHODS.items()]
+    if json_output:
+        _print_json({"methods": rows, "signals": SIGNALS, "profiles": list(PROFILES)})
+        return
+    table = Table(title="Compression methods (--method NAME, --method-option NAME=VALUE)",
+                  title_justify="left", show_lines=True)
+    for column in ("method", "keeps; budget", "vision signals", "options (defaults)", "notes"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(Text(row["name"]), Text(f"{row['keeps']}; {row['budget']}"),
+                      Text(", ".join(row["signals"]) or "none"),
+                      Text(_option_defaults(row["options"])), Text(row["notes"]))
+    stdout.print(table)
+    stdout.print(Text("Signals: " + "; ".join(f"{name}: {text}"
+                                              for name, text in SIGNALS.items())))
+    stdout.print(Text("Profiles: onevision = LLaVA-OneVision, llava_video = LLaVA-NeXT-Video; "
+                      "every other family uses the qwen defaults."))
+
+
+def _option_defaults(options: dict[str, dict[str, float]]) -> str:
+    """Defaults per profile, written once where every profile has the same."""
+    if not options:
+        return "none"
+    def listed(values: dict[str, float]) -> str:
+        return ", ".join(f"{name}={value:g}" for name, value in values.items())
+
+    if len({listed(values) for values in options.values()}) == 1:
+        return listed(next(iter(options.values())))
+    return "\n".join(f"{profile}: {listed(values)}" for profile, values in options.items())
 
 
 @app.command()

@@ -83,6 +83,23 @@ def parse_ratios(text: str) -> list[float]:
     return ratios
 
 
+def parse_method_options(values: list[str] | None) -> tuple[tuple[str, float], ...]:
+    """``--method-option NAME=VALUE`` (repeatable) as (name, number) pairs; OptionError names
+    a malformed one. Whether the method has such an option is checked once the model (and so
+    the family's defaults) is known."""
+    parsed = []
+    for value in values or []:
+        name, equals, number = value.partition("=")
+        try:
+            if not equals or not name.strip():
+                raise ValueError
+            parsed.append((name.strip(), float(number)))
+        except ValueError:
+            raise OptionError(f"--method-option: expected NAME=NUMBER (e.g. tau=0.8), got "
+                              f"{value!r}") from None
+    return tuple(parsed)
+
+
 def check_generation_options(sample: bool, temperature: float | None,
                              top_p: float | None) -> None:
     """--temperature and --top-p are sampling settings: refused without --sample (rather than

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .compression import KeepPlan, get_method, select
+from .compression import KeepPlan, VisionSignals, get_method, method_options, select
 from .compression.checks import check_ratio
 from .feature_cache import CachedEncoding, FeatureCache
 from .models import LoadedModel, LoadOptions, VideoAdapter, load_adapter
@@ -65,6 +65,7 @@ class CompressionOptions:
     ratio: float = 0.25
     method: str = "vidcom2"
     seed: int = 0
+    method_options: tuple[tuple[str, float], ...] = ()  # hyperparameter overrides by name
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ class Answer:
 
 
 OPENING_QUESTION = "Describe this video."
+SIGNAL_PREFIX = "signal."  # feature-cache tensors that hold vision signals, not encoder output
 # The stages every answer reports, in pipeline order; their sum is ``total``.
 STAGES = ("feature_cache", "video_decode", "preprocess", "vision", "compress", "prefill",
           "decode")
@@ -197,6 +199,20 @@ class Engine:
         self.feature_cache = feature_cache
         self.load_seconds = load_seconds
         self._fingerprint: str | None = None
+        # what the vision encoder reads besides the features, for the methods to be run
+        self.vision_signals: frozenset[str] = frozenset()
+
+    def accept(self, compression: CompressionOptions) -> None:
+        """Check compression options against this model (InputError naming the option) and
+        expect the vision signals its method needs."""
+        check_compression(compression, self.adapter.compression_profile)
+        self.expect_methods([compression.method])
+
+    def expect_methods(self, methods: Iterable[str]) -> None:
+        """Make every later encoding carry the vision signals ``methods`` need (on top of the
+        ones already expected). Methods that need none (VidCom2) leave the encoder unhooked."""
+        needed = {signal for method in methods for signal in get_method(method).signals}
+        self.vision_signals = self.vision_signals | needed
 
     @classmethod
     def load(cls, model: str, options: LoadOptions = LoadOptions(),
@@ -244,8 +260,9 @@ class Engine:
         # pipe is not read to its end before decoding.
         if self.feature_cache is not None and Path(request.video).is_file():
             with timer.stage("feature_cache"):
-                key = self.feature_cache.key(Path(request.video), self.fingerprint,
-                                             sampling_key(sampling, self.adapter.frames_multiple))
+                key = self.feature_cache.key(
+                    Path(request.video), self.fingerprint,
+                    sampling_key(sampling, self.adapter.frames_multiple, self.vision_signals))
                 cached = self.feature_cache.load(key)
             if cached is not None:
                 with timer.stage("preprocess"), _as_input_error(QuestionError):
@@ -278,17 +295,23 @@ class Engine:
             item = self.adapter.to_device(prepared.item)
         if prepared.cached is not None:
             with timer.stage("feature_cache"):
-                output = self.adapter.output_from_tensors(
-                    {name: tensor.to(self.device) for name, tensor
-                     in prepared.cached.tensors.items()})
-                encoded = self.adapter.describe(output, item.inputs)
+                tensors = {name: tensor.to(self.device)
+                           for name, tensor in prepared.cached.tensors.items()}
+                signals = {name.removeprefix(SIGNAL_PREFIX): tensors.pop(name)
+                           for name in list(tensors) if name.startswith(SIGNAL_PREFIX)}
+                encoded = self.adapter.describe(self.adapter.output_from_tensors(tensors),
+                                                item.inputs)
+                encoded.signals = VisionSignals(**signals) if signals else None
         else:
             with timer.stage("vision"):
-                encoded = self.adapter.encode(item)
+                encoded = self.adapter.encode(item, self.vision_signals)
             if self.feature_cache is not None and prepared.key is not None:
+                tensors = self.adapter.output_tensors(encoded.output)
+                for name in self.vision_signals:
+                    tensors[SIGNAL_PREFIX + name] = getattr(encoded.signals, name)
                 with timer.stage("feature_cache"):
                     self.feature_cache.store(prepared.key, CachedEncoding(
-                        tensors=self.adapter.output_tensors(encoded.output), item=host_item,
+                        tensors=tensors, item=host_item,
                         indices=list(prepared.video.indices), info=prepared.video.info,
                         padded=prepared.video.padded,
                         substituted=dict(prepared.video.substituted_frames)))
@@ -326,7 +349,9 @@ class Engine:
         timer = StageTimer(self.device)
         with timer.stage("compress"):
             plan = select(encoded.encoded.features, options.ratio, options.method,
-                          seed=options.seed, grid=encoded.encoded.grid)
+                          seed=options.seed, grid=encoded.encoded.grid,
+                          signals=encoded.encoded.signals, options=dict(options.method_options),
+                          profile=self.adapter.compression_profile)
             item = self.adapter.compress(encoded.item, encoded.encoded, plan)
         return plan, item, timer.stages_ms["compress"]
 
@@ -361,7 +386,8 @@ class Engine:
                on_text: Callable[[str], None] | None = None) -> list[Answer]:
         """Compress each encoded request with its own plan and generate for all in one call
         (``on_text``: the answer's text as it is generated, for a batch of one)."""
-        check_options(compression, generation)
+        self.accept(compression)
+        check_generation(generation)
         compressed = [self.compress(request, compression) for request in encoded]
         for request, (_, item, _) in zip(encoded, compressed, strict=True):
             self.check_context(request, item, generation)
@@ -399,7 +425,7 @@ class Engine:
 
     def context(self, encoded: EncodedRequest, compression: CompressionOptions) -> VideoContext:
         """Compress an encoded video once for every question to be asked about it."""
-        check_compression(compression)
+        self.accept(compression)
         plan, item, compress_ms = self.compress(encoded, compression)
         split = self.adapter.prefix_length(encoded.item.inputs["input_ids"][0].tolist())
         kept = split - (plan.total_full - plan.total_kept)  # every video token is in the prefix
@@ -464,7 +490,7 @@ class Engine:
         The processor needs a prompt, so it gets ``OPENING_QUESTION``; only the prefix of that
         prompt is kept, which is the same whatever the question.
         """
-        check_compression(compression)
+        self.accept(compression)
         reset_peak_memory(self.devices)
         prepared = self.prepare(Request(video, OPENING_QUESTION), sampling)
         context = self.context(self.encode_prepared(prepared), compression)
@@ -475,7 +501,8 @@ class Engine:
                  on_text: Callable[[str], None] | None = None) -> Iterator[Answer]:
         """Answer several questions about one video from one decode, one encode, one
         compression and one prefix prefill; yields each answer as soon as it is ready."""
-        check_options(compression, generation)
+        self.accept(compression)
+        check_generation(generation)
         if not questions:
             raise InputError("question: give at least one question")
         for question in questions:
@@ -490,7 +517,8 @@ class Engine:
             compression: CompressionOptions = CompressionOptions(),
             generation: GenerationOptions = GenerationOptions(),
             on_text: Callable[[str], None] | None = None) -> Answer:
-        check_options(compression, generation)
+        self.accept(compression)
+        check_generation(generation)
         reset_peak_memory(self.devices)
         return self.answer([self.encode(request, sampling)], compression, generation,
                            on_text)[0]
@@ -502,7 +530,9 @@ def check_options(compression: CompressionOptions, generation: GenerationOptions
     check_generation(generation)
 
 
-def check_compression(compression: CompressionOptions) -> None:
+def check_compression(compression: CompressionOptions, profile: str | None = None) -> None:
+    """InputError naming the option; with the model's family ``profile``, the method's
+    options are checked too."""
     try:
         check_ratio(compression.ratio)
     except ValueError as error:
@@ -511,6 +541,11 @@ def check_compression(compression: CompressionOptions) -> None:
         get_method(compression.method)
     except ValueError as error:
         raise InputError(f"--method: {error}") from None
+    if profile is not None:
+        try:
+            method_options(compression.method, profile, dict(compression.method_options))
+        except ValueError as error:
+            raise InputError(f"--method-option: {error}") from None
 
 
 def check_generation(generation: GenerationOptions) -> None:
@@ -535,11 +570,14 @@ def check_sampling(sampling: SamplingOptions) -> None:
                          f"{sampling.max_pixels}")
 
 
-def sampling_key(sampling: SamplingOptions, frames_multiple: int) -> str:
-    """The sampling options as part of a feature-cache key."""
-    return (f"frames={sampling.frames if sampling.fps is None else None},fps={sampling.fps},"
-            f"max_frames={sampling.max_frames},multiple_of={frames_multiple},"
-            f"pixels={sampling.min_pixels},{sampling.max_pixels}")
+def sampling_key(sampling: SamplingOptions, frames_multiple: int,
+                 signals: frozenset[str] = frozenset()) -> str:
+    """The sampling options (and the vision signals read with the features) as part of a
+    feature-cache key."""
+    key = (f"frames={sampling.frames if sampling.fps is None else None},fps={sampling.fps},"
+           f"max_frames={sampling.max_frames},multiple_of={frames_multiple},"
+           f"pixels={sampling.min_pixels},{sampling.max_pixels}")
+    return key + (f",signals={','.join(sorted(signals))}" if signals else "")
 
 
 @contextmanager

@@ -31,6 +31,8 @@ MIN_OUTLINED_CELL = 6
 
 _BACKGROUND = (24, 24, 24)
 _CAPTION_COLOUR = (210, 210, 210)
+_MERGED_TINT = (40, 110, 255)  # blended into merged cells
+MERGED_BRIGHTNESS = 0.55
 _FAVOURED_COLOUR = (255, 170, 60)  # caption of a frame whose unit got more than the mean
 _OUTLINE_COLOUR = (255, 255, 255)
 
@@ -91,8 +93,10 @@ def _cell_index(pixels: int, cells: int) -> np.ndarray:
     return np.searchsorted(edges, np.arange(pixels), side="right") - 1
 
 
-def _overlay(tile: np.ndarray, unit_mask: np.ndarray) -> Image.Image:
-    """The tile with dropped cells darkened and the kept region outlined.
+def _overlay(tile: np.ndarray, unit_mask: np.ndarray, unit_merged: np.ndarray | None = None
+             ) -> Image.Image:
+    """The tile with dropped cells darkened, merged cells (dropped, but folded into a kept
+    token) tinted blue, and the kept region outlined.
 
     ``unit_mask`` is the (h, w) keep mask of the tile's unit. The outline is drawn only where a
     kept cell meets a dropped one (not around every cell), so a dense 14x14 grid stays legible,
@@ -104,6 +108,10 @@ def _overlay(tile: np.ndarray, unit_mask: np.ndarray) -> Image.Image:
     col_of = _cell_index(width, cols)
     kept = unit_mask[np.ix_(row_of, col_of)]
     shaded = np.where(kept[..., None], tile, tile * DROPPED_BRIGHTNESS).astype(np.uint8)
+    if unit_merged is not None:
+        merged = unit_merged[np.ix_(row_of, col_of)]
+        tinted = tile * MERGED_BRIGHTNESS + np.asarray(_MERGED_TINT) * (1 - MERGED_BRIGHTNESS)
+        shaded = np.where(merged[..., None], tinted, shaded).astype(np.uint8)
 
     if min(height / rows, width / cols) >= MIN_OUTLINED_CELL:
         # A boundary pixel is the first pixel of a cell whose neighbour before it differs.
@@ -132,7 +140,8 @@ def _check_frames(frames: np.ndarray, plan: KeepPlan, frames_per_unit: int) -> t
 
 def contact_sheet(frames: np.ndarray, plan: KeepPlan, frames_per_unit: int = 1,
                   columns: int | None = None, tile_width: int = 160) -> Image.Image:
-    """A grid of the sampled frames with each one's kept tokens left clear.
+    """A grid of the sampled frames with each one's kept tokens left clear (and, for a
+    merging method, the dropped tokens that folded into a kept one tinted blue).
 
     Frame ``i`` belongs to unit ``i // frames_per_unit`` (the Qwen families merge two frames
     per unit, so both show the same mask). Each tile is captioned "f{i} kept {k}/{N}", in a
@@ -149,6 +158,8 @@ def contact_sheet(frames: np.ndarray, plan: KeepPlan, frames_per_unit: int = 1,
     font = ImageFont.load_default()
 
     masks = plan.mask.reshape(plan.num_units, *grid).cpu().numpy()
+    merged = plan.merged_mask().reshape(plan.num_units, *grid).cpu().numpy() \
+        if plan.merges is not None else None
     counts = plan.counts
     mean_count = sum(counts) / len(counts)
     for index, frame in enumerate(frames):
@@ -157,7 +168,8 @@ def contact_sheet(frames: np.ndarray, plan: KeepPlan, frames_per_unit: int = 1,
         row, column = divmod(index, columns)
         x = PADDING + column * (tile_width + PADDING)
         y = PADDING + row * (tile_height + CAPTION_HEIGHT + PADDING)
-        sheet.paste(_overlay(np.asarray(resized), masks[unit]), (x, y))
+        sheet.paste(_overlay(np.asarray(resized), masks[unit],
+                             None if merged is None else merged[unit]), (x, y))
         colour = _FAVOURED_COLOUR if counts[unit] > mean_count else _CAPTION_COLOUR
         caption = f"f{index} kept {counts[unit]}/{plan.tokens_per_unit}"
         # Centred by its bounding box rather than an anchor: Pillow 10.0's bitmap default

@@ -120,6 +120,7 @@ class BatchWorker:
         asked of a family without them): found once here, not on every chunk."""
         try:
             self.engine.pixel_bounds(options.sampling)
+            self.engine.accept(options.compression)
         except ValueError as error:
             return first_line(error)
         return None

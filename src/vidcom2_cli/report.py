@@ -33,6 +33,7 @@ def answer_to_json(answer: Answer) -> dict[str, Any]:
         "method": answer.method,
         "ratio": answer.ratio,
         "kept_ratio": answer.plan.kept_ratio,
+        "merged_tokens": answer.plan.total_merged,
         "frames": {
             "indices": list(video.indices),
             "count": len(video.indices),
@@ -100,6 +101,9 @@ def heatmap_summary(answer: Answer) -> Group:
         + Text(budget_sparkline(counts, max(counts), width=64), style="cyan"),
         Text(f"largest budgets: {favoured}"),
     ]
+    if plan.merges is not None:
+        lines.append(Text(f"merged: {plan.total_merged} dropped tokens folded into "
+                          f"{plan.total_merge_targets} of the {plan.total_kept} kept ones"))
     if plan.grid is not None:
         lines.append(Text(f"how often each of the {plan.grid[0]}x{plan.grid[1]} positions "
                           "was kept (blank never, █ always):"))

@@ -79,6 +79,7 @@ class MethodSpec:
     signals: tuple[str, ...] = ()
     defaults: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     option_help: Mapping[str, str] = field(default_factory=dict)
+    option_bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # inclusive
     fca: str | None = None  # what the +fca variant does; None when there is none
     notes: str = ""
 

@@ -15,11 +15,15 @@ import torch
 
 from .baselines import RANDOM, UNIFORM
 from .checks import check_features, check_ratio
+from .dycoke import DYCOKE
+from .fastvid import FASTVID
+from .holitom import HOLITOM
 from .method import PROFILES, MethodInput, MethodSpec, VisionSignals
 from .plan import KeepPlan
 from .vidcom2 import DEFAULT_TAU, VIDCOM2, fca_counts, similarity
+from .visionzip import VISIONZIP
 
-_SPECS: tuple[MethodSpec, ...] = (VIDCOM2, RANDOM, UNIFORM)
+_SPECS: tuple[MethodSpec, ...] = (VIDCOM2, FASTVID, HOLITOM, VISIONZIP, DYCOKE, RANDOM, UNIFORM)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,10 @@ def method_options(method: str, profile: str, overrides: Mapping[str, float] | N
             known = ", ".join(options) or "none"
             raise ValueError(f"method {method!r} has no option {name!r} (options: {known})")
         options[name] = float(value)
+    for name, (low, high) in spec.option_bounds.items():
+        if name in options and not low <= options[name] <= high:
+            raise ValueError(f"method {method!r}: {name} must be in [{low:g}, {high:g}], got "
+                             f"{options[name]:g}")
     return options
 
 

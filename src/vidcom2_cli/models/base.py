@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..compression import KeepPlan
+from ..compression import KeepPlan, VisionSignals
 from ..timing import GenerationTiming, StageTimer, TokenClock
 from .sizing import PixelBounds, resolve_bounds
+from .vision_signals import SignalLayer, probe
 
 
 class QuestionError(ValueError):
@@ -65,6 +66,7 @@ class EncodedVideo:
     features: torch.Tensor  # (T units, N tokens per unit in raster order, D)
     grid: tuple[int, int]  # (h, w) of the token grid of one unit
     output: Any  # what the model takes as mm_encoder_outputs["video"]
+    signals: VisionSignals | None = None  # read from the tower when a method asked for them
 
 
 @dataclass
@@ -190,8 +192,9 @@ class VideoAdapter(ABC):
         """Mask over the item's video placeholder tokens (structural ones always kept)."""
 
     @abstractmethod
-    def slice_output(self, output: Any, kept_features: torch.Tensor) -> Any:
-        """The encoder output restricted to the kept video tokens (indices, ascending)."""
+    def map_output(self, output: Any, transform: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        """The encoder output with ``transform`` applied to each of its per-token tensors, each
+        given as (tokens, D) with the video's T*N features first, in feature order."""
 
     @abstractmethod
     def merge_outputs(self, outputs: list[Any]) -> Any:
@@ -209,6 +212,12 @@ class VideoAdapter(ABC):
     def batch_positions(self, positions: torch.Tensor, attention_mask: torch.Tensor
                         ) -> torch.Tensor:
         """Left-padded (P, B, L) positions as ``generate`` wants them for this family."""
+
+    @property
+    def compression_profile(self) -> str:
+        """How this family's tokens look to the methods whose official code differs by family
+        (``compression.PROFILES``): Qwen-style merged grids unless a family says otherwise."""
+        return "qwen"
 
     @property
     def pads_inside_are_neutral(self) -> bool:
@@ -254,9 +263,37 @@ class VideoAdapter(ABC):
 
     # --- shared steps -------------------------------------------------------------------
 
-    def encode(self, item: PreparedItem) -> EncodedVideo:
-        """Run the vision encoder on one item's video."""
-        return self.describe(self.run_encoder(item), item.inputs)
+    def encode(self, item: PreparedItem, signals: frozenset[str] = frozenset()) -> EncodedVideo:
+        """Run the vision encoder on one item's video; with ``signals`` (names of
+        ``compression.SIGNALS``), also read those signals from the tower through a hook that
+        is gone when this returns."""
+        if not signals:
+            return self.describe(self.run_encoder(item), item.inputs)
+        with probe(self.signal_layer(), signals) as recorded:
+            output = self.run_encoder(item)
+        encoded = self.describe(output, item.inputs)
+        pooled = {}
+        for name in signals:
+            values = recorded.stacked(name).to(self.device)
+            scalar = values.dim() == 2
+            grid = self.pool_signals(values.unsqueeze(-1) if scalar else values, item.inputs)
+            if tuple(grid.shape[:2]) != tuple(encoded.features.shape[:2]):
+                raise RuntimeError(f"vision signal {name!r} pooled to {tuple(grid.shape[:2])}, "
+                                   f"features are {tuple(encoded.features.shape[:2])}")
+            pooled[name] = grid.squeeze(-1) if scalar else grid
+        encoded.signals = VisionSignals(**pooled)
+        return encoded
+
+    def signal_layer(self) -> SignalLayer:
+        """The vision attention module whose signals the methods read: the one of the layer
+        the features come from (the last full-attention block on Qwen-style towers)."""
+        raise NotImplementedError(f"{type(self).__name__} reads no vision signals")
+
+    def pool_signals(self, values: torch.Tensor, inputs: dict[str, torch.Tensor]
+                     ) -> torch.Tensor:
+        """Per-patch values (chunks, P, C) onto the feature grid (T, N, C), pooled as the
+        family pools its features."""
+        raise NotImplementedError(f"{type(self).__name__} reads no vision signals")
 
     @property
     def chat_template_options(self) -> dict[str, Any]:
@@ -371,13 +408,21 @@ class VideoAdapter(ABC):
 
     def compress(self, item: PreparedItem, encoded: EncodedVideo, plan: KeepPlan
                  ) -> CompressedItem:
-        """Apply a plan: one keep-mask slices the sequence, its positions and the features.
+        """Apply a plan: one keep-mask slices the sequence, its positions and the features,
+        after the plan's merges (if any) fold dropped tokens into kept ones in every per-token
+        tensor. A merged token keeps its own place, so its position is its original one.
 
         The masks over the sequence and over the features each become indices once (the kept
         count sizes every tensor after it, so these two ``nonzero`` calls are where the host
         waits for the device), and every slice is an ``index_select``.
         """
         feature_mask = self.feature_keep_mask(plan).to(self.device)
+        kept_features = feature_mask.nonzero().squeeze(1)
+
+        def merge_and_keep(tokens: torch.Tensor) -> torch.Tensor:
+            # with device_map, the tokens may sit on another GPU than self.device
+            return plan.apply(tokens).index_select(0, kept_features.to(tokens.device))
+
         keep = torch.ones(item.length, dtype=torch.bool, device=self.device)
         keep[item.video_token_mask] = feature_mask
         kept = keep.nonzero().squeeze(1)
@@ -386,7 +431,7 @@ class VideoAdapter(ABC):
             input_ids=item.inputs["input_ids"][0].index_select(0, kept),
             mm_token_type_ids=None if types is None else types[0].index_select(0, kept),
             position_ids=self.kept_positions(item.positions, kept),
-            output=self.slice_output(encoded.output, feature_mask.nonzero().squeeze(1)),
+            output=self.map_output(encoded.output, merge_and_keep),
             full_length=item.length,
         )
 

@@ -11,6 +11,7 @@ the compressed sequence gets dense positions.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..compression import KeepPlan
 from .base import DensePositionsAdapter, EncodedVideo, PreparedItem
+from .vision_signals import SignalLayer, feature_layer, grid_tokens, square_grids
 
 
 class InternVLAdapter(DensePositionsAdapter):
@@ -58,14 +60,25 @@ class InternVLAdapter(DensePositionsAdapter):
                                f"{features.shape[1]}")
         return EncodedVideo(features=features, grid=(side, side), output=output)
 
+    def signal_layer(self) -> SignalLayer:
+        config = self.model.config
+        return feature_layer(self.model.model.vision_tower, config.vision_feature_layer,
+                             config.vision_feature_select_strategy)
+
+    def pool_signals(self, values: torch.Tensor, inputs: dict[str, torch.Tensor]
+                     ) -> torch.Tensor:
+        """Averaged over the patches each pixel-shuffled token gathers (2x2 at the usual
+        downsample ratio of 0.5)."""
+        window = round(1 / self.model.config.downsample_ratio)
+        return grid_tokens(torch.nn.functional.avg_pool2d(square_grids(values), window))
+
     def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
         return plan.flat_mask()
 
-    def slice_output(self, output: Any, kept_features: torch.Tensor) -> Any:
+    def map_output(self, output: Any, transform: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         # (1, K, D): the model scatters features in order, whatever their shape
-        tokens = output.pooler_output.flatten(0, 1)
         return BaseModelOutputWithPooling(
-            pooler_output=tokens.index_select(0, kept_features.to(tokens.device))[None])
+            pooler_output=transform(output.pooler_output.flatten(0, 1))[None])
 
     def merge_outputs(self, outputs: list[Any]) -> Any:
         return BaseModelOutputWithPooling(pooler_output=torch.cat(

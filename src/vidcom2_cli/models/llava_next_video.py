@@ -16,6 +16,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..compression import KeepPlan
 from .base import EncodedVideo, PreparedItem
 from .llava_onevision import LlavaOnevisionAdapter
+from .vision_signals import grid_tokens, square_grids
 
 
 class LlavaNextVideoAdapter(LlavaOnevisionAdapter):
@@ -38,6 +39,17 @@ class LlavaNextVideoAdapter(LlavaOnevisionAdapter):
                                f"{tokens.shape[0]} tokens")
         features = tokens.reshape(-1, side * side, tokens.shape[-1])
         return EncodedVideo(features=features, grid=(side, side), output=output)
+
+    @property
+    def compression_profile(self) -> str:
+        return "llava_video"
+
+    def pool_signals(self, values: torch.Tensor, inputs: dict[str, torch.Tensor]
+                     ) -> torch.Tensor:
+        """Averaged over the pooler's stride x stride windows (the pooler itself may average,
+        take the maximum or convolve; the signals are averaged in every case)."""
+        stride = self.model.config.spatial_pool_stride
+        return grid_tokens(torch.nn.functional.avg_pool2d(square_grids(values), stride))
 
     def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
         return plan.flat_mask()

@@ -8,6 +8,7 @@ authors' released code, the compressed sequence gets dense positions 0..L'-1.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..compression import KeepPlan
 from .base import DensePositionsAdapter, EncodedVideo, PreparedItem
+from .vision_signals import SignalLayer, feature_layer, grid_tokens, square_grids
 
 
 class LlavaOnevisionAdapter(DensePositionsAdapter):
@@ -39,10 +41,24 @@ class LlavaOnevisionAdapter(DensePositionsAdapter):
         newline = torch.ones(1, dtype=torch.bool, device=plan.mask.device)
         return torch.cat([plan.flat_mask(), newline])
 
-    def slice_output(self, output: Any, kept_features: torch.Tensor) -> Any:
-        pooled = output.pooler_output  # with device_map, on the projector's GPU
-        return BaseModelOutputWithPooling(
-            pooler_output=pooled.index_select(1, kept_features.to(pooled.device)))
+    def signal_layer(self) -> SignalLayer:
+        config = self.model.config
+        return feature_layer(self.model.model.vision_tower, config.vision_feature_layer,
+                             config.vision_feature_select_strategy)
+
+    @property
+    def compression_profile(self) -> str:
+        return "onevision"
+
+    def pool_signals(self, values: torch.Tensor, inputs: dict[str, torch.Tensor]
+                     ) -> torch.Tensor:
+        """Bilinear to ceil(side / 2), as the model's own ``apply_pooling``."""
+        images = square_grids(values)
+        size = [math.ceil(side / 2) for side in images.shape[2:]]
+        return grid_tokens(torch.nn.functional.interpolate(images, size=size, mode="bilinear"))
+
+    def map_output(self, output: Any, transform: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        return BaseModelOutputWithPooling(pooler_output=transform(output.pooler_output[0])[None])
 
     def merge_outputs(self, outputs: list[Any]) -> Any:
         # forward flattens (videos, tokens) before scattering, so one row of all tokens works

@@ -10,16 +10,19 @@ Qwen3-VL's deepstack features are sliced with the same mask as the main features
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import Qwen3VLVideoProcessor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.vision_utils import get_vision_window_index
 
 from ..compression import KeepPlan
 from .base import EncodedVideo, PreparedItem, VideoAdapter
 from .sizing import DEFAULT_PIXEL_BOUNDS, PixelBounds
+from .vision_signals import SignalLayer
 
 
 @dataclass
@@ -93,17 +96,40 @@ class QwenVLAdapter(VideoAdapter):
             pooler_output=(tensors["pooler_output"],),
             deepstack_features=[(tensors[key],) for key in layers] or None)
 
+    def signal_layer(self) -> SignalLayer:
+        """The last block that attends over whole temporal units (Qwen2.5-VL's other blocks
+        attend within windows)."""
+        visual = self.model.model.visual
+        full_attention = getattr(visual, "fullatt_block_indexes", None)
+        return SignalLayer(visual.blocks[full_attention[-1] if full_attention else -1].attn)
+
+    def pool_signals(self, values: torch.Tensor, inputs: dict[str, torch.Tensor]
+                     ) -> torch.Tensor:
+        """Averaged over each merge unit (merge_size**2 consecutive patches), then put back
+        in raster order where the tower ran merge units in window order (Qwen2.5-VL)."""
+        visual = self.model.model.visual
+        unit = int(self.model.config.vision_config.spatial_merge_size) ** 2
+        chunks, patches, channels = values.shape
+        merged = values.reshape(chunks, patches // unit, unit, channels).mean(dim=2)
+        if getattr(visual, "fullatt_block_indexes", None) is None:
+            return merged
+        window_index, _ = get_vision_window_index(
+            inputs["video_grid_thw"], spatial_merge_size=visual.spatial_merge_size,
+            window_size=visual.window_size, patch_size=visual.patch_size)
+        tokens = patches // unit
+        local = window_index.to(merged.device).reshape(chunks, tokens) \
+            - torch.arange(chunks, device=merged.device)[:, None] * tokens
+        return torch.empty_like(merged).scatter_(
+            1, local[..., None].expand(-1, -1, channels), merged)
+
     def feature_keep_mask(self, plan: KeepPlan) -> torch.Tensor:
         return plan.flat_mask()
 
-    def slice_output(self, output: Any, kept_features: torch.Tensor) -> Any:
-        def kept(tokens: torch.Tensor) -> torch.Tensor:  # with device_map, on the merger's GPU
-            return tokens.index_select(0, kept_features.to(tokens.device))
-
+    def map_output(self, output: Any, transform: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         deepstack = output.deepstack_features
         return VideoEncoderOutput(
-            pooler_output=(kept(output.pooler_output[0]),),
-            deepstack_features=None if deepstack is None else [(kept(layer[0]),)
+            pooler_output=(transform(output.pooler_output[0]),),
+            deepstack_features=None if deepstack is None else [(transform(layer[0]),)
                                                                for layer in deepstack])
 
     def merge_outputs(self, outputs: list[Any]) -> Any:

@@ -1,0 +1,98 @@
+"""Every compression method (and its +fca variant) side by side, one run per model.
+
+    python benchmarks/methods.py --models random:llava-onevision-0.5b    # CPU-sized
+    python benchmarks/methods.py --models random:qwen2-vl-2b --max-pixels 200704
+    python benchmarks/methods.py --models random:llava-onevision-7b,random:qwen2.5-vl-7b \
+        --frames 32 --device cuda                     # the papers' sizes, on a GPU
+
+For each model the video is decoded and encoded once, with every vision signal any method
+reads (so the encoder time is shared and not part of a method's cost); then each method runs
+at each ratio: compression ms and its share of end to end (decode + preprocess + vision +
+compression + LLM generation), the visual tokens sent to the language model (kept / full, and
+how many dropped tokens were merged into kept ones), prefill ms and peak memory. Ratio 1.0 is
+the shared baseline. Random-weight presets have the real architectures and sizes: the timings
+and token counts are real, the answers are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+from pathlib import Path
+
+import torch
+from latency import machine
+
+from vidcom2_cli.bench import parse_floats, run_bench
+from vidcom2_cli.compression import METHODS
+from vidcom2_cli.engine import Engine, GenerationOptions, Request, SamplingOptions
+from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.report import megabytes
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_videos" / "scene_cut.mp4"
+DEFAULT_METHODS = [name for name in METHODS if not name.startswith(("random", "uniform"))
+                   and name != "vidcom2+flat"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="random:llava-onevision-0.5b")
+    parser.add_argument("--video", type=Path, default=SAMPLE)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--ratios", default="1.0,0.25,0.15")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    parser.add_argument("--new-tokens", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--max-pixels", type=int, help="Qwen families: frame area cap")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+
+    ratios = parse_floats(args.ratios, "--ratios")
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    generation = GenerationOptions(max_new_tokens=args.new_tokens,
+                                   min_new_tokens=args.new_tokens)
+    lines = ["| model | method | R | visual tokens sent | kept share | merged | compress ms "
+             "| compress share | prefill ms | prefill vs R=1 | end to end ms | peak memory |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    results = []
+    for model in (name.strip() for name in args.models.split(",") if name.strip()):
+        engine = Engine.load(model, LoadOptions(device=args.device, dtype=args.dtype,
+                                                attention="sdpa"))
+        engine.expect_methods(methods)
+        prepared = engine.prepare(Request(str(args.video), "Describe what happens."),
+                                  SamplingOptions(frames=args.frames,
+                                                  max_pixels=args.max_pixels))
+        rows = run_bench(engine, prepared, ratios, methods, generation, repeats=args.repeats,
+                         warmup=args.warmup)
+        full = next(row for row in rows if row.ratio == 1.0)
+        print(f"{model}: {machine(engine.device)}, {engine.loaded.dtype}, {args.frames} frames, "
+              f"vision encoder (with every signal) {full.vision_ms:.0f} ms", flush=True)
+        for row in rows:
+            if row.ratio == 1.0 and row is not full:
+                continue
+            share = 100.0 * row.compress_ms / row.end_to_end_ms
+            lines.append(
+                f"| {model} | {'(full)' if row.ratio == 1.0 else row.method} | {row.ratio:g} "
+                f"| {row.visual_kept}/{row.visual_full} "
+                f"| {100.0 * row.visual_kept / row.visual_full:.1f}% | {row.merged_tokens} "
+                f"| {row.compress_ms:.2f} | {share:.2f}% | {row.prefill_ms:.0f} "
+                f"| {100.0 * (row.prefill_ms / full.prefill_ms - 1.0):+.0f}% "
+                f"| {row.end_to_end_ms:.0f} | {megabytes(row.peak_memory_bytes)} |")
+            print(lines[-1], flush=True)
+        results.append({"model": model, "machine": machine(engine.device),
+                        "rows": [vars(row) for row in rows]})
+        del engine, prepared
+        gc.collect()
+        torch.cuda.empty_cache()
+    print()
+    print("\n".join(lines))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

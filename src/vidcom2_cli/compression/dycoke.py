@@ -1,0 +1,104 @@
+"""DyCoke's temporal token merging (TTM, arXiv 2411.15024), with budgets that reach R.
+
+The official TTM (docs/METHODS.md section 4) works in windows of 4 frames {i..i+3}: frame i is
+kept whole (the pivot), i+1 and i+2 keep their positions least similar (same-position cosine) to
+the original frame i, and i+3 those least similar to the original frame i+2; pruned tokens are
+dropped. Its keep count is floor((1-K) N) per pruned frame with the pivots always whole, so it
+cannot go below about R = 0.25 (and keeps about 49% at K = 0.7).
+
+Here the structure and the criterion stay, and the counts come from R so the tokens sent reach
+it (an equal-token comparison):
+- total budget B = max(1, round(R T N));
+- when the pivots fit (P N <= B): pivots whole, the rest B - P N split evenly over the pruned
+  frames (remainder to the earliest), i.e. K = 1 - keep/N is derived from R, not an option;
+- otherwise pruned frames keep 0 and B is split evenly over the pivots (remainder to the
+  earliest), each keeping its positions least similar to the next frame (the previous frame for
+  a last pivot; a lone frame keeps evenly spaced positions) -- the same temporal-redundancy
+  criterion.
+Fixes of the official quirks: every frame takes part (an odd F's last frame is not dropped, and
+the last window is pruned like the others, so frame i+2 of it is not kept whole); kept tokens
+keep spatial order. Stage 2 (decode-time KV pruning) is not part of a token selection.
+
+``+fca``: frame t keeps FCA's budgets[t] tokens, chosen by the same criterion (pruned frames
+against their reference, pivots against the next frame).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .baselines import evenly_spaced_mask
+from .method import MethodInput, MethodSpec, Selection
+from .vidcom2 import keep_lowest
+
+WINDOW = 4
+
+
+def reference_frame(frame: int) -> int | None:
+    """The frame a unit is pruned against: None for a pivot (first of a window of 4)."""
+    offset = frame % WINDOW
+    if offset == 0:
+        return None
+    return frame - 2 if offset == 2 else frame - 1
+
+
+def redundancy(features: torch.Tensor) -> torch.Tensor:
+    """(T, N) same-position cosine of each token with its frame's reference (pivots: with the
+    next frame, or the previous one for a last pivot); needs T >= 2."""
+    units = features.shape[0]
+    x = features.float()
+    partners = []
+    for t in range(units):
+        reference = reference_frame(t)
+        if reference is None:
+            reference = t + 1 if t + 1 < units else t - 1
+        partners.append(reference)
+    return F.cosine_similarity(x, x[partners], dim=-1)
+
+
+def split_even(total: int, parts: int) -> list[int]:
+    """total // parts each, the remainder one by one to the earliest."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def ttm_counts(units: int, tokens: int, ratio: float) -> torch.Tensor:
+    """Per-frame kept counts reaching round(R T N): pivots whole while they fit."""
+    budget = max(1, round(ratio * units * tokens))
+    pivots = [t for t in range(units) if reference_frame(t) is None]
+    pruned = [t for t in range(units) if reference_frame(t) is not None]
+    counts = torch.zeros(units, dtype=torch.long)
+    if len(pivots) * tokens <= budget and pruned:
+        counts[pivots] = tokens
+        shares = split_even(budget - len(pivots) * tokens, len(pruned))
+        counts[pruned] = torch.tensor(shares).clamp(max=tokens)
+    else:
+        counts[pivots] = torch.tensor(split_even(budget, len(pivots))).clamp(max=tokens)
+    return counts
+
+
+def _run(inp: MethodInput) -> Selection:
+    features = inp.features
+    units, tokens, _ = features.shape
+    counts = inp.budgets if inp.budgets is not None else ttm_counts(units, tokens, inp.ratio)
+    counts = counts.to(features.device)
+    if units == 1:
+        return Selection(evenly_spaced_mask(tokens, counts))
+    return Selection(keep_lowest(redundancy(features), counts))
+
+
+DYCOKE = MethodSpec(
+    name="dycoke",
+    keeps="tokens least like the same position in the window's reference frame (TTM; drops "
+          "only)",
+    budget="round(R*T*N) in all: pivot frames whole while they fit, the rest over the pruned "
+           "frames",
+    run=_run,
+    fca="VidCom2 FCA budgets per frame, chosen by TTM's temporal redundancy",
+    notes="TTM only (no decode-time KV pruning). K is derived from R so that the tokens sent "
+          "reach R: pivots stay whole while round(R*T*N) allows, otherwise pruned frames keep "
+          "none and pivots keep their share of the positions least similar to the next frame. "
+          "Every frame takes part (the official code drops an odd F's last frame and skips the "
+          "last window); kept tokens keep spatial order.",
+)
