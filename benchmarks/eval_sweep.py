@@ -71,9 +71,9 @@ class EncoderCount:
         self.calls = 0
         real = VideoAdapter.encode
 
-        def counted(adapter, item):
+        def counted(adapter, item, *args, **kwargs):
             self.calls += 1
-            return real(adapter, item)
+            return real(adapter, item, *args, **kwargs)
 
         VideoAdapter.encode = counted  # type: ignore[method-assign]
 

@@ -23,7 +23,13 @@ from typer.testing import CliRunner
 
 from vidcom2_cli.batch import BatchOptions, ResultWriter, existing_ids, run_batch
 from vidcom2_cli.cli import app
-from vidcom2_cli.engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
+from vidcom2_cli.engine import (
+    CompressionOptions,
+    Engine,
+    GenerationOptions,
+    InputError,
+    SamplingOptions,
+)
 from vidcom2_cli.evaluation import (
     TASKS,
     DatasetError,
@@ -37,7 +43,13 @@ from vidcom2_cli.evaluation import (
 from vidcom2_cli.evaluation import longvideobench as lvb
 from vidcom2_cli.evaluation.common import lvb_letter, mcq_letter, mvbench_normal_form
 from vidcom2_cli.evaluation.summary import summarize
-from vidcom2_cli.evaluation.sweep import ScoringSink, Setting, settings, sweep_items
+from vidcom2_cli.evaluation.sweep import (
+    ScoringSink,
+    Setting,
+    settings,
+    sweep_items,
+    with_method_options,
+)
 from vidcom2_cli.models import LoadOptions
 from vidcom2_cli.models.base import VideoAdapter
 
@@ -298,9 +310,9 @@ def encoder_calls(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = VideoAdapter.encode
 
-    def counted(self, item):
+    def counted(self, item, *args, **kwargs):
         calls.append(1)
-        return real(self, item)
+        return real(self, item, *args, **kwargs)
 
     monkeypatch.setattr(VideoAdapter, "encode", counted)
     return calls
@@ -477,3 +489,22 @@ def test_eval_help_and_a_wrong_dir_never_import_torch(argv, tmp_path):
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
                           timeout=120, env=env, cwd=tmp_path)
     assert done.stdout.strip().splitlines()[-1] in ("[] 0", "[] 2"), done.stdout + done.stderr
+
+
+def test_a_sweep_over_methods_that_read_vision_signals_still_encodes_once(
+        engine, datasets, tmp_path, encoder_calls):
+    """FastVID and VisionZip read signals from the tower: the run expects every setting's
+    before the first encoding, so the one encoding serves them all."""
+    questions = read_questions(TASKS["mlvu"], None, datasets["mlvu"])
+    chosen = with_method_options(settings([1.0, 0.5], ["vidcom2", "fastvid", "visionzip"]),
+                                 (("tau", 0.8),))
+    assert [setting.options for setting in chosen] == [(), (), (("tau", 0.8),), ()]
+    rows = sweep(engine, questions, chosen, tmp_path / "signals.jsonl")
+    assert len(encoder_calls) == 2 and len(rows) == 2 * 4
+    assert not [row for row in rows if "error" in row], rows
+    assert {row["method"] for row in rows} == {"vidcom2", "fastvid", "visionzip"}
+
+
+def test_a_method_option_no_method_has_is_refused():
+    with pytest.raises(InputError, match="--method-option: none of the methods"):
+        with_method_options(settings([0.5], ["vidcom2", "random"]), (("tau", 0.8),))

@@ -504,6 +504,8 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
     engine.pixel_bounds(options.sampling)  # InputError for every item: refused at once
     engine.accept(options.compression)
     todo = pending_items(items, done or {})
+    for setting, _ in _by_setting(todo, options):  # a sweep's: signals before any encoding
+        engine.accept(setting)
     summary = BatchSummary(total=len(items), skipped=len(items) - len(todo))
     groups = video_groups(todo) if options.reuse else [[item] for item in todo]
     queue: list[tuple[list[BatchItem], EncodedRequest | str]] = []  # str: the group's error

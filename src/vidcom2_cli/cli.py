@@ -787,7 +787,9 @@ def eval_(
                                         "summary gives each score as % of it.")
                       ] = "1.0,0.25,0.15",
     methods: Annotated[str, typer.Option(help="Comma-separated compression methods to sweep "
-                                         "(any name `vidcom2 info` lists).")] = DEFAULT_METHOD,
+                                         "(any name `vidcom2 methods` lists).")
+                       ] = DEFAULT_METHOD,
+    method_option: MethodSettingOption = None,
     prompt_variant: Annotated[str, typer.Option(
         help="The task's per-model prompt (lmms-eval's lmms_eval_specific_kwargs): auto "
         "(qwen3_vl for Video-MME on Qwen3-VL, else default), default, or a model key of the "
@@ -848,14 +850,15 @@ def eval_(
         _heavy()
         from .evaluation.summary import render as render_eval
         from .evaluation.summary import summarize
-        from .evaluation.sweep import ScoringSink, settings, sweep_items
+        from .evaluation.sweep import ScoringSink, settings, sweep_items, with_method_options
 
         for name in method_list:  # any name of the registry; an unknown one lists them
             try:
                 check_options(CompressionOptions(method=name), GenerationOptions())
             except InputError as error:
                 raise rename_option(error, {"--method": "--methods"}) from None
-        chosen = settings(ratio_list, method_list)
+        chosen = with_method_options(settings(ratio_list, method_list),
+                                     parse_method_options(method_option))
         options = BatchOptions(
             SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
                             min_pixels=min_pixels, max_pixels=max_pixels),

@@ -9,11 +9,12 @@ whatever the method, so it is asked once, under the first method.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..batch import BatchItem, RecordSink
-from ..engine import CompressionOptions
+from ..compression import get_method
+from ..engine import CompressionOptions, InputError
 from . import score
 from .common import EvalQuestion
 
@@ -22,6 +23,7 @@ from .common import EvalQuestion
 class Setting:
     method: str
     ratio: float
+    options: tuple[tuple[str, float], ...] = ()  # --method-option values this method has
 
     @property
     def label(self) -> str:
@@ -36,6 +38,24 @@ def settings(ratios: Iterable[float], methods: Iterable[str]) -> list[Setting]:
         for method in (methods[:1] if ratio == 1.0 else methods):
             chosen.append(Setting(method, ratio))
     return chosen
+
+
+def with_method_options(chosen: list[Setting], values: tuple[tuple[str, float], ...]
+                        ) -> list[Setting]:
+    """Each setting with the ``--method-option`` values its method declares (bench's rule:
+    an option applies to every method that has it; InputError when none has it)."""
+    if not values:
+        return chosen
+    out = []
+    for setting in chosen:
+        spec = get_method(setting.method).spec
+        known = {name for defaults in spec.defaults.values() for name in defaults}
+        out.append(replace(setting, options=tuple(
+            (name, value) for name, value in values if name in known)))
+    for name, _ in values:
+        if not any(name in dict(setting.options) for setting in out):
+            raise InputError(f"--method-option: none of the methods has an option {name!r}")
+    return out
 
 
 def record_id(question: EvalQuestion, setting: Setting) -> str:
@@ -55,7 +75,7 @@ def sweep_items(questions: list[EvalQuestion], chosen: list[Setting], seed: int 
                 line=len(items) + 1, id=key, video=question.video, question=question.prompt,
                 prompt=question.prompt, error=question.error,
                 compression=CompressionOptions(ratio=setting.ratio, method=setting.method,
-                                               seed=seed)))
+                                               seed=seed, method_options=setting.options)))
     return items, index
 
 
