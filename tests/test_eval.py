@@ -508,3 +508,11 @@ def test_a_sweep_over_methods_that_read_vision_signals_still_encodes_once(
 def test_a_method_option_no_method_has_is_refused():
     with pytest.raises(InputError, match="--method-option: none of the methods"):
         with_method_options(settings([0.5], ["vidcom2", "random"]), (("tau", 0.8),))
+
+
+def test_a_question_lacking_a_field_is_one_line_naming_file_and_field(datasets, tmp_path):
+    root = tmp_path / "LVB"
+    root.mkdir()
+    (root / "lvb_val.json").write_text(json.dumps([{"video_path": "a.mp4", "question": "?"}]))
+    with pytest.raises(DatasetError, match=r"lvb_val.json: question 0 lacks correct_choice"):
+        read_questions(TASKS["longvideobench"], None, root)

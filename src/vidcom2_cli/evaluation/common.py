@@ -163,3 +163,16 @@ def lvb_letter(response: str, choices: str, seed: str) -> str:
     if found is None:
         return random.Random(seed).choice(choices)
     return found.group()
+
+
+def checked_rows(rows: object, path: Path, task: str, fields: tuple[str, ...],
+                 expected: str) -> list[dict]:
+    """The question records of a JSON file, each an object with ``fields``; DatasetError
+    naming the file, the record and the field otherwise."""
+    if not isinstance(rows, list):
+        raise DatasetError(f"{task}: {path} is not a list of questions: expected {expected}")
+    for index, row in enumerate(rows):
+        missing = [name for name in fields if not isinstance(row, dict) or name not in row]
+        if missing:
+            raise DatasetError(f"{task}: {path}: question {index} lacks {', '.join(missing)}")
+    return rows

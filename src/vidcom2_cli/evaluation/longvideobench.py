@@ -16,7 +16,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import LETTERS, DatasetError, EvalQuestion, find_video, lvb_letter, option_lines
+from .common import (
+    LETTERS,
+    DatasetError,
+    EvalQuestion,
+    checked_rows,
+    find_video,
+    lvb_letter,
+    option_lines,
+)
 
 NAME = "longvideobench"
 MAX_NEW_TOKENS = 32
@@ -52,6 +60,8 @@ def read(root: Path, limit: int | None = None) -> list[EvalQuestion]:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise DatasetError(f"longvideobench: cannot read {path} ({error})") from None
+    rows = checked_rows(rows, path, NAME, ("video_path", "question", "correct_choice"),
+                        EXPECTED)
     questions = []
     for index, row in enumerate(rows[:limit]):
         candidates = candidates_of(row)

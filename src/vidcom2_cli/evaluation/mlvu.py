@@ -19,7 +19,14 @@ import json
 import re
 from pathlib import Path
 
-from .common import DatasetError, EvalQuestion, find_video, mcq_letter, option_lines
+from .common import (
+    DatasetError,
+    EvalQuestion,
+    checked_rows,
+    find_video,
+    mcq_letter,
+    option_lines,
+)
 
 NAME = "mlvu"
 MAX_NEW_TOKENS = 16
@@ -50,6 +57,8 @@ def read(root: Path, variant: str = "default", limit: int | None = None
             rows = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise DatasetError(f"mlvu: cannot read {path} ({error})") from None
+        rows = checked_rows(rows, path, NAME, ("video", "question", "candidates", "answer"),
+                            EXPECTED)
         plain = re.sub(r"^\d+_", "", name)
         for index, row in enumerate(rows):
             candidates = [str(text) for text in row["candidates"]]

@@ -16,7 +16,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import DatasetError, EvalQuestion, find_video, mvbench_normal_form, option_lines
+from .common import (
+    DatasetError,
+    EvalQuestion,
+    checked_rows,
+    find_video,
+    mvbench_normal_form,
+    option_lines,
+)
 
 NAME = "mvbench"
 MAX_NEW_TOKENS = 16
@@ -69,9 +76,8 @@ def read(root: Path, subtask: str | None = None, limit: int | None = None
             rows = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise DatasetError(f"mvbench: cannot read {path} ({error})") from None
-        if not isinstance(rows, list):
-            raise DatasetError(f"mvbench: {path} is not a list of questions: expected "
-                               f"{EXPECTED}")
+        rows = checked_rows(rows, path, NAME, ("video", "question", "candidates", "answer"),
+                            EXPECTED)
         for index, row in enumerate(rows[:limit]):
             candidates = [str(text) for text in row["candidates"]]
             source = SOURCES[name]
