@@ -516,3 +516,16 @@ def test_a_question_lacking_a_field_is_one_line_naming_file_and_field(datasets, 
     (root / "lvb_val.json").write_text(json.dumps([{"video_path": "a.mp4", "question": "?"}]))
     with pytest.raises(DatasetError, match=r"lvb_val.json: question 0 lacks correct_choice"):
         read_questions(TASKS["longvideobench"], None, root)
+
+
+def test_videomme_on_qwen3_vl_gets_the_qwen3_vl_prompt(tiny_checkpoints, datasets, tmp_path):
+    out = tmp_path / "q3.jsonl"
+    result = runner.invoke(app, ["eval", "videomme", "--data", str(datasets["videomme"]),
+                                 "--out", str(out), "-m", str(tiny_checkpoints("qwen3_vl")),
+                                 *FAST, "--limit", "1", "--ratios", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = records(out.read_text())
+    assert row["question"] == videomme.prompt(
+        "What colour is the square?", ["A. Red.", "B. Green.", "C. Two.", "D. It fades out."],
+        "qwen3_vl")
+    assert row["question"].startswith("Question: What colour")
