@@ -103,6 +103,9 @@ class BatchItem:
     options: tuple[str, ...] | None = None
     expected: str | int | None = None
     error: str | None = None
+    # The ratio and method of this item's answer, when not the run's (``BatchOptions``): a
+    # sweep asks one video's questions under several settings, from one encoding (``eval``).
+    compression: CompressionOptions | None = None
 
     @property
     def key(self) -> str:
@@ -494,11 +497,15 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
     one at a time on this thread; every ``batch_size`` encoded groups are answered together
     (see ``answer_groups`` and ``answer_batch``), and their records written as soon as they
     are. Bad input becomes an error record and the run goes on; an error waits for the batch
-    it falls in, so records keep the groups' order.
+    it falls in, so records keep the groups' order. Items may carry their own compression
+    setting (``BatchItem.compression``, a sweep): a group is then encoded once and compressed
+    and prefilled once per setting (``answer_settings``).
     """
     engine.pixel_bounds(options.sampling)  # InputError for every item: refused at once
     engine.accept(options.compression)
     todo = pending_items(items, done or {})
+    for setting, _ in _by_setting(todo, options):  # a sweep's: signals before any encoding
+        engine.accept(setting)
     summary = BatchSummary(total=len(items), skipped=len(items) - len(todo))
     groups = video_groups(todo) if options.reuse else [[item] for item in todo]
     queue: list[tuple[list[BatchItem], EncodedRequest | str]] = []  # str: the group's error
@@ -508,7 +515,7 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
         encoded = [(group, outcome) for group, outcome in queue
                    if isinstance(outcome, EncodedRequest)]
         if options.reuse:
-            answered = iter(answer_groups(engine, encoded, options))
+            answered = iter(answer_settings(engine, encoded, options))
         else:
             answered = iter([record] for record in answer_batch(
                 engine, [(group[0], outcome) for group, outcome in encoded], options))
@@ -650,10 +657,13 @@ def answer_batch(engine: Engine, batch: list[tuple[BatchItem, EncodedRequest]],
     """One generate call for the batch; when it fails, each item alone before an error."""
 
     def answer(pairs: list[tuple[BatchItem, EncodedRequest]]) -> list[dict[str, Any]]:
-        answers = engine.answer([encoded for _, encoded in pairs], options.compression,
-                                options.generation)
-        return [result_record(item, answer)
-                for (item, _), answer in zip(pairs, answers, strict=True)]
+        records: list[dict[str, Any]] = [{} for _ in pairs]
+        for setting, rows in _by_setting([item for item, _ in pairs], options):
+            answers = engine.answer([pairs[row][1] for row in rows], setting,
+                                    options.generation)
+            for row, answer in zip(rows, answers, strict=True):
+                records[row] = result_record(pairs[row][0], answer)
+        return records
 
     return together_or_alone(answer, batch, lambda pair, failure: error_record(pair[0], failure),
                              # each retried item reports its own peak
@@ -672,7 +682,8 @@ def answer_groups(engine: Engine, batch: list[tuple[list[BatchItem], EncodedRequ
 
     def answer(pairs: list[tuple[list[BatchItem], EncodedRequest]]
                ) -> list[list[dict[str, Any]]]:
-        contexts = [engine.context(encoded, options.compression) for _, encoded in pairs]
+        contexts = [engine.context(encoded, group[0].compression or options.compression)
+                    for group, encoded in pairs]
         prefix = engine.prefill(contexts)
 
         def ask(chunk: list[tuple[int, BatchItem]]) -> list[dict[str, Any]]:
@@ -692,6 +703,40 @@ def answer_groups(engine: Engine, batch: list[tuple[list[BatchItem], EncodedRequ
     return together_or_alone(
         answer, batch, lambda pair, failure: [error_record(item, failure) for item in pair[0]],
         before_alone=lambda: reset_peak_memory(engine.devices))
+
+
+def answer_settings(engine: Engine, batch: list[tuple[list[BatchItem], EncodedRequest]],
+                    options: BatchOptions) -> list[list[dict[str, Any]]]:
+    """``answer_groups`` where the items of a group may ask for several compression settings
+    (``BatchItem.compression``): each video is compressed once per setting from its one
+    encoding, ``batch_size`` (video, setting) contexts are prefilled at a time, and each group's
+    records come back in its items' order."""
+    if all(item.compression is None for group, _ in batch for item in group):
+        return answer_groups(engine, batch, options)
+    parts: list[tuple[int, list[int], list[BatchItem], EncodedRequest]] = []
+    for index, (group, encoded) in enumerate(batch):
+        for _, rows in _by_setting(group, options):
+            parts.append((index, rows, [group[row] for row in rows], encoded))
+    results: list[list[dict[str, Any]]] = [[{} for _ in group] for group, _ in batch]
+    for start in range(0, len(parts), options.batch_size):
+        chunk = parts[start:start + options.batch_size]
+        answered = answer_groups(engine, [(items, encoded) for _, _, items, encoded in chunk],
+                                 options)
+        for (index, rows, _, _), records in zip(chunk, answered, strict=True):
+            for row, record in zip(rows, records, strict=True):
+                results[index][row] = record
+    return results
+
+
+def _by_setting(items: list[BatchItem], options: BatchOptions
+                ) -> list[tuple[CompressionOptions, list[int]]]:
+    """Each compression setting of the items with their positions, in order of first use
+    (settings compared by value: their repr, as an option may hold an unhashable dict)."""
+    settings: dict[str, tuple[CompressionOptions, list[int]]] = {}
+    for row, item in enumerate(items):
+        setting = item.compression or options.compression
+        settings.setdefault(repr(setting), (setting, []))[1].append(row)
+    return list(settings.values())
 
 
 def together_or_alone(run: Callable[[list[Part]], list[Result]], parts: list[Part],

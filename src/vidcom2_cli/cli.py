@@ -174,7 +174,8 @@ def _bad_input(error: BaseException) -> bool:
     """Bad usage or input (exit 2): the error types of modules not imported yet cannot occur."""
     kinds: list[type] = [VideoError, OptionError]
     for module, name in (("vidcom2_cli.engine", "InputError"),
-                         ("vidcom2_cli.models.loading", "ModelLoadError")):
+                         ("vidcom2_cli.models.loading", "ModelLoadError"),
+                         ("vidcom2_cli.evaluation.common", "DatasetError")):
         if module in sys.modules:
             kinds.append(getattr(sys.modules[module], name))
     return isinstance(error, tuple(kinds))
@@ -769,6 +770,161 @@ def _ray_batch(input_path: str, out: str, resume: bool, options: BatchOptions,
         summary = run_ray_batch(workers, items, options, ray_options, writer, done, on_record)
     stderr.print(summary.render(), highlight=False, markup=False)
     return summary
+
+
+@app.command("eval")
+def eval_(
+    task: Annotated[str, typer.Argument(help="videomme, mvbench (all 20 subtasks), "
+                                        "mvbench_<subtask>, mlvu (dev) or longvideobench (val, "
+                                        "video only).")],
+    data: Annotated[Path, typer.Option("--data", metavar="DIR", help="The dataset as its "
+                                       "publishers distribute it (see the README).")],
+    out: Annotated[str, typer.Option("--out", help="Results, one JSON line per question and "
+                                     "setting (- for stdout).")],
+    limit: Annotated[int | None, typer.Option(help="At most N questions (per subtask for "
+                                              "mvbench).", show_default=False)] = None,
+    ratios: Annotated[str, typer.Option(help="Comma-separated ratios to sweep; with 1.0 the "
+                                        "summary gives each score as % of it.")
+                      ] = "1.0,0.25,0.15",
+    methods: Annotated[str, typer.Option(help="Comma-separated compression methods to sweep "
+                                         "(any name `vidcom2 methods` lists).")
+                       ] = DEFAULT_METHOD,
+    method_option: MethodSettingOption = None,
+    prompt_variant: Annotated[str, typer.Option(
+        help="The task's per-model prompt (lmms-eval's lmms_eval_specific_kwargs): auto "
+        "(qwen3_vl for Video-MME on Qwen3-VL, else default), default, or a model key of the "
+        "task's yaml.")] = "auto",
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")
+                           ] = False,
+    model: ModelOption = DEFAULT_MODEL,
+    frames: FramesOption = DEFAULT_NUM_FRAMES,
+    fps: FpsOption = None,
+    max_frames: MaxFramesOption = DEFAULT_MAX_FRAMES,
+    min_pixels: MinPixelsOption = None,
+    max_pixels: MaxPixelsOption = None,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        help="Longest answer (default: the task's, 16 or 32 tokens).", show_default=False)
+                              ] = None,
+    batch_size: Annotated[int, typer.Option(help="Items per generate call.")] = 1,
+    prefetch: Annotated[int | None, typer.Option(
+        help="Videos decoded ahead on CPU threads; 0 = no overlap. Default: 2 x --batch-size.",
+        show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an earlier --out file: skip the "
+                                         "questions and settings already in it.")] = False,
+    reuse: Annotated[bool, typer.Option(
+        "--reuse/--no-reuse", help="One decode and encoding per video for every question and "
+        "setting (--no-reuse: each question and setting on its own).")] = True,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    attn: AttnOption = "auto",
+    device_map: DeviceMapOption = None,
+    seed: Annotated[int, typer.Option(help="Seed for random selection.")] = 0,
+    feature_cache: FeatureCacheOption = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray", metavar="[ADDRESS]", help="Run on a Ray cluster, as batch --ray.")] = None,
+    workers: Annotated[int | None, typer.Option(help="With --ray: model workers.",
+                                                show_default=False)] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option(help="With --ray: GPUs per worker.",
+                                                          show_default=False)] = None,
+    chunk: Annotated[int, typer.Option(help="With --ray: items per task.")] = 16,
+    debug: DebugOption = False,
+) -> None:
+    """Score a model on Video-MME, MVBench, MLVU or LongVideoBench as lmms-eval does, over a
+    sweep of compression ratios and methods, with a summary table."""
+    with cli_errors(debug):
+        from .evaluation import parse_task, read_questions, resolve_variant
+
+        chosen_task, subtask = parse_task(task)
+        ratio_list = parse_ratios(ratios)
+        method_list = [name.strip() for name in methods.split(",") if name.strip()]
+        if not ratio_list or not method_list:
+            raise OptionError("--ratios/--methods: give at least one of each")
+        if limit is not None and limit < 1:
+            raise OptionError(f"--limit: must be at least 1, got {limit}")
+        check_numbers(None, max_new_tokens or 1)
+        check_batch_numbers(batch_size, prefetch)
+        check_sampling_options(frames, fps, max_frames)
+        check_device(device)
+        resolve_variant(chosen_task, prompt_variant, None)  # refuses an unknown one now
+        questions = read_questions(chosen_task, subtask, data, "default", limit)
+        _heavy()
+        from .evaluation.summary import render as render_eval
+        from .evaluation.summary import summarize
+        from .evaluation.sweep import ScoringSink, settings, sweep_items, with_method_options
+
+        for name in method_list:  # any name of the registry; an unknown one lists them
+            try:
+                check_options(CompressionOptions(method=name), GenerationOptions())
+            except InputError as error:
+                raise rename_option(error, {"--method": "--methods"}) from None
+        chosen = with_method_options(settings(ratio_list, method_list),
+                                     parse_method_options(method_option))
+        options = BatchOptions(
+            SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
+                            min_pixels=min_pixels, max_pixels=max_pixels),
+            CompressionOptions(ratio=chosen[0].ratio, method=chosen[0].method, seed=seed),
+            GenerationOptions(max_new_tokens=max_new_tokens or chosen_task.max_new_tokens,
+                              seed=seed),
+            batch_size, prefetch, reuse)
+        check_batch_options(options)
+        done = prepare_output(out, resume, str(data))
+        engine = None
+        if ray_address is None:
+            if workers is not None or gpus_per_worker is not None:
+                raise InputError("--workers/--gpus-per-worker: only with --ray")
+            engine = _load_engine(model, device, dtype, attn, device_map,
+                                  feature_cache=feature_cache)
+            model_type = engine.loaded.model.config.model_type
+        else:
+            model_type = "qwen3_vl" if "qwen3-vl" in model.lower() else None
+        variant = resolve_variant(chosen_task, prompt_variant, model_type)
+        if variant != "default":  # the questions were read with the default prompts
+            questions = read_questions(chosen_task, subtask, data, variant, limit)
+        items, index = sweep_items(questions, chosen, seed)
+        with ResultWriter.open(out) as writer:
+            sink = ScoringSink(writer, index)
+            todo = len(pending_items(items, done))
+            if engine is not None:
+                with progress_bar(stderr, todo) as on_record:
+                    summary = run_batch(engine, items, options, sink, done, on_record)
+            else:
+                summary = _ray_eval(items, sink, done, options, model, device, dtype, attn,
+                                    device_map, feature_cache, ray_address, workers,
+                                    gpus_per_worker, chunk, todo)
+        stderr.print(summary.render(), highlight=False, markup=False)
+        records = sink.records
+        if out != "-":  # the whole file: earlier runs' records too (--resume)
+            records = [record for record in output_records(out)
+                       if str(record.get("id")) in index and "setting" in record]
+        result = summarize(records, chosen_task.name, [setting.label for setting in chosen])
+        console = stdout if out != "-" else Console(stderr=True, width=160)
+        if json_output:
+            if out == "-":
+                console.print_json(json.dumps(result))
+            else:
+                _print_json(result)
+        else:
+            console.print(render_eval(result))
+        _fail_if_all_failed(summary)
+
+
+def _ray_eval(items: list, sink: object, done: object, options: BatchOptions, model: str,
+              device: str, dtype: str, attn: str, device_map: str | None,
+              feature_cache: Path | None, address: str, workers: int | None,
+              gpus_per_worker: float | None, chunk: int, todo: int) -> BatchSummary:
+    ray_options = RayOptions(address, workers, gpus_per_worker, chunk, False)
+    check_ray_options(ray_options)
+    import_ray()
+    check_model_source(model, RANDOM_PREFIX)
+    cache = None if feature_cache is None else str(
+        _feature_cache(feature_cache).directory.expanduser().resolve())
+    load_options = LoadOptions(device=device, dtype=dtype, attention=attn, device_map=device_map)
+    with ExitStack() as stack:
+        with stderr.status(f"starting Ray workers for {model} ..."):
+            pool = stack.enter_context(ray_workers(ray_options, model, load_options, cache,
+                                                   options))
+        on_record = stack.enter_context(progress_bar(stderr, todo))
+        return run_ray_batch(pool, items, options, ray_options, sink, done, on_record)
 
 
 cache_app = typer.Typer(no_args_is_help=True, help="Show or clear the feature cache.")

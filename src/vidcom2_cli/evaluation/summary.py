@@ -1,0 +1,120 @@
+"""The summary of an eval run: per task and per breakdown (Video-MME's durations, MVBench's
+subtasks, MLVU's task types, LongVideoBench's duration groups), per method and ratio.
+
+Accuracy is over the answered questions that count (MVBench leaves empty answers out, as
+lmms-eval does); errors are reported apart. The task's score is that accuracy, except MLVU's:
+the mean of its task types' accuracies, as lmms-eval's ``mlvu_aggregate_results_dev`` (over
+the task types present). ``of_full`` is the score as a percentage of the ratio-1.0 score of
+the same rows when 1.0 is in the sweep (the papers' "avg of full"). Time per question is the
+end-to-end time of each record (a video's first question per setting carries its decoding,
+encoding and prefix prefill, as it would alone), averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.table import Table
+
+from . import TASKS
+
+ALL = "all"
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.questions = self.errors = self.counted = self.correct = 0
+        self.tokens = self.prefill_ms = self.seconds = 0.0
+        self.answered = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.questions += 1
+        if "error" in record:
+            self.errors += 1
+            return
+        self.answered += 1
+        self.tokens += record["tokens"]["visual_kept"]
+        self.prefill_ms += record["timing_ms"]["prefill"]
+        self.seconds += record["timing_ms"]["total"] / 1000.0
+        if record.get("counted", True):
+            self.counted += 1
+            self.correct += bool(record.get("correct"))
+
+    @property
+    def accuracy(self) -> float | None:
+        return 100.0 * self.correct / self.counted if self.counted else None
+
+    def mean(self, total: float) -> float | None:
+        return total / self.answered if self.answered else None
+
+
+def summarize(records: Iterable[dict[str, Any]], task: str, order: list[str]) -> dict[str, Any]:
+    """The summary as a JSON-ready dict; ``order``: the setting labels in sweep order."""
+    breakdown = TASKS[task].breakdown
+    tallies: dict[tuple[str, str], _Tally] = {}
+    methods: dict[str, tuple[str, float]] = {}
+    for record in records:
+        setting = record["setting"]
+        methods[setting] = (record["method"], float(record["ratio"]))
+        group = record.get("groups", {}).get(breakdown, "?")
+        for subset in (ALL, f"{breakdown}={group}"):
+            tallies.setdefault((subset, setting), _Tally()).add(record)
+    subsets = sorted({subset for subset, _ in tallies}, key=lambda name: (name != ALL, name))
+    rows = []
+    for subset in subsets:
+        for setting in [label for label in order if label in methods]:
+            tally = tallies.get((subset, setting))
+            if tally is None:
+                continue
+            score = tally.accuracy
+            if subset == ALL and TASKS[task].macro:
+                parts = [tallies[(name, setting)].accuracy for name in subsets
+                         if name != ALL and (name, setting) in tallies]
+                parts = [part for part in parts if part is not None]
+                score = sum(parts) / len(parts) if parts else None
+            method, ratio = methods[setting]
+            rows.append({"task": task, "subset": subset, "method": method, "ratio": ratio,
+                         "questions": tally.questions, "errors": tally.errors,
+                         "counted": tally.counted, "correct": tally.correct,
+                         "accuracy": tally.accuracy, "score": score,
+                         "visual_tokens": tally.mean(tally.tokens),
+                         "prefill_ms": tally.mean(tally.prefill_ms),
+                         "seconds_per_question": tally.mean(tally.seconds)})
+    for row in rows:
+        row["of_full"] = _of_full(row, rows)
+    return {"task": task, "score": "mean of task types" if TASKS[task].macro else "accuracy",
+            "settings": [label for label in order if label in methods], "rows": rows}
+
+
+def _of_full(row: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
+    full = [other for other in rows if other["subset"] == row["subset"]
+            and other["ratio"] == 1.0]
+    same = [other for other in full if other["method"] == row["method"]]
+    base = (same or full or [None])[0]
+    if base is None or not base["score"] or row["score"] is None:
+        return None
+    return 100.0 * row["score"] / base["score"]
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def render(summary: dict[str, Any]) -> Table:
+    table = Table(title=f"{summary['task']} ({summary['score']})", title_justify="left")
+    for name, justify in (("subset", "left"), ("method", "left"), ("ratio", "right"),
+                          ("questions", "right"), ("errors", "right"), ("score %", "right"),
+                          ("% of full", "right"), ("visual tokens", "right"),
+                          ("prefill ms", "right"), ("s / question", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    previous = None
+    for row in summary["rows"]:
+        if previous is not None and row["subset"] != previous:
+            table.add_section()
+        previous = row["subset"]
+        table.add_row(row["subset"], row["method"], f"{row['ratio']:g}", str(row["questions"]),
+                      str(row["errors"]), _number(row["score"]), _number(row["of_full"]),
+                      _number(row["visual_tokens"], 0), _number(row["prefill_ms"]),
+                      _number(row["seconds_per_question"], 2))
+    return table
