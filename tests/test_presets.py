@@ -11,7 +11,12 @@ from typer.testing import CliRunner
 from vidcom2_cli.cli import app
 from vidcom2_cli.models import LoadOptions, ModelLoadError
 from vidcom2_cli.models.offline import EOS_TOKEN, PAD_TOKEN
-from vidcom2_cli.models.presets import build_random_model, preset_config, preset_names
+from vidcom2_cli.models.presets import (
+    build_random_model,
+    checkpoint_model_type,
+    preset_config,
+    preset_names,
+)
 from vidcom2_cli.models.registry import load_adapter
 
 # Parameter counts published on the checkpoints' model cards (billions).
@@ -101,3 +106,12 @@ def test_smallest_preset_answers_end_to_end_and_says_its_weights_are_random():
     assert answer["tokens"]["visual_full"] == 14 * 14 + 1
     assert answer["frames"]["count"] == 1
     assert 1 <= answer["tokens"]["generated"] <= 2
+
+
+def test_model_type_is_read_without_loading_weights(tiny_checkpoints):
+    """`eval --ray` picks the prompt variant from this before any worker loads the model."""
+    for name in preset_names():
+        assert checkpoint_model_type(f"random:{name}") == preset_config(name).model_type
+    assert checkpoint_model_type(str(tiny_checkpoints("qwen3_vl"))) == "qwen3_vl"
+    with pytest.raises(ModelLoadError, match="no random-weight preset"):
+        checkpoint_model_type("random:no-such-model")

@@ -759,17 +759,25 @@ def _ray_batch(input_path: str, out: str, resume: bool, options: BatchOptions,
     done = prepare_output(out, resume, input_path)
     total = None if input_path == "-" else max(count_lines(Path(input_path)) - sum(
         done.values()), 0)
+    with ResultWriter.open(out) as writer:
+        summary = _on_ray(items, writer, done, options, ray_options, model, load_options,
+                          feature_cache, total)
+    stderr.print(summary.render(), highlight=False, markup=False)
+    return summary
+
+
+def _on_ray(items: Iterable, sink: object, done: object, options: BatchOptions,
+            ray_options: RayOptions, model: str, load_options: LoadOptions,
+            feature_cache: Path | None, total: int | None) -> BatchSummary:
+    """Run ``items`` on Ray workers (options and model already checked), records to ``sink``."""
     cache = None if feature_cache is None else str(
         _feature_cache(feature_cache).directory.expanduser().resolve())
     with ExitStack() as stack:
         with stderr.status(f"starting Ray workers for {model} ..."):
             workers = stack.enter_context(ray_workers(ray_options, model, load_options, cache,
                                                       options))
-        writer = stack.enter_context(ResultWriter.open(out))
         on_record = stack.enter_context(progress_bar(stderr, total))
-        summary = run_ray_batch(workers, items, options, ray_options, writer, done, on_record)
-    stderr.print(summary.render(), highlight=False, markup=False)
-    return summary
+        return run_ray_batch(workers, items, options, ray_options, sink, done, on_record)
 
 
 @app.command("eval")
@@ -868,15 +876,23 @@ def eval_(
             batch_size, prefetch, reuse)
         check_batch_options(options)
         done = prepare_output(out, resume, str(data))
-        engine = None
+        engine = ray_options = None
+        load_options = LoadOptions(device=device, dtype=dtype, attention=attn,
+                                   device_map=device_map)
         if ray_address is None:
             if workers is not None or gpus_per_worker is not None:
                 raise InputError("--workers/--gpus-per-worker: only with --ray")
             engine = _load_engine(model, device, dtype, attn, device_map,
                                   feature_cache=feature_cache)
-            model_type = engine.loaded.model.config.model_type
+            model_type = engine.loaded.model_type
         else:
-            model_type = "qwen3_vl" if "qwen3-vl" in model.lower() else None
+            ray_options = RayOptions(ray_address, workers, gpus_per_worker, chunk, False)
+            check_ray_options(ray_options)
+            import_ray()
+            check_model_source(model, RANDOM_PREFIX)
+            from .models.presets import checkpoint_model_type
+
+            model_type = checkpoint_model_type(model)
         variant = resolve_variant(chosen_task, prompt_variant, model_type)
         if variant != "default":  # the questions were read with the default prompts
             questions = read_questions(chosen_task, subtask, data, variant, limit)
@@ -888,9 +904,8 @@ def eval_(
                 with progress_bar(stderr, todo) as on_record:
                     summary = run_batch(engine, items, options, sink, done, on_record)
             else:
-                summary = _ray_eval(items, sink, done, options, model, device, dtype, attn,
-                                    device_map, feature_cache, ray_address, workers,
-                                    gpus_per_worker, chunk, todo)
+                summary = _on_ray(items, sink, done, options, ray_options, model,
+                                  load_options, feature_cache, todo)
         stderr.print(summary.render(), highlight=False, markup=False)
         records = sink.records
         if out != "-":  # the whole file: earlier runs' records too (--resume)
@@ -906,25 +921,6 @@ def eval_(
         else:
             console.print(render_eval(result))
         _fail_if_all_failed(summary)
-
-
-def _ray_eval(items: list, sink: object, done: object, options: BatchOptions, model: str,
-              device: str, dtype: str, attn: str, device_map: str | None,
-              feature_cache: Path | None, address: str, workers: int | None,
-              gpus_per_worker: float | None, chunk: int, todo: int) -> BatchSummary:
-    ray_options = RayOptions(address, workers, gpus_per_worker, chunk, False)
-    check_ray_options(ray_options)
-    import_ray()
-    check_model_source(model, RANDOM_PREFIX)
-    cache = None if feature_cache is None else str(
-        _feature_cache(feature_cache).directory.expanduser().resolve())
-    load_options = LoadOptions(device=device, dtype=dtype, attention=attn, device_map=device_map)
-    with ExitStack() as stack:
-        with stderr.status(f"starting Ray workers for {model} ..."):
-            pool = stack.enter_context(ray_workers(ray_options, model, load_options, cache,
-                                                   options))
-        on_record = stack.enter_context(progress_bar(stderr, todo))
-        return run_ray_batch(pool, items, options, ray_options, sink, done, on_record)
 
 
 cache_app = typer.Typer(no_args_is_help=True, help="Show or clear the feature cache.")

@@ -22,6 +22,7 @@ from .loading import (
     LoadedModel,
     LoadOptions,
     ModelLoadError,
+    read_model_type,
     resolve_attention,
     resolve_device,
     resolve_dtype,
@@ -56,6 +57,13 @@ def _read_preset(name: str) -> dict[str, Any]:
                              f"{', '.join(names)}")
     text = (resources.files("vidcom2_cli") / "presets" / f"{name}.json").read_text()
     return json.loads(text)
+
+
+def checkpoint_model_type(reference: str) -> str:
+    """``config.model_type`` of a checkpoint or a ``random:NAME`` preset, without loading it."""
+    if is_random_reference(reference):
+        return _read_preset(reference.removeprefix(RANDOM_PREFIX))["model_type"]
+    return read_model_type(reference)
 
 
 def preset_config(name: str, token_ids: dict[str, int] | None = None) -> PretrainedConfig:
