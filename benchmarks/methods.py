@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--min-pixels", type=int, help="Qwen families: frame area floor")
     parser.add_argument("--max-pixels", type=int, help="Qwen families: frame area cap")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
@@ -65,6 +66,7 @@ def main() -> None:
                                                 attention="sdpa"))
         prepared = engine.prepare(Request(str(args.video), "Describe what happens."),
                                   SamplingOptions(frames=args.frames,
+                                                  min_pixels=args.min_pixels,
                                                   max_pixels=args.max_pixels))
         engine.encode_prepared(prepared)  # warm-up
         plain_ms = engine.encode_prepared(prepared).stages_ms["vision"]  # no hook
