@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,6 +122,10 @@ def make_mlvu(root: Path) -> Path:
         {"video": "count_126.mp4", "duration": 572.86,
          "question": "How many times does the 'playing trombone' scene appear?",
          "candidates": ["2", "1", "5", "4"], "answer": "1", "question_type": "count"}]))
+    for name in mlvu.TASK_FILES:  # the other 5 task types: present, empty
+        path = root / "json" / f"{name}.json"
+        if not path.exists():
+            path.write_text("[]")
     clip(root / "video" / "1_plotQA" / "movie101_66.mp4", 0)
     clip(root / "video" / "count" / "count_126.mp4", 1)  # the folder without its number
     return root
@@ -252,7 +257,22 @@ def test_readers_take_the_publishers_layouts(datasets):
     assert [(q.id, q.answer, q.options) for q in lv] == [
         ("86CxyhFV9MI_0", "A", ("A square", "A circle", "Nothing", "Two squares")),
         ("86CxyhFV9MI_1", "B", ("Yes", "No"))]
-    assert lv[0].max_new_tokens == 32 and lv[0].groups == {"duration_group": "15"}
+    assert lv[0].max_new_tokens == 32
+    assert lv[0].groups == {"duration_group": "15", "question_category": "S2E"}
+
+
+def test_mlvu_groups_by_task_file_and_refuses_a_missing_one(datasets, tmp_path):
+    """The score is the mean over the 7 task types, so a lacking file would skew it."""
+    root = tmp_path / "mlvu"
+    shutil.copytree(datasets["mlvu"], root)
+    (root / "json" / "4_count.json").write_text(json.dumps([
+        {"video": "count_126.mp4", "question": "How many?", "candidates": ["1", "2"],
+         "answer": "2", "question_type": "Counting"}]))  # a label other than the file's
+    questions = read_questions(*parse_task("mlvu"), root)
+    assert [q.groups["task_type"] for q in questions] == ["plotQA", "count"]
+    (root / "json" / "5_order.json").unlink()
+    with pytest.raises(DatasetError, match=r"lacks 5_order\.json"):
+        read_questions(*parse_task("mlvu"), root)
 
 
 def test_mvbench_one_subtask_and_limit(datasets):
@@ -266,6 +286,10 @@ def test_prompt_variants():
     assert resolve_variant(TASKS["videomme"], "auto", "qwen3_vl") == "qwen3_vl"
     assert resolve_variant(TASKS["videomme"], "auto", "qwen3_vl_moe") == "qwen3_vl"
     assert resolve_variant(TASKS["videomme"], "auto", "llava_onevision") == "default"
+    assert resolve_variant(TASKS["videomme"], "auto", "llava_next_video") == "llava_vid"
+    assert resolve_variant(TASKS["videomme"], "auto", "llava_onevision",
+                           "lmms-lab/LLaVA-Video-7B-Qwen2") == "llava_vid"
+    assert resolve_variant(TASKS["mlvu"], "auto", "llava_next_video") == "default"
     assert resolve_variant(TASKS["mvbench"], "auto", "qwen3_vl") == "default"
     with pytest.raises(DatasetError, match="--prompt-variant"):
         resolve_variant(TASKS["mvbench"], "qwen3_vl", None)
@@ -396,7 +420,8 @@ def test_eval_command_prints_the_summary_and_resumes(tiny_checkpoints, datasets,
     assert [row["questions"] for row in overall] == [2, 2, 2]
     assert overall[0]["of_full"] in (None, 100.0)
     assert all(row["visual_tokens"] > 0 and row["prefill_ms"] > 0 for row in overall)
-    assert {row["subset"] for row in summary["rows"]} == {"all", "duration_group=15"}
+    assert {row["subset"] for row in summary["rows"]} == {
+        "all", "duration_group=15", "question_category=S2E", "question_category=E2O"}
     assert len(records(out.read_text())) == 6
     again = runner.invoke(app, [*args, "--resume"])  # nothing left to do: the table again
     assert again.exit_code == 0, again.output
@@ -426,6 +451,21 @@ def test_summary_scores_percent_of_full_and_mlvu_means_task_types():
     assert overall[0.25]["of_full"] == pytest.approx(75.0)
     assert overall[0.25]["errors"] == 1 and overall[0.25]["questions"] == 4
     assert overall[0.25]["visual_tokens"] == 25 and overall[0.25]["seconds_per_question"] == 1
+
+
+def test_mvbench_overall_is_the_mean_of_its_subtasks_and_videomme_pools_questions():
+    def row(group_name, group, correct):
+        return {"setting": "vidcom2@1", "method": "vidcom2", "ratio": 1.0,
+                "groups": {group_name: group}, "answer": "x", "correct": correct,
+                "counted": True, "tokens": {"visual_kept": 10},
+                "timing_ms": {"prefill": 1.0, "total": 1.0}}
+
+    answers = [("a", True), ("a", True), ("a", True), ("b", False)]  # 100% and 0%
+    mvb = summarize([row("subtask", *pair) for pair in answers], "mvbench", ["vidcom2@1"])
+    mme = summarize([row("duration", *pair) for pair in answers], "videomme", ["vidcom2@1"])
+    assert mvb["rows"][0]["subset"] == "all" and mvb["rows"][0]["score"] == pytest.approx(50.0)
+    assert mvb["rows"][0]["accuracy"] == pytest.approx(75.0) and "subtask" in mvb["score"]
+    assert mme["rows"][0]["score"] == pytest.approx(75.0) and mme["score"] == "accuracy"
 
 
 def test_a_sigkilled_eval_resumes_to_every_record_once(tiny_checkpoints, tmp_path):

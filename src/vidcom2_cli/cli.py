@@ -893,7 +893,7 @@ def eval_(
             from .models.presets import checkpoint_model_type
 
             model_type = checkpoint_model_type(model)
-        variant = resolve_variant(chosen_task, prompt_variant, model_type)
+        variant = resolve_variant(chosen_task, prompt_variant, model_type, model)
         if variant != "default":  # the questions were read with the default prompts
             questions = read_questions(chosen_task, subtask, data, variant, limit)
         items, index = sweep_items(questions, chosen, seed)

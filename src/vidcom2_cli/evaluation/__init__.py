@@ -26,22 +26,24 @@ class Task:
     name: str
     variants: tuple[str, ...]  # the per-model prompt variants of the task's yaml
     score: Callable[[EvalQuestion, str], tuple[str, bool, bool]]
-    # The breakdown the task reports (a key of EvalQuestion.groups), and whether its overall
-    # score is the mean of the breakdown's accuracies (MLVU) rather than over all questions.
-    breakdown: str
+    # The breakdowns the task reports (keys of EvalQuestion.groups), and whether its overall
+    # score is the mean of the first breakdown's accuracies (MLVU's task types; MVBench's
+    # subtasks, as the papers report it) rather than the accuracy over all questions.
+    breakdowns: tuple[str, ...]
     max_new_tokens: int  # the generation length of the task's yaml
     macro: bool = False
 
 
 TASKS = {
-    "videomme": Task("videomme", tuple(videomme.VARIANTS), videomme.score, "duration",
+    "videomme": Task("videomme", tuple(videomme.VARIANTS), videomme.score, ("duration",),
                      videomme.MAX_NEW_TOKENS),
-    "mvbench": Task("mvbench", ("default",), mvbench.score, "subtask",
-                    mvbench.MAX_NEW_TOKENS),
-    "mlvu": Task("mlvu", tuple(mlvu.VARIANTS), mlvu.score, "task_type",
+    "mvbench": Task("mvbench", ("default",), mvbench.score, ("subtask",),
+                    mvbench.MAX_NEW_TOKENS, macro=True),
+    "mlvu": Task("mlvu", tuple(mlvu.VARIANTS), mlvu.score, ("task_type",),
                  mlvu.MAX_NEW_TOKENS, macro=True),
     "longvideobench": Task("longvideobench", ("default",), longvideobench.score,
-                           "duration_group", longvideobench.MAX_NEW_TOKENS),
+                           ("duration_group", "question_category"),
+                           longvideobench.MAX_NEW_TOKENS),
 }
 
 
@@ -59,12 +61,20 @@ def parse_task(name: str) -> tuple[Task, str | None]:
                        "mvbench_<subtask> (e.g. mvbench_action_antonym), mlvu, longvideobench")
 
 
-def resolve_variant(task: Task, variant: str, model_type: str | None) -> str:
-    """``auto``: the variant lmms-eval would use for this model (Video-MME's ``qwen3_vl`` for
-    the Qwen3-VL family), else ``default``."""
+def resolve_variant(task: Task, variant: str, model_type: str | None,
+                    model: str = "") -> str:
+    """``auto``: the variant lmms-eval would use for this model, else ``default``.
+
+    lmms-eval picks a yaml's per-model variant by its model wrapper's name: ``qwen3_vl`` for
+    the Qwen3-VL family, ``llava_vid`` for LLaVA-NeXT-Video and LLaVA-Video (whose Hugging Face
+    checkpoints say ``llava_onevision``, so the ``--model`` name tells them apart).
+    """
     if variant == "auto":
         if "qwen3_vl" in task.variants and model_type and model_type.startswith("qwen3_vl"):
             return "qwen3_vl"
+        if "llava_vid" in task.variants and (model_type == "llava_next_video"
+                                             or "llava-video" in model.lower()):
+            return "llava_vid"
         return "default"
     if variant not in task.variants:
         raise DatasetError(f"--prompt-variant: {task.name} defines {', '.join(task.variants)} "

@@ -70,7 +70,8 @@ def read(root: Path, limit: int | None = None) -> list[EvalQuestion]:
             NAME, str(row.get("id", f"lvb-{index}")), video,
             prompt(str(row["question"]), candidates), tuple(candidates),
             LETTERS[int(row["correct_choice"])], MAX_NEW_TOKENS,
-            {"duration_group": str(row.get("duration_group", "?"))}, error))
+            {"duration_group": str(row.get("duration_group", "?")),
+             "question_category": str(row.get("question_category", "?"))}, error))
     return questions
 
 

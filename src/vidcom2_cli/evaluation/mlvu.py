@@ -49,10 +49,12 @@ def read(root: Path, variant: str = "default", limit: int | None = None
     files = [root / "json" / f"{name}.json" for name in TASK_FILES]
     if not any(path.is_file() for path in files):
         raise DatasetError(f"mlvu: {root} is not MLVU dev: expected {EXPECTED}")
+    missing = [path.name for path in files if not path.is_file()]
+    if missing:  # the score is a mean over the 7 task types: an absent one would skew it
+        raise DatasetError(f"mlvu: {root / 'json'} lacks {', '.join(missing)}; expected "
+                           f"{EXPECTED}")
     questions = []
     for name, path in zip(TASK_FILES, files, strict=True):
-        if not path.is_file():
-            continue
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
@@ -70,7 +72,7 @@ def read(root: Path, variant: str = "default", limit: int | None = None
             questions.append(EvalQuestion(
                 NAME, f"{name}-{index}", video,
                 prompt(str(row["question"]), candidates, variant), tuple(candidates), letter,
-                MAX_NEW_TOKENS, {"task_type": str(row.get("question_type", plain))},
+                MAX_NEW_TOKENS, {"task_type": plain},
                 error if letter else error or f"answer {answer!r} is not a candidate"))
     return questions[:limit]
 

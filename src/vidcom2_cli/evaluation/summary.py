@@ -1,13 +1,16 @@
 """The summary of an eval run: per task and per breakdown (Video-MME's durations, MVBench's
-subtasks, MLVU's task types, LongVideoBench's duration groups), per method and ratio.
+subtasks, MLVU's task types, LongVideoBench's duration groups and question categories), per
+method and ratio.
 
 Accuracy is over the answered questions that count (MVBench leaves empty answers out, as
-lmms-eval does); errors are reported apart. The task's score is that accuracy, except MLVU's:
-the mean of its task types' accuracies, as lmms-eval's ``mlvu_aggregate_results_dev`` (over
-the task types present). ``of_full`` is the score as a percentage of the ratio-1.0 score of
-the same rows when 1.0 is in the sweep (the papers' "avg of full"). Time per question is the
-end-to-end time of each record (a video's first question per setting carries its decoding,
-encoding and prefix prefill, as it would alone), averaged.
+lmms-eval does); errors are reported apart. The task's score is that accuracy, except MLVU's
+(the mean of its task types' accuracies, as lmms-eval's ``mlvu_aggregate_results_dev``; over
+the task types present, which is all 7 unless ``--limit`` cut some) and MVBench's (the mean of
+the subtasks' accuracies, the number the papers report; lmms-eval prints only the 20).
+``of_full`` is the score as a percentage of the ratio-1.0 score of the same rows when 1.0 is in
+the sweep (the papers' "avg of full"). Time per question is the end-to-end time of each record
+(a video's first question per setting carries its decoding, encoding and prefix prefill, as it
+would alone), averaged.
 """
 
 from __future__ import annotations
@@ -51,14 +54,14 @@ class _Tally:
 
 def summarize(records: Iterable[dict[str, Any]], task: str, order: list[str]) -> dict[str, Any]:
     """The summary as a JSON-ready dict; ``order``: the setting labels in sweep order."""
-    breakdown = TASKS[task].breakdown
+    breakdowns = TASKS[task].breakdowns
     tallies: dict[tuple[str, str], _Tally] = {}
     methods: dict[str, tuple[str, float]] = {}
     for record in records:
         setting = record["setting"]
         methods[setting] = (record["method"], float(record["ratio"]))
-        group = record.get("groups", {}).get(breakdown, "?")
-        for subset in (ALL, f"{breakdown}={group}"):
+        groups = record.get("groups", {})
+        for subset in (ALL, *(f"{name}={groups.get(name, '?')}" for name in breakdowns)):
             tallies.setdefault((subset, setting), _Tally()).add(record)
     subsets = sorted({subset for subset, _ in tallies}, key=lambda name: (name != ALL, name))
     rows = []
@@ -70,7 +73,7 @@ def summarize(records: Iterable[dict[str, Any]], task: str, order: list[str]) ->
             score = tally.accuracy
             if subset == ALL and TASKS[task].macro:
                 parts = [tallies[(name, setting)].accuracy for name in subsets
-                         if name != ALL and (name, setting) in tallies]
+                         if name.startswith(f"{breakdowns[0]}=") and (name, setting) in tallies]
                 parts = [part for part in parts if part is not None]
                 score = sum(parts) / len(parts) if parts else None
             method, ratio = methods[setting]
@@ -83,7 +86,8 @@ def summarize(records: Iterable[dict[str, Any]], task: str, order: list[str]) ->
                          "seconds_per_question": tally.mean(tally.seconds)})
     for row in rows:
         row["of_full"] = _of_full(row, rows)
-    return {"task": task, "score": "mean of task types" if TASKS[task].macro else "accuracy",
+    return {"task": task,
+            "score": f"mean over {breakdowns[0]}s" if TASKS[task].macro else "accuracy",
             "settings": [label for label in order if label in methods], "rows": rows}
 
 
