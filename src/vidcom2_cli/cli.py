@@ -752,9 +752,7 @@ def _fail_if_all_failed(summary: BatchSummary) -> None:
 def _ray_batch(input_path: str, out: str, resume: bool, options: BatchOptions,
                ray_options: RayOptions, model: str, load_options: LoadOptions,
                feature_cache: Path | None) -> BatchSummary:
-    check_ray_options(ray_options)
-    import_ray()  # one line saying which extra to install, before anything else
-    check_model_source(model, RANDOM_PREFIX)
+    _check_ray(ray_options, model)
     items = stream_input(input_path)
     done = prepare_output(out, resume, input_path)
     total = None if input_path == "-" else max(count_lines(Path(input_path)) - sum(
@@ -764,6 +762,13 @@ def _ray_batch(input_path: str, out: str, resume: bool, options: BatchOptions,
                           feature_cache, total)
     stderr.print(summary.render(), highlight=False, markup=False)
     return summary
+
+
+def _check_ray(ray_options: RayOptions, model: str) -> None:
+    """What can be refused before Ray starts: its options, a missing extra, a missing model."""
+    check_ray_options(ray_options)
+    import_ray()  # one line saying which extra to install, before anything else
+    check_model_source(model, RANDOM_PREFIX)
 
 
 def _on_ray(items: Iterable, sink: object, done: object, options: BatchOptions,
@@ -877,8 +882,6 @@ def eval_(
         check_batch_options(options)
         done = prepare_output(out, resume, str(data))
         engine = ray_options = None
-        load_options = LoadOptions(device=device, dtype=dtype, attention=attn,
-                                   device_map=device_map)
         if ray_address is None:
             if workers is not None or gpus_per_worker is not None:
                 raise InputError("--workers/--gpus-per-worker: only with --ray")
@@ -887,9 +890,7 @@ def eval_(
             model_type = engine.loaded.model_type
         else:
             ray_options = RayOptions(ray_address, workers, gpus_per_worker, chunk, False)
-            check_ray_options(ray_options)
-            import_ray()
-            check_model_source(model, RANDOM_PREFIX)
+            _check_ray(ray_options, model)
             from .models.presets import checkpoint_model_type
 
             model_type = checkpoint_model_type(model)
@@ -905,7 +906,8 @@ def eval_(
                     summary = run_batch(engine, items, options, sink, done, on_record)
             else:
                 summary = _on_ray(items, sink, done, options, ray_options, model,
-                                  load_options, feature_cache, todo)
+                                  LoadOptions(device=device, dtype=dtype, attention=attn,
+                                              device_map=device_map), feature_cache, todo)
         stderr.print(summary.render(), highlight=False, markup=False)
         records = sink.records
         if out != "-":  # the whole file: earlier runs' records too (--resume)
