@@ -548,6 +548,11 @@ def test_a_sweep_over_methods_that_read_vision_signals_still_encodes_once(
 def test_a_method_option_no_method_has_is_refused():
     with pytest.raises(InputError, match="--method-option: none of the methods"):
         with_method_options(settings([0.5], ["vidcom2", "random"]), (("tau", 0.8),))
+    with pytest.raises(InputError, match=r"--method-option: .*tau must be in \[-1, 1\]"):
+        with_method_options(settings([0.5], ["vidcom2", "fastvid"]), (("tau", 7.0),))
+    shared = with_method_options(settings([0.5], ["fastvid", "holitom", "visionzip"]),
+                                 (("tau", 0.7),))
+    assert [setting.options for setting in shared] == [(("tau", 0.7),), (("tau", 0.7),), ()]
 
 
 def test_a_question_lacking_a_field_is_one_line_naming_file_and_field(datasets, tmp_path):

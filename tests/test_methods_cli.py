@@ -59,6 +59,31 @@ def test_an_option_the_method_lacks_is_one_line_naming_the_known_ones(tiny_check
     assert "--method-option" in line and "nosuch" in line
 
 
+@pytest.mark.parametrize(("command", "unknown"), [
+    (["ask", CLIP, "Q?", "--method", "fastvid"], "method 'fastvid' has no option 'nosuch'"),
+    (["bench", CLIP, "--methods", "vidcom2,fastvid"], "none of the methods has an option 'nosuch'"),
+])
+@pytest.mark.parametrize("option", ["nosuch=1", "tau=7"])
+def test_an_option_no_family_accepts_is_refused_before_the_model_loads(command, unknown, option):
+    """The model named does not exist: the option's line comes first, nothing is loaded."""
+    result = invoke(*command, "--model", "/nonexistent/model", "--method-option", option)
+    assert result.exit_code == 2
+    line = one_line(result)
+    said = unknown if option == "nosuch=1" else "fastvid': tau must be in [-1, 1], got 7"
+    assert line.startswith("error: --method-option:") and said in line
+
+
+def test_an_option_only_another_family_has_is_refused_once_the_model_is_known(
+        tiny_checkpoints):
+    """FastVID's ``ignore`` exists on the Qwen profile only."""
+    result = invoke("ask", CLIP, "Q?", "--model", tiny_checkpoints("llava_onevision"),
+                    "--frames", "4", "--max-new-tokens", "2", "--device", "cpu",
+                    "--method", "fastvid", "--method-option", "ignore=0.9")
+    assert result.exit_code == 2
+    line = one_line(result)
+    assert "--method-option" in line and "no option 'ignore'" in line
+
+
 FIELD = "vidcom2,fastvid,holitom,visionzip,dycoke,fastvid+fca,holitom+fca,visionzip+fca,dycoke+fca"
 
 

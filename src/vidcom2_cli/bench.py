@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from .compression import get_method
+from .compression import spread_method_options
 from .engine import (
     CompressionOptions,
     EncodedRequest,
@@ -53,7 +53,8 @@ def parse_floats(text: str, option: str) -> list[float]:
 
 def check_bench_options(ratios: list[float], methods: list[str],
                         generation: GenerationOptions, repeats: int, warmup: int,
-                        seed: int = 0) -> None:
+                        seed: int = 0, method_options: tuple[tuple[str, float], ...] = ()
+                        ) -> None:
     """InputError naming the option, for every (method, ratio) before any work is done."""
     if repeats < 1 or warmup < 0:
         raise InputError("--repeats must be at least 1 and --warmup at least 0")
@@ -62,6 +63,16 @@ def check_bench_options(ratios: list[float], methods: list[str],
     for method in methods:
         for ratio in ratios:
             check_options(CompressionOptions(ratio, method, seed), generation)
+    method_shares(methods, method_options)
+
+
+def method_shares(methods: list[str], method_options: tuple[tuple[str, float], ...],
+                  profile: str | None = None) -> dict[str, tuple[tuple[str, float], ...]]:
+    """Each method's share of the ``--method-option`` values (InputError naming the option)."""
+    try:
+        return spread_method_options(methods, method_options, profile)
+    except ValueError as error:
+        raise InputError(f"--method-option: {error}") from None
 
 
 def run_bench(engine: Engine, prepared: PreparedRequest, ratios: list[float], methods: list[str],
@@ -71,17 +82,12 @@ def run_bench(engine: Engine, prepared: PreparedRequest, ratios: list[float], me
     """Measure each (method, ratio) on one decoded and preprocessed video, encoded once (with
     the vision signals every method needs); ratio 1.0 is always measured first as the
     baseline. ``method_options`` apply to every method that has them."""
-    check_bench_options(ratios, methods, generation, repeats, warmup, seed)
+    check_bench_options(ratios, methods, generation, repeats, warmup, seed, method_options)
+    shares = method_shares(methods, method_options, engine.adapter.compression_profile)
 
     def options_for(method: str, ratio: float) -> CompressionOptions:
-        known = get_method(method).spec.options_for(engine.adapter.compression_profile)
-        return CompressionOptions(ratio, method, seed, tuple(
-            (name, value) for name, value in method_options if name in known))
+        return CompressionOptions(ratio, method, seed, shares[method])
 
-    profile = engine.adapter.compression_profile
-    for name, _ in method_options:
-        if not any(name in get_method(method).spec.options_for(profile) for method in methods):
-            raise InputError(f"--method-option: none of the methods has an option {name!r}")
     for method in methods:
         engine.accept(options_for(method, 0.5))
     encoded, vision_ms = _encode(engine, prepared, repeats, warmup)

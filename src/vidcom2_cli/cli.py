@@ -621,7 +621,8 @@ def bench(
         sampling = SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
                                    min_pixels=min_pixels, max_pixels=max_pixels)
         try:
-            check_bench_options(ratio_list, method_list, generation, repeats, warmup, seed)
+            check_bench_options(ratio_list, method_list, generation, repeats, warmup, seed,
+                                parse_method_options(method_option))
         except InputError as error:  # the shared checks name ask's --ratio and --method
             raise rename_option(error, {"--ratio": "--ratios", "--method": "--methods"}) from None
         check_sampling(sampling)

@@ -19,7 +19,14 @@ import numpy as np
 import torch
 
 from . import __version__
-from .compression import KeepPlan, VisionSignals, get_method, method_options, select
+from .compression import (
+    KeepPlan,
+    VisionSignals,
+    check_method_options,
+    get_method,
+    method_options,
+    select,
+)
 from .compression.checks import check_ratio
 from .feature_cache import CachedEncoding, FeatureCache
 from .models import LoadedModel, LoadOptions, VideoAdapter, load_adapter
@@ -531,8 +538,8 @@ def check_options(compression: CompressionOptions, generation: GenerationOptions
 
 
 def check_compression(compression: CompressionOptions, profile: str | None = None) -> None:
-    """InputError naming the option; with the model's family ``profile``, the method's
-    options are checked too."""
+    """InputError naming the option. The method's options are checked for the model's family
+    ``profile``, or without one (before the model loads) against every profile."""
     try:
         check_ratio(compression.ratio)
     except ValueError as error:
@@ -541,11 +548,14 @@ def check_compression(compression: CompressionOptions, profile: str | None = Non
         get_method(compression.method)
     except ValueError as error:
         raise InputError(f"--method: {error}") from None
-    if profile is not None:
-        try:
-            method_options(compression.method, profile, dict(compression.method_options))
-        except ValueError as error:
-            raise InputError(f"--method-option: {error}") from None
+    overrides = dict(compression.method_options)
+    try:
+        if profile is None:
+            check_method_options(compression.method, overrides)
+        else:
+            method_options(compression.method, profile, overrides)
+    except ValueError as error:
+        raise InputError(f"--method-option: {error}") from None
 
 
 def check_generation(generation: GenerationOptions) -> None:

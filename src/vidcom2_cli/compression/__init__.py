@@ -4,14 +4,16 @@ from .method import PROFILES, SIGNALS, MethodInput, MethodSpec, Selection, Visio
 from .methods import (
     METHODS,
     Method,
+    check_method_options,
     fca_budgets,
     get_method,
     method_options,
     select,
+    spread_method_options,
     vidcom2_select,
 )
 from .plan import KeepPlan, Merges
 
 __all__ = ["METHODS", "PROFILES", "SIGNALS", "KeepPlan", "Merges", "Method", "MethodInput",
-           "MethodSpec", "Selection", "VisionSignals", "fca_budgets", "get_method",
-           "method_options", "select", "vidcom2_select"]
+           "MethodSpec", "Selection", "VisionSignals", "check_method_options", "fca_budgets",
+           "get_method", "method_options", "select", "spread_method_options", "vidcom2_select"]

@@ -8,7 +8,7 @@ budget to replace) spends VidCom2's FCA counts instead: the paper's plug-in expe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +90,43 @@ def method_options(method: str, profile: str, overrides: Mapping[str, float] | N
             raise ValueError(f"method {method!r}: {name} must be in [{low:g}, {high:g}], got "
                              f"{options[name]:g}")
     return options
+
+
+def check_method_options(method: str, overrides: Mapping[str, float]) -> None:
+    """ValueError unless ``overrides`` suit the method on some family profile: what can be
+    refused before a model (and so its profile) is loaded; ``method_options`` checks the rest."""
+    errors = []
+    for profile in PROFILES:
+        try:
+            method_options(method, profile, overrides)
+            return
+        except ValueError as error:
+            errors.append(error)
+    raise errors[0]
+
+
+def spread_method_options(methods: Iterable[str], overrides: Iterable[tuple[str, float]],
+                          profile: str | None = None) -> dict[str, tuple[tuple[str, float], ...]]:
+    """Each method's share of one set of overrides given to several methods (a bench or an
+    eval sweep): a value goes to every method that has the option on ``profile``, or on any
+    profile when it is None (before a model is known). ValueError for an option none of the
+    methods has, or a value out of its method's range."""
+    overrides = tuple(overrides)
+    shares = {}
+    for method in dict.fromkeys(methods):
+        spec = get_method(method).spec
+        known = (spec.options_for(profile) if profile is not None
+                 else {name for defaults in spec.defaults.values() for name in defaults})
+        shares[method] = tuple((name, value) for name, value in overrides if name in known)
+    for name, _ in overrides:
+        if not any(name in dict(share) for share in shares.values()):
+            raise ValueError(f"none of the methods has an option {name!r}")
+    for method, share in shares.items():
+        if profile is None:
+            check_method_options(method, dict(share))
+        else:
+            method_options(method, profile, dict(share))
+    return shares
 
 
 def select(features: torch.Tensor, ratio: float, method: str = "vidcom2", *, seed: int = 0,

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..batch import BatchItem, RecordSink
-from ..compression import get_method
-from ..engine import CompressionOptions, InputError
+from ..bench import method_shares
+from ..engine import CompressionOptions
 from . import score
 from .common import EvalQuestion
 
@@ -42,20 +42,12 @@ def settings(ratios: Iterable[float], methods: Iterable[str]) -> list[Setting]:
 
 def with_method_options(chosen: list[Setting], values: tuple[tuple[str, float], ...]
                         ) -> list[Setting]:
-    """Each setting with the ``--method-option`` values its method declares (bench's rule:
-    an option applies to every method that has it; InputError when none has it)."""
+    """Each setting with its method's share of the ``--method-option`` values (bench's rule,
+    ``bench.method_shares``: an option applies to every method that has it)."""
     if not values:
         return chosen
-    out = []
-    for setting in chosen:
-        spec = get_method(setting.method).spec
-        known = {name for defaults in spec.defaults.values() for name in defaults}
-        out.append(replace(setting, options=tuple(
-            (name, value) for name, value in values if name in known)))
-    for name, _ in values:
-        if not any(name in dict(setting.options) for setting in out):
-            raise InputError(f"--method-option: none of the methods has an option {name!r}")
-    return out
+    shares = method_shares([setting.method for setting in chosen], values)
+    return [replace(setting, options=shares[setting.method]) for setting in chosen]
 
 
 def record_id(question: EvalQuestion, setting: Setting) -> str:
