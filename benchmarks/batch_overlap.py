@@ -33,13 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from tiny_models import make_tiny_checkpoint  # noqa: E402
 
-import vidcom2_cli.batch as batch_module  # noqa: E402
-from vidcom2_cli.batch import (  # noqa: E402
-    BatchOptions,
-    ResultWriter,
-    parse_lines,
-    run_batch,
-)
+import vidcom2_cli.batch.local as batch_module  # noqa: E402
+from vidcom2_cli.batch.input import parse_lines  # noqa: E402
+from vidcom2_cli.batch.local import BatchOptions, run_batch  # noqa: E402
+from vidcom2_cli.batch.output import ResultWriter  # noqa: E402
 from vidcom2_cli.engine import (  # noqa: E402
     CompressionOptions,
     Engine,

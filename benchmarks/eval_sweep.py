@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from vidcom2_cli.batch import BatchOptions, ResultWriter, run_batch
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter
 from vidcom2_cli.engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
 from vidcom2_cli.evaluation import TASKS, read_questions
 from vidcom2_cli.evaluation.common import EvalQuestion

@@ -16,20 +16,9 @@ import pytest
 from jsonl_files import jsonl, records
 from typer.testing import CliRunner
 
-from vidcom2_cli.batch import (
-    BatchOptions,
-    ResultWriter,
-    existing_ids,
-    expected_choice,
-    extract_choice,
-    is_correct,
-    multiple_choice_prompt,
-    parse_lines,
-    pending_items,
-    prepare_output,
-    read_input,
-    run_batch,
-)
+from vidcom2_cli.batch.input import parse_lines, read_input
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter, existing_ids, pending_items, prepare_output
 from vidcom2_cli.cli import app
 from vidcom2_cli.engine import (
     CompressionOptions,
@@ -39,6 +28,12 @@ from vidcom2_cli.engine import (
     SamplingOptions,
 )
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.multiple_choice import (
+    expected_choice,
+    extract_choice,
+    is_correct,
+    multiple_choice_prompt,
+)
 from vidcom2_cli.video import load_video
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"

@@ -16,18 +16,13 @@ from jsonl_files import jsonl, records
 from tiny_models import TINY_PIXEL_BOUNDS
 from typer.testing import CliRunner
 
-from vidcom2_cli.batch import (
-    BatchOptions,
-    ResultWriter,
-    existing_ids,
-    parse_lines,
-    run_batch,
-    stream_input,
-)
+from vidcom2_cli.batch.input import parse_lines, stream_input
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter, existing_ids
+from vidcom2_cli.batch.ray import RayOptions, ray_workers, run_ray_batch
 from vidcom2_cli.cli import app, with_ray_address
 from vidcom2_cli.engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
 from vidcom2_cli.models import LoadOptions
-from vidcom2_cli.ray_batch import RayOptions, ray_workers, run_ray_batch
 
 pytestmark = pytest.mark.slow
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"

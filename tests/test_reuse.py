@@ -16,7 +16,9 @@ from jsonl_files import jsonl, records
 from typer.testing import CliRunner
 
 from vidcom2_cli import engine as engine_module
-from vidcom2_cli.batch import BatchOptions, ResultWriter, parse_lines, run_batch
+from vidcom2_cli.batch.input import parse_lines
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter
 from vidcom2_cli.cli import app
 from vidcom2_cli.engine import (
     CompressionOptions,
@@ -357,7 +359,7 @@ def test_batch_reuse_interrupted_then_resumed_gives_every_id_once(tiny_checkpoin
     first = records(out.read_text())
     assert [row["id"] for row in first] == ["s1", "s2", "s3"]  # the first video's group
     monkeypatch.setattr(engine, "ask_contexts", real)
-    from vidcom2_cli.batch import existing_ids
+    from vidcom2_cli.batch.output import existing_ids
 
     final = run(engine, batch_input, out, reuse=True, done=existing_ids(out))
     assert Counter(row["id"] for row in final) == Counter(

@@ -61,19 +61,11 @@ from .errors import VideoError, first_line
 if TYPE_CHECKING:  # imported for real by _heavy(), on first use
     import numpy as np
 
-    from .batch import (
-        BatchOptions,
-        BatchSummary,
-        ResultWriter,
-        check_batch_options,
-        count_lines,
-        pending_items,
-        prepare_output,
-        progress_bar,
-        read_input,
-        run_batch,
-        stream_input,
-    )
+    from .batch.input import count_lines, read_input, stream_input
+    from .batch.local import BatchOptions, check_batch_options, run_batch
+    from .batch.output import ResultWriter, pending_items, prepare_output
+    from .batch.progress import BatchSummary, progress_bar
+    from .batch.ray import RayOptions, check_ray_options, import_ray, ray_workers, run_ray_batch
     from .bench import check_bench_options, parse_floats, run_bench
     from .engine import (
         Answer,
@@ -91,7 +83,6 @@ if TYPE_CHECKING:  # imported for real by _heavy(), on first use
     from .heatmap import save_contact_sheet
     from .models import LoadOptions
     from .models.base import PrefixCache
-    from .ray_batch import RayOptions, check_ray_options, import_ray, ray_workers, run_ray_batch
     from .report import (
         RANDOM_WEIGHTS_NOTE,
         answer_to_json,
@@ -118,19 +109,11 @@ def _heavy() -> None:
     global RayOptions, check_ray_options, import_ray, ray_workers, run_ray_batch
     global RANDOM_WEIGHTS_NOTE, answer_to_json, bench_rows_to_json, render_answer, render_bench
     global chat_ready_line, megabytes, question_footer, render_question_answer, render_summary
-    from .batch import (
-        BatchOptions,
-        BatchSummary,
-        ResultWriter,
-        check_batch_options,
-        count_lines,
-        pending_items,
-        prepare_output,
-        progress_bar,
-        read_input,
-        run_batch,
-        stream_input,
-    )
+    from .batch.input import count_lines, read_input, stream_input
+    from .batch.local import BatchOptions, check_batch_options, run_batch
+    from .batch.output import ResultWriter, pending_items, prepare_output
+    from .batch.progress import BatchSummary, progress_bar
+    from .batch.ray import RayOptions, check_ray_options, import_ray, ray_workers, run_ray_batch
     from .bench import check_bench_options, parse_floats, run_bench
     from .engine import (
         Answer,
@@ -148,7 +131,6 @@ def _heavy() -> None:
     from .heatmap import save_contact_sheet
     from .models import LoadOptions
     from .models.base import PrefixCache
-    from .ray_batch import RayOptions, check_ray_options, import_ray, ray_workers, run_ray_batch
     from .report import (
         RANDOM_WEIGHTS_NOTE,
         answer_to_json,

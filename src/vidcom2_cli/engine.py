@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from .compression import (
     select,
 )
 from .compression.checks import check_ratio
+from .errors import first_line
 from .feature_cache import CachedEncoding, FeatureCache
 from .models import LoadedModel, LoadOptions, VideoAdapter, load_adapter
 from .models.base import (
@@ -39,7 +41,14 @@ from .models.base import (
     QuestionError,
 )
 from .models.sizing import PixelBounds
-from .timing import PeakMemory, StageTimer, peak_memory, reset_peak_memory
+from .timing import (
+    PeakMemory,
+    StageTimer,
+    is_out_of_memory,
+    peak_memory,
+    release_cached_memory,
+    reset_peak_memory,
+)
 from .video import (
     DEFAULT_MAX_FRAMES,
     DEFAULT_NUM_FRAMES,
@@ -187,6 +196,23 @@ class Answer:
     random_weights: bool
     feature_cache: str | None = None  # "hit", "miss", or None without a feature cache
     run: dict[str, object] = field(default_factory=dict)  # Engine.run_info(): what answered
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question to answer about an encoded video, and the compression it is asked under."""
+
+    request: Request
+    compression: CompressionOptions
+
+
+@dataclass(frozen=True)
+class QuestionGroup:
+    """Questions about one encoded video: the unit of work ``Engine.answer_groups`` takes (a
+    group of a batch; a request or a chat turn alike)."""
+
+    video: EncodedRequest
+    questions: tuple[Question, ...]
 
 
 OPENING_QUESTION = "Describe this video."
@@ -428,6 +454,84 @@ class Engine:
             timing_ms=timing, memory=memory, random_weights=self.random_weights,
             feature_cache=encoded.feature_cache, run=self.run_info())
 
+    # --- whole work: questions about encoded videos -------------------------------------------
+
+    def answer_groups(self, groups: Sequence[QuestionGroup], generation: GenerationOptions,
+                      batch_size: int = 1, reuse_prefix: bool = True
+                      ) -> list[list[Answer | str]]:
+        """Answer every question of ``groups``: for each group, in its questions' order, the
+        ``Answer`` or the one-line error of that question.
+
+        With ``reuse_prefix`` each video is compressed once per setting its questions ask for,
+        ``batch_size`` (video, setting) prompt prefixes are prefilled in one batch, and the
+        questions are answered ``batch_size`` per generate call, each on a copy of its video's
+        prefix. Without, each group must be the one question its video was prepared with,
+        answered on its whole prompt (one generate call per setting): the reference path.
+
+        A failed call is tried again part by part before anyone gets its error: a failed
+        prefill, each video alone; a failed generate call, each question alone (after an
+        out-of-memory error the cached memory is released first). So one bad question never
+        costs its neighbours their answers.
+        """
+        if not reuse_prefix:
+            return self._answer_whole(list(groups), generation)
+        parts = [(index, rows, setting) for index, group in enumerate(groups)
+                 for setting, rows in _by_setting(group.questions)]
+        outcomes: list[list[Answer | str]] = [["" for _ in group.questions] for group in groups]
+        for start in range(0, len(parts), batch_size):
+            chunk = parts[start:start + batch_size]
+            answered = self._answer_shared(
+                [(groups[index].video, setting, [groups[index].questions[row] for row in rows])
+                 for index, rows, setting in chunk], generation, batch_size)
+            for (index, rows, _), results in zip(chunk, answered, strict=True):
+                for row, result in zip(rows, results, strict=True):
+                    outcomes[index][row] = result
+        return outcomes
+
+    def _answer_shared(self, parts: list[tuple[EncodedRequest, CompressionOptions,
+                                               list[Question]]],
+                       generation: GenerationOptions, batch_size: int
+                       ) -> list[list[Answer | str]]:
+        """Each (video, setting, questions) part's outcomes: the parts' prefixes prefilled in
+        one batch, their questions asked ``batch_size`` per generate call."""
+
+        def run(chunk: list[tuple[EncodedRequest, CompressionOptions, list[Question]]]
+                ) -> list[list[Answer | str]]:
+            contexts = [self.context(video, setting) for video, setting, _ in chunk]
+            prefix = self.prefill(contexts)
+            asked = [(row, question.request) for row, (_, _, questions) in enumerate(chunk)
+                     for question in questions]
+            answers = iter([outcome for start in range(0, len(asked), batch_size)
+                            for outcome in _together_or_alone(
+                                lambda pairs: self.ask_contexts(contexts, prefix, pairs,
+                                                                generation),
+                                asked[start:start + batch_size], lambda _, failure: failure)])
+            return [[next(answers) for _ in questions] for _, _, questions in chunk]
+
+        return _together_or_alone(run, parts, lambda part, failure: [failure] * len(part[2]),
+                                  before_alone=lambda: reset_peak_memory(self.devices))
+
+    def _answer_whole(self, groups: list[QuestionGroup], generation: GenerationOptions
+                      ) -> list[list[Answer | str]]:
+        """``answer_groups`` without a shared prefix: one generate call per setting for the
+        groups together, each on the prompt its video was prepared with."""
+        for group in groups:
+            if len(group.questions) != 1 or group.questions[0].request != group.video.request:
+                raise ValueError("without prefix reuse a group is the one question its video "
+                                 "was prepared with")
+
+        def run(chunk: list[QuestionGroup]) -> list[list[Answer | str]]:
+            outcomes: list[list[Answer | str]] = [[] for _ in chunk]
+            for setting, rows in _by_setting([group.questions[0] for group in chunk]):
+                answers = self.answer([chunk[row].video for row in rows], setting, generation)
+                for row, answer in zip(rows, answers, strict=True):
+                    outcomes[row] = [answer]
+            return outcomes
+
+        return _together_or_alone(run, groups, lambda _, failure: [failure],
+                                  # each retried group reports its own peak
+                                  before_alone=lambda: reset_peak_memory(self.devices))
+
     # --- one video, many questions ----------------------------------------------------------
 
     def context(self, encoded: EncodedRequest, compression: CompressionOptions) -> VideoContext:
@@ -617,3 +721,49 @@ def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
         generated=generated,
         prefix_reused=prefix_reused,
     )
+
+
+Part = TypeVar("Part")
+Outcome = TypeVar("Outcome")
+
+
+def _by_setting(questions: Sequence[Question]) -> list[tuple[CompressionOptions, list[int]]]:
+    """Each compression setting of the questions with their positions, in order of first use
+    (settings compared by value: their repr, as an option may hold an unhashable dict)."""
+    settings: dict[str, tuple[CompressionOptions, list[int]]] = {}
+    for row, question in enumerate(questions):
+        settings.setdefault(repr(question.compression), (question.compression, []))[1].append(row)
+    return list(settings.values())
+
+
+def _together_or_alone(run: Callable[[list[Part]], list[Outcome]], parts: list[Part],
+                       failed: Callable[[Part, str], Outcome],
+                       before_alone: Callable[[], None] = lambda: None) -> list[Outcome]:
+    """``run(parts)``, one outcome per part; when it fails, each part alone (``before_alone``
+    called first), and a part that fails alone gets ``failed(part, message)``.
+
+    After an out-of-memory error the cached CUDA memory is released, outside the ``except``
+    block, so that the failed call's traceback (and the activations its frames hold) is gone.
+    """
+    if not parts:
+        return []
+    try:
+        return run(parts)
+    except Exception as error:
+        failure, out_of_memory = _failure(error)
+    if out_of_memory:
+        release_cached_memory()
+    if len(parts) == 1:
+        return [failed(parts[0], failure)]
+    outcomes = []
+    for part in parts:
+        before_alone()
+        outcomes += _together_or_alone(run, [part], failed, before_alone)
+    return outcomes
+
+
+def _failure(error: Exception) -> tuple[str, bool]:
+    """An error as its question's one-line message, and whether it means out of memory."""
+    if isinstance(error, InputError):  # e.g. one prompt too long for the context
+        return first_line(error), False
+    return f"{type(error).__name__}: {first_line(error)}", is_out_of_memory(error)

@@ -19,14 +19,8 @@ import json
 import re
 from pathlib import Path
 
-from .common import (
-    DatasetError,
-    EvalQuestion,
-    checked_rows,
-    find_video,
-    mcq_letter,
-    option_lines,
-)
+from ..multiple_choice import mcq_letter, option_lines
+from .common import DatasetError, EvalQuestion, checked_rows, find_video
 
 NAME = "mlvu"
 MAX_NEW_TOKENS = 16

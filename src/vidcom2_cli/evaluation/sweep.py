@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..batch import BatchItem, RecordSink
+from ..batch.input import BatchItem
+from ..batch.output import RecordSink
 from ..bench import method_shares
 from ..engine import CompressionOptions
 from . import score

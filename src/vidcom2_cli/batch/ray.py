@@ -30,20 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .batch import (
-    BatchItem,
-    BatchOptions,
-    BatchSummary,
-    RecordSink,
-    error_record,
-    iter_pending,
-    run_batch,
-    video_groups,
-)
-from .cli_support import looks_like_address
-from .engine import InputError
-from .errors import first_line
-from .models import LoadOptions
+from ..cli_support import looks_like_address
+from ..engine import InputError
+from ..errors import first_line
+from ..models import LoadOptions
+from .input import BatchItem
+from .local import BatchOptions, run_batch, video_groups
+from .output import RecordSink, error_record, iter_pending
+from .progress import BatchSummary
 
 RAY_EXTRA = 'pip install "vidcom2-cli[ray]"'
 IN_FLIGHT_PER_WORKER = 2  # chunks queued on a worker: one running, the next ready
@@ -102,8 +96,8 @@ class BatchWorker:
                  threads: int) -> None:
         import torch
 
-        from .engine import Engine
-        from .feature_cache import FeatureCache
+        from ..engine import Engine
+        from ..feature_cache import FeatureCache
 
         torch.set_num_threads(threads)
         cache = None if feature_cache is None else FeatureCache(Path(feature_cache))
@@ -127,7 +121,7 @@ class BatchWorker:
 
     def check_video(self, path: str) -> str | None:
         """None when the worker can open the video, else why not."""
-        from .video import VideoError, probe
+        from ..video import VideoError, probe
 
         try:
             probe(path)
