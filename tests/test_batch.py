@@ -20,13 +20,8 @@ from vidcom2_cli.batch.input import parse_lines, read_input
 from vidcom2_cli.batch.local import BatchOptions, run_batch
 from vidcom2_cli.batch.output import ResultWriter, existing_ids, pending_items, prepare_output
 from vidcom2_cli.cli import app
-from vidcom2_cli.engine import (
-    CompressionOptions,
-    Engine,
-    GenerationOptions,
-    InputError,
-    SamplingOptions,
-)
+from vidcom2_cli.engine import Engine
+from vidcom2_cli.errors import InputError
 from vidcom2_cli.models import LoadOptions
 from vidcom2_cli.multiple_choice import (
     expected_choice,
@@ -34,6 +29,7 @@ from vidcom2_cli.multiple_choice import (
     is_correct,
     multiple_choice_prompt,
 )
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 from vidcom2_cli.video import load_video
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"

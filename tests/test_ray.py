@@ -21,8 +21,9 @@ from vidcom2_cli.batch.local import BatchOptions, run_batch
 from vidcom2_cli.batch.output import ResultWriter, existing_ids
 from vidcom2_cli.batch.ray import RayOptions, ray_workers, run_ray_batch
 from vidcom2_cli.cli import app, with_ray_address
-from vidcom2_cli.engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 
 pytestmark = pytest.mark.slow
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"

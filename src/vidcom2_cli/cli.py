@@ -67,22 +67,19 @@ if TYPE_CHECKING:  # imported for real by _heavy(), on first use
     from .batch.progress import BatchSummary, progress_bar
     from .batch.ray import RayOptions, check_ray_options, import_ray, ray_workers, run_ray_batch
     from .bench import check_bench_options, parse_floats, run_bench
-    from .engine import (
-        Answer,
-        CompressionOptions,
-        Engine,
-        GenerationOptions,
-        InputError,
-        Request,
-        SamplingOptions,
-        VideoContext,
-        check_options,
-        check_sampling,
-    )
+    from .engine import Engine
+    from .errors import InputError
     from .feature_cache import FeatureCache
     from .heatmap import save_contact_sheet
     from .models import LoadOptions
     from .models.base import PrefixCache
+    from .options import (
+        CompressionOptions,
+        GenerationOptions,
+        SamplingOptions,
+        check_options,
+        check_sampling,
+    )
     from .report import (
         RANDOM_WEIGHTS_NOTE,
         answer_to_json,
@@ -96,6 +93,7 @@ if TYPE_CHECKING:  # imported for real by _heavy(), on first use
         render_summary,
     )
     from .video import load_video
+    from .work import Answer, Request, VideoContext
 
 
 def _heavy() -> None:
@@ -115,22 +113,19 @@ def _heavy() -> None:
     from .batch.progress import BatchSummary, progress_bar
     from .batch.ray import RayOptions, check_ray_options, import_ray, ray_workers, run_ray_batch
     from .bench import check_bench_options, parse_floats, run_bench
-    from .engine import (
-        Answer,
-        CompressionOptions,
-        Engine,
-        GenerationOptions,
-        InputError,
-        Request,
-        SamplingOptions,
-        VideoContext,
-        check_options,
-        check_sampling,
-    )
+    from .engine import Engine
+    from .errors import InputError
     from .feature_cache import FeatureCache
     from .heatmap import save_contact_sheet
     from .models import LoadOptions
     from .models.base import PrefixCache
+    from .options import (
+        CompressionOptions,
+        GenerationOptions,
+        SamplingOptions,
+        check_options,
+        check_sampling,
+    )
     from .report import (
         RANDOM_WEIGHTS_NOTE,
         answer_to_json,
@@ -144,6 +139,7 @@ def _heavy() -> None:
         render_summary,
     )
     from .video import load_video
+    from .work import Answer, Request, VideoContext
 
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False)

@@ -1,8 +1,11 @@
-"""One question about one video, end to end: decode -> encode -> compress -> generate.
+"""A loaded model answering questions about videos: decode -> encode -> compress -> generate.
 
 The engine owns the order of the stages and their timings; what each stage does lives in
 ``video`` (decoding), ``models`` (the family adapters) and ``compression`` (the selectors).
-Several requests can share one ``generate`` call, each with its own plan.
+A runner prepares a video (CPU, any thread), encodes it, and hands the engine whole work:
+``answer_groups`` takes questions about encoded videos and does the rest (compression per
+setting, the shared prefix prefill, batched generate calls, retries part by part). The
+single-video calls (``ask``, ``ask_many``, ``open``) serve the interactive commands.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,27 +22,25 @@ import numpy as np
 import torch
 
 from . import __version__
-from .compression import (
-    KeepPlan,
-    VisionSignals,
-    check_method_options,
-    get_method,
-    method_options,
-    select,
-)
-from .compression.checks import check_ratio
-from .errors import first_line
+from .compression import KeepPlan, VisionSignals, get_method, select
+from .errors import InputError, first_line
 from .feature_cache import CachedEncoding, FeatureCache
 from .models import LoadedModel, LoadOptions, VideoAdapter, load_adapter
 from .models.base import (
     CompressedItem,
-    EncodedVideo,
     GenerationResult,
     PrefixCache,
     PreparedItem,
     QuestionError,
 )
 from .models.sizing import PixelBounds
+from .options import (
+    CompressionOptions,
+    GenerationOptions,
+    SamplingOptions,
+    check_compression,
+    check_generation,
+)
 from .timing import (
     PeakMemory,
     StageTimer,
@@ -49,171 +49,17 @@ from .timing import (
     release_cached_memory,
     reset_peak_memory,
 )
-from .video import (
-    DEFAULT_MAX_FRAMES,
-    DEFAULT_NUM_FRAMES,
-    SampledVideo,
-    VideoError,
-    load_video,
-    sample_indices,
+from .video import SampledVideo, load_video
+from .work import (
+    Answer,
+    EncodedRequest,
+    PreparedRequest,
+    Question,
+    QuestionGroup,
+    Request,
+    TokenCounts,
+    VideoContext,
 )
-
-
-class InputError(ValueError):
-    """A request or option that cannot be run; the message names it and says why."""
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """Which frames to decode: ``frames`` evenly spaced, or ``fps`` per second up to a cap."""
-
-    frames: int = DEFAULT_NUM_FRAMES
-    fps: float | None = None
-    max_frames: int = DEFAULT_MAX_FRAMES
-    # Per-frame pixel bounds of the Qwen families (None: the family's default, see
-    # models.sizing); refused for a family that resizes frames to a fixed size.
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-
-
-@dataclass(frozen=True)
-class CompressionOptions:
-    ratio: float = 0.25
-    method: str = "vidcom2"
-    seed: int = 0
-    method_options: tuple[tuple[str, float], ...] = ()  # hyperparameter overrides by name
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    max_new_tokens: int = 128
-    min_new_tokens: int | None = None  # set equal to max_new_tokens to force a token count
-    do_sample: bool = False
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int = 0
-
-    def sampling_kwargs(self) -> dict[str, float]:
-        if not self.do_sample:
-            return {}
-        return {key: value for key, value in (("temperature", self.temperature),
-                                              ("top_p", self.top_p)) if value is not None}
-
-
-@dataclass(frozen=True)
-class Request:
-    video: str
-    question: str
-    id: str | None = None
-
-
-@dataclass
-class PreparedRequest:
-    """A request after decoding and preprocessing, on the CPU: ready for the vision encoder.
-
-    ``stages_ms`` has ``video_decode``, ``preprocess`` and ``feature_cache``, timed where
-    ``Engine.prepare`` ran (a worker thread in batch mode), without waiting for the device.
-    With a feature-cache hit, ``cached`` holds the encoder output, the item has no pixels and
-    the video no frames: neither decoding nor the vision encoder runs.
-    """
-
-    request: Request
-    video: SampledVideo
-    item: PreparedItem  # CPU tensors
-    stages_ms: dict[str, float] = field(default_factory=dict)
-    cached: CachedEncoding | None = None
-    key: str | None = None  # the feature-cache key, when a cache is in use
-
-    @property
-    def feature_cache(self) -> str | None:
-        """"hit" or "miss" with a feature cache, None without one."""
-        if self.key is None:
-            return None
-        return "hit" if self.cached is not None else "miss"
-
-
-@dataclass
-class EncodedRequest:
-    """A request after decoding, preprocessing and the vision encoder: ready to compress.
-
-    ``item`` is on the device; ``host_item`` is the same without pixels on the CPU, where the
-    prompt of another question about the video is built.
-    """
-
-    request: Request
-    video: SampledVideo
-    item: PreparedItem
-    encoded: EncodedVideo
-    stages_ms: dict[str, float] = field(default_factory=dict)
-    host_item: PreparedItem | None = None
-    feature_cache: str | None = None
-
-
-@dataclass
-class VideoContext:
-    """One video decoded, encoded and compressed once (one ratio and method), asked any
-    number of questions.
-
-    VidCom2's plan never looks at the question, and the chat template puts the video before
-    it, so the prompt up to the video's end (``prefix``) is the same for every question: it is
-    prefilled once into a ``PrefixCache`` and each question prefills only its own tokens.
-    """
-
-    encoded: EncodedRequest
-    plan: KeepPlan
-    compress_ms: float
-    prefix: CompressedItem  # the kept tokens before the question
-    reported: bool = False  # whether an answer has carried the shared stages' times yet
-
-
-@dataclass(frozen=True)
-class TokenCounts:
-    visual_full: int  # video placeholder tokens before compression (structural ones included)
-    visual_kept: int
-    per_frame_kept: list[int]  # one entry per temporal unit
-    visual_structural: int  # placeholders that belong to no unit (LLaVA's newline)
-    prompt_full: int
-    prompt_kept: int
-    generated: int
-    prefix_reused: int = 0  # prompt tokens served from a cached prefix, not prefilled again
-
-
-@dataclass(frozen=True)
-class Answer:
-    """Everything one ask produced; rendered by ``report``."""
-
-    request: Request
-    answer: str
-    model: str
-    method: str
-    ratio: float
-    plan: KeepPlan
-    video: SampledVideo
-    frames_per_unit: int
-    tokens: TokenCounts
-    timing_ms: dict[str, float]
-    memory: PeakMemory
-    random_weights: bool
-    feature_cache: str | None = None  # "hit", "miss", or None without a feature cache
-    run: dict[str, object] = field(default_factory=dict)  # Engine.run_info(): what answered
-
-
-@dataclass(frozen=True)
-class Question:
-    """One question to answer about an encoded video, and the compression it is asked under."""
-
-    request: Request
-    compression: CompressionOptions
-
-
-@dataclass(frozen=True)
-class QuestionGroup:
-    """Questions about one encoded video: the unit of work ``Engine.answer_groups`` takes (a
-    group of a batch; a request or a chat turn alike)."""
-
-    video: EncodedRequest
-    questions: tuple[Question, ...]
-
 
 OPENING_QUESTION = "Describe this video."
 SIGNAL_PREFIX = "signal."  # feature-cache tensors that hold vision signals, not encoder output
@@ -633,55 +479,6 @@ class Engine:
         reset_peak_memory(self.devices)
         return self.answer([self.encode(request, sampling)], compression, generation,
                            on_text)[0]
-
-
-def check_options(compression: CompressionOptions, generation: GenerationOptions) -> None:
-    """InputError naming the option, before any expensive work."""
-    check_compression(compression)
-    check_generation(generation)
-
-
-def check_compression(compression: CompressionOptions, profile: str | None = None) -> None:
-    """InputError naming the option. The method's options are checked for the model's family
-    ``profile``, or without one (before the model loads) against every profile."""
-    try:
-        check_ratio(compression.ratio)
-    except ValueError as error:
-        raise InputError(f"--ratio: {error}") from None
-    try:
-        get_method(compression.method)
-    except ValueError as error:
-        raise InputError(f"--method: {error}") from None
-    overrides = dict(compression.method_options)
-    try:
-        if profile is None:
-            check_method_options(compression.method, overrides)
-        else:
-            method_options(compression.method, profile, overrides)
-    except ValueError as error:
-        raise InputError(f"--method-option: {error}") from None
-
-
-def check_generation(generation: GenerationOptions) -> None:
-    if generation.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens: must be at least 1, got {generation.max_new_tokens}")
-
-
-def check_sampling(sampling: SamplingOptions) -> None:
-    """InputError naming the sampling options, before any video is opened or model loaded."""
-    try:
-        sample_indices(1, num_frames=sampling.frames if sampling.fps is None else None,
-                       fps=sampling.fps, source_fps=1.0, max_frames=sampling.max_frames)
-    except VideoError as error:
-        raise InputError(f"--frames/--fps/--max-frames: {error}") from None
-    for name, value in (("--min-pixels", sampling.min_pixels),
-                        ("--max-pixels", sampling.max_pixels)):
-        if value is not None and value < 1:
-            raise InputError(f"{name}: must be at least 1, got {value}")
-    if (sampling.min_pixels is not None and sampling.max_pixels is not None
-            and sampling.min_pixels > sampling.max_pixels):
-        raise InputError(f"--min-pixels/--max-pixels: min {sampling.min_pixels} is above max "
-                         f"{sampling.max_pixels}")
 
 
 def sampling_key(sampling: SamplingOptions, frames_multiple: int,

@@ -1,4 +1,5 @@
-"""Turning library exceptions into the one-line messages the CLI prints."""
+"""The errors a user is shown (one line naming the input and what is wrong), and turning
+library exceptions into such lines."""
 
 from __future__ import annotations
 
@@ -14,3 +15,7 @@ def first_line(error: BaseException) -> str:
 
 class VideoError(ValueError):
     """A video cannot be read or sampled; the message names the file and the problem."""
+
+
+class InputError(ValueError):
+    """A request or option that cannot be run; the message names it and says why."""

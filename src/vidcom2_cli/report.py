@@ -13,9 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from .bench import BenchRow
-from .engine import Answer, VideoContext
 from .heatmap import budget_sparkline, favoured_units, spatial_heatmap
 from .models.base import PrefixCache
+from .work import Answer, VideoContext
 
 RANDOM_WEIGHTS_NOTE = "random weights: the answer is meaningless; timings and shapes are real"
 

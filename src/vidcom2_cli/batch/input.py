@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine import CompressionOptions, InputError
-from ..errors import first_line
+from ..errors import InputError, first_line
 from ..multiple_choice import LETTERS, expected_choice, multiple_choice_prompt
+from ..options import CompressionOptions
 
 
 @dataclass(frozen=True)

@@ -13,26 +13,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..engine import (
-    Answer,
+from ..engine import Engine
+from ..errors import InputError, first_line
+from ..options import (
     CompressionOptions,
-    EncodedRequest,
-    Engine,
     GenerationOptions,
-    InputError,
-    PreparedRequest,
-    Question,
-    QuestionGroup,
-    Request,
     SamplingOptions,
     check_options,
     check_sampling,
 )
-from ..errors import first_line
 from ..timing import is_out_of_memory, release_cached_memory, reset_peak_memory
 from ..video import VideoError
+from ..work import EncodedRequest, PreparedRequest, Question, QuestionGroup, Request
 from .input import BatchItem
-from .output import RecordSink, error_record, pending_items, result_record
+from .output import RecordOutput, RecordSink, pending_items, record
 from .progress import BatchSummary
 
 # Threads decoding ahead; their processor calls take turns (Engine's lock), decoding does not.
@@ -89,6 +83,7 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
     for setting in settings.values():  # a sweep's: signals before any encoding
         engine.accept(setting)
     summary = BatchSummary(total=len(items), skipped=len(items) - len(todo))
+    output = RecordOutput(writer, summary, on_record)
     groups = video_groups(todo) if options.reuse else [[item] for item in todo]
     queue: list[tuple[list[BatchItem], EncodedRequest | str]] = []  # str: the group's error
     ready = 0  # encoded groups in the queue
@@ -100,13 +95,8 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
                                              reuse_prefix=options.reuse))
         for group, video in queue:
             outcomes = next(answered) if isinstance(video, EncodedRequest) else [video] * len(group)
-            for item, outcome in zip(group, outcomes, strict=True):
-                record = (result_record(item, outcome) if isinstance(outcome, Answer)
-                          else error_record(item, outcome))
-                writer.write(record)
-                summary.add(record)
-                if on_record is not None:
-                    on_record(summary)
+            output.add(group, [record(item, outcome)
+                               for item, outcome in zip(group, outcomes, strict=True)])
         queue.clear()
 
     with prepared_in_order(engine, groups, options.sampling, options.prefetch_items) as prepared:

@@ -9,19 +9,22 @@ scan cuts away.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import sys
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..engine import Answer, InputError
+from ..errors import InputError
 from ..multiple_choice import is_correct
 from ..report import answer_to_json
+from ..work import Answer
 from .input import BatchItem
+from .progress import BatchSummary
 
 FSYNC_EVERY = 8  # lines between fsyncs of a file output (and one at the end)
 
@@ -143,14 +146,63 @@ class ResultWriter:
             self.unsynced = 0
 
 
+def record(item: BatchItem, outcome: Answer | str) -> dict[str, Any]:
+    """An item's output line: its answer (scored when it has an expected answer), or its
+    error."""
+    if isinstance(outcome, str):
+        return error_record(item, outcome)
+    answered = answer_to_json(outcome)
+    answered["id"] = item.id  # as given: an integer id stays an integer
+    if item.expected is not None:
+        answered["expected"] = item.expected
+        answered["correct"] = is_correct(outcome.answer, str(item.expected), item.options)
+    return answered
+
+
 def error_record(item: BatchItem, error: str) -> dict[str, Any]:
     return {"id": item.id, "video": item.video, "question": item.question, "error": error}
 
 
-def result_record(item: BatchItem, answer: Answer) -> dict[str, Any]:
-    record = answer_to_json(answer)
-    record["id"] = item.id  # as given: an integer id stays an integer
-    if item.expected is not None:
-        record["expected"] = item.expected
-        record["correct"] = is_correct(answer.answer, str(item.expected), item.options)
-    return record
+class RecordOutput:
+    """A run's records on their way out: each written to the sink, counted into the summary
+    and announced to ``on_record``.
+
+    Records are written as they are added, or with ``ordered`` in input order: then the
+    records of a finished chunk wait for those of every earlier line handed out (``expect``),
+    which Ray's workers return in any order.
+    """
+
+    def __init__(self, writer: RecordSink, summary: BatchSummary,
+                 on_record: Callable[[BatchSummary], None] | None = None,
+                 ordered: bool = False) -> None:
+        self.writer, self.summary, self.on_record, self.ordered = (writer, summary, on_record,
+                                                                  ordered)
+        self.expected: list[int] = []  # heap of the lines handed out, not yet written
+        self.waiting: dict[int, dict[str, Any]] = {}  # line -> finished record
+
+    def expect(self, items: list[BatchItem]) -> None:
+        if self.ordered:
+            for item in items:
+                heapq.heappush(self.expected, item.line)
+
+    def add(self, items: list[BatchItem], records: list[dict[str, Any]]) -> None:
+        if not self.ordered:
+            for record in records:
+                self._write(record)
+            return
+        lines: dict[str, deque[int]] = {}
+        for item in sorted(items, key=lambda item: item.line):
+            lines.setdefault(item.key, deque()).append(item.line)
+        for record in records:  # a repeated id's records come in its lines' order
+            self.waiting[lines[str(record["id"])].popleft()] = record
+        while self.expected and self.expected[0] in self.waiting:
+            self._write(self.waiting.pop(heapq.heappop(self.expected)))
+
+    def failed(self, items: list[BatchItem], message: str) -> None:
+        self.add(items, [error_record(item, message) for item in items])
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.writer.write(record)
+        self.summary.add(record)
+        if self.on_record is not None:
+            self.on_record(self.summary)

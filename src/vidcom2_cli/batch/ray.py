@@ -17,13 +17,12 @@ one; a chunk that fails on every try becomes error records. Every id is written 
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import logging
 import os
 import re
 import socket
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from ..cli_support import looks_like_address
-from ..engine import InputError
-from ..errors import first_line
+from ..errors import InputError, first_line
 from ..models import LoadOptions
 from .input import BatchItem
 from .local import BatchOptions, run_batch, video_groups
-from .output import RecordSink, error_record, iter_pending
+from .output import RecordOutput, RecordSink, iter_pending
 from .progress import BatchSummary
 
 RAY_EXTRA = 'pip install "vidcom2-cli[ray]"'
@@ -212,7 +210,7 @@ def run_ray_batch(workers: RayWorkers, items: Iterable[BatchItem], options: Batc
         counts: Counter[str] = Counter()
         pending = _counted(_absolute(iter_pending(_counted(items, counts, "read"),
                                                   done or {})), counts, "pending")
-        output = _Output(writer, summary, on_record, ray_options.ordered)
+        output = RecordOutput(writer, summary, on_record, ray_options.ordered)
         chunks = _chunks(_checked_first_video(ray, actors[0], pending), ray_options.chunk,
                          options.reuse, output.expect)
         alive = [True] * len(actors)
@@ -423,42 +421,3 @@ def _pack(window: list[BatchItem], size: int, reuse: bool) -> Iterator[list[Batc
             task = []
     if task:
         yield task
-
-
-class _Output:
-    """Writes records as chunks finish, or with ``ordered`` in input order: a finished chunk's
-    records wait for those of every earlier line handed out (``expect``)."""
-
-    def __init__(self, writer: RecordSink, summary: BatchSummary,
-                 on_record: Callable[[BatchSummary], None] | None, ordered: bool) -> None:
-        self.writer, self.summary, self.on_record, self.ordered = (writer, summary, on_record,
-                                                                  ordered)
-        self.expected: list[int] = []  # heap of the lines handed out, not yet written
-        self.waiting: dict[int, dict[str, Any]] = {}  # line -> finished record
-
-    def expect(self, items: list[BatchItem]) -> None:
-        if self.ordered:
-            for item in items:
-                heapq.heappush(self.expected, item.line)
-
-    def add(self, items: list[BatchItem], records: list[dict[str, Any]]) -> None:
-        if not self.ordered:
-            for record in records:
-                self._write(record)
-            return
-        lines: dict[str, deque[int]] = {}
-        for item in sorted(items, key=lambda item: item.line):
-            lines.setdefault(item.key, deque()).append(item.line)
-        for record in records:  # a repeated id's records come in its lines' order
-            self.waiting[lines[str(record["id"])].popleft()] = record
-        while self.expected and self.expected[0] in self.waiting:
-            self._write(self.waiting.pop(heapq.heappop(self.expected)))
-
-    def failed(self, items: list[BatchItem], message: str) -> None:
-        self.add(items, [error_record(item, message) for item in items])
-
-    def _write(self, record: dict[str, Any]) -> None:
-        self.writer.write(record)
-        self.summary.add(record)
-        if self.on_record is not None:
-            self.on_record(self.summary)

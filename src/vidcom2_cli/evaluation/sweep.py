@@ -15,7 +15,7 @@ from typing import Any
 from ..batch.input import BatchItem
 from ..batch.output import RecordSink
 from ..bench import method_shares
-from ..engine import CompressionOptions
+from ..options import CompressionOptions
 from . import score
 from .common import EvalQuestion
 
