@@ -164,6 +164,9 @@ class TokenCounts:
     prompt_kept: int
     generated: int
     prefix_reused: int = 0  # prompt tokens served from a cached prefix, not prefilled again
+    # prompt tokens of the video's prefix when it was prefilled apart, once for several
+    # questions (the first question's answer carries that prefill: timing_ms.prefix_prefill)
+    prefix_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -405,8 +408,8 @@ class Engine:
 
     def _answer(self, encoded: EncodedRequest, plan: KeepPlan, item: PreparedItem,
                 compressed: CompressedItem, result: GenerationResult, index: int,
-                stages_ms: dict[str, float], memory: PeakMemory, prefix_reused: int = 0
-                ) -> Answer:
+                stages_ms: dict[str, float], memory: PeakMemory, prefix_reused: int = 0,
+                prefix_tokens: int = 0) -> Answer:
         """One item of a generate call's result as an ``Answer``; ``stages_ms`` has the times
         before prefill (stages this answer does not carry count 0)."""
         timing = {stage: stages_ms.get(stage, 0.0) for stage in STAGES[:5]}
@@ -421,7 +424,7 @@ class Engine:
             method=plan.method, ratio=plan.ratio, plan=plan, video=encoded.video,
             frames_per_unit=self.adapter.frames_multiple,
             tokens=token_counts(item, plan, compressed, len(result.token_ids[index]),
-                                prefix_reused),
+                                prefix_reused, prefix_tokens),
             timing_ms=timing, memory=memory, random_weights=self.random_weights,
             feature_cache=encoded.feature_cache, run=self.run_info())
 
@@ -483,7 +486,7 @@ class Engine:
                 reused = 0
                 context.reported = True
             answers.append(self._answer(encoded, context.plan, item, compressed, result, index,
-                                        stages, memory, reused))
+                                        stages, memory, reused, prefix.lengths[row]))
         return answers
 
     def open(self, video: str, sampling: SamplingOptions, compression: CompressionOptions
@@ -604,7 +607,7 @@ def _stage_times(timer: StageTimer) -> dict[str, float]:
 
 
 def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
-                 generated: int, prefix_reused: int = 0) -> TokenCounts:
+                 generated: int, prefix_reused: int = 0, prefix_tokens: int = 0) -> TokenCounts:
     visual_full = int(item.video_token_mask.sum())
     return TokenCounts(
         visual_full=visual_full,
@@ -615,4 +618,5 @@ def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
         prompt_kept=compressed.length,
         generated=generated,
         prefix_reused=prefix_reused,
+        prefix_tokens=prefix_tokens,
     )

@@ -184,14 +184,21 @@ def render_summary(answer: Answer) -> Group:
 
 
 def question_footer(answer: Answer) -> str:
-    """One line of a question's own cost: its prefill (reused prefix tokens apart) and decode."""
+    """One line of a question's own cost: the prefill of its own tokens and its decode. The
+    video's prefix, prefilled once for all its questions, is reported apart (the shared work
+    of ``render_summary``, chat's ready line), never again here."""
     timing, tokens = answer.timing_ms, answer.tokens
-    prefilled = tokens.prompt_kept - tokens.prefix_reused
+    own_prefill = timing["prefill"] - timing.get("prefix_prefill", 0.0)
+    prefix = tokens.prefix_reused or tokens.prefix_tokens
     steps = max(tokens.generated - 1, 0)
-    reused = f", {tokens.prefix_reused} reused from the cached prefix" if (
-        tokens.prefix_reused) else ""
-    return (f"prefill {timing['prefill']:,.1f} ms ({prefilled} prompt tokens{reused}) · "
-            f"decode {timing['decode']:,.1f} ms ({steps} tokens, "
+    if tokens.prefix_reused:
+        source = f"; {prefix} reused from the cached prefix"
+    elif prefix:
+        source = f"; {prefix} in the shared prefix"
+    else:
+        source = ""
+    return (f"prefill {own_prefill:,.1f} ms ({tokens.prompt_kept - prefix} prompt tokens"
+            f"{source}) · decode {timing['decode']:,.1f} ms ({steps} tokens, "
             f"{_per_second(steps, timing['decode'])} tokens/s)")
 
 
@@ -208,7 +215,7 @@ def chat_ready_line(context: VideoContext, prefix: PrefixCache) -> str:
     timing = encoded.stages_ms
     cached = " (from the feature cache)" if encoded.feature_cache == "hit" else ""
     return (f"ready: {len(encoded.video.indices)} frames, {plan.total_kept} of "
-            f"{plan.total_full} video tokens kept ({plan.method} R={plan.ratio:g}); decode "
+            f"{plan.total_full} video tokens kept ({plan.method} R={plan.ratio:g}); video decode "
             f"{timing.get('video_decode', 0.0):,.0f} ms, vision {timing.get('vision', 0.0):,.0f} "
             f"ms{cached}, prefix prefill {prefix.prefill_ms:,.0f} ms "
             f"({prefix.lengths[0]} tokens). Ask a question; an empty line or Ctrl-D ends.")
