@@ -28,6 +28,7 @@ from .compression import (
     select,
 )
 from .compression.checks import check_ratio
+from .errors import InputError
 from .feature_cache import CachedEncoding, FeatureCache
 from .models import LoadedModel, LoadOptions, VideoAdapter, load_adapter
 from .models.base import (
@@ -48,10 +49,6 @@ from .video import (
     load_video,
     sample_indices,
 )
-
-
-class InputError(ValueError):
-    """A request or option that cannot be run; the message names it and says why."""
 
 
 @dataclass(frozen=True)
@@ -531,9 +528,11 @@ class Engine:
                            on_text)[0]
 
 
-def check_options(compression: CompressionOptions, generation: GenerationOptions) -> None:
-    """InputError naming the option, before any expensive work."""
-    check_compression(compression)
+def check_options(compression: CompressionOptions, generation: GenerationOptions,
+                  profile: str | None = None) -> None:
+    """InputError naming the option, before any expensive work; the method's options are
+    checked for the family ``profile`` where it is known before loading."""
+    check_compression(compression, profile)
     check_generation(generation)
 
 

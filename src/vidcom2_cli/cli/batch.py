@@ -17,17 +17,17 @@ from ..catalog import (
     DEFAULT_MODEL,
     DEFAULT_NUM_FRAMES,
     DEFAULT_RATIO,
-    RANDOM_PREFIX,
 )
+from ..errors import InputError
 from . import console
 from .app import app
 from .checks import (
     check_batch_numbers,
     check_device,
-    check_model_source,
     check_numbers,
     check_sampling_options,
     output_records,
+    parse_method_options,
     whole_output_line,
 )
 from .options import (
@@ -49,7 +49,14 @@ from .options import (
     RatioOption,
     SelectionSeedOption,
 )
-from .runtime import compression_options, feature_cache_at, load_engine, run_line, sampling_options
+from .runtime import (
+    compression_options,
+    feature_cache_at,
+    load_engine,
+    preflight,
+    run_line,
+    sampling_options,
+)
 
 if TYPE_CHECKING:
     from ..batch import BatchOptions, BatchSummary
@@ -113,6 +120,8 @@ def batch(
         check_batch_numbers(batch_size, prefetch)
         check_sampling_options(frames, fps, max_frames)
         check_device(device)
+        method_settings = parse_method_options(method_option)
+        preflight(model, [method])
         from ..batch import (
             BatchOptions,
             BatchSummary,
@@ -124,13 +133,13 @@ def batch(
             read_input,
             run_batch,
         )
-        from ..engine import GenerationOptions, InputError
+        from ..engine import GenerationOptions
         from ..models import LoadOptions
         from ..ray_batch import RayOptions
 
         options = BatchOptions(
             sampling_options(frames, fps, max_frames, min_pixels, max_pixels),
-            compression_options(ratio, method, seed, method_option),
+            compression_options(ratio, method, seed, method_settings),
             GenerationOptions(max_new_tokens=max_new_tokens, seed=seed), batch_size, prefetch,
             reuse)
         check_batch_options(options)
@@ -146,7 +155,7 @@ def batch(
         items = read_input(input_path)
         done = prepare_output(out, resume, input_path)
         engine = load_engine(model, device, dtype, attn, device_map,
-                             feature_cache=feature_cache)
+                             feature_cache=feature_cache, max_new_tokens=max_new_tokens)
         todo = len(pending_items(items, done))
         stderr = console.stderr
         with ResultWriter.open(out) as writer, progress_bar(stderr, todo) as on_record:
@@ -174,7 +183,7 @@ def _ray_batch(input_path: str, out: str, resume: bool, options: BatchOptions,
                feature_cache: Path | None) -> BatchSummary:
     from ..batch import ResultWriter, count_lines, prepare_output, stream_input
 
-    check_ray(ray_options, model)
+    check_ray(ray_options)
     items = stream_input(input_path)
     done = prepare_output(out, resume, input_path)
     total = None if input_path == "-" else max(count_lines(Path(input_path)) - sum(
@@ -186,13 +195,13 @@ def _ray_batch(input_path: str, out: str, resume: bool, options: BatchOptions,
     return summary
 
 
-def check_ray(ray_options: RayOptions, model: str) -> None:
-    """What can be refused before Ray starts: its options, a missing extra, a missing model."""
+def check_ray(ray_options: RayOptions) -> None:
+    """What can be refused before Ray starts (the model was checked by ``preflight``): its
+    options and a missing extra."""
     from ..ray_batch import check_ray_options, import_ray
 
     check_ray_options(ray_options)
     import_ray()  # one line saying which extra to install, before anything else
-    check_model_source(model, RANDOM_PREFIX)
 
 
 def on_ray(items: Iterable, sink: object, done: object, options: BatchOptions,

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from ..catalog import DEFAULT_MAX_FRAMES, DEFAULT_METHOD, DEFAULT_MODEL, DEFAULT_NUM_FRAMES
+from ..errors import InputError
 from . import console
 from .app import app
 from .batch import check_ray, fail_if_all_failed, on_ray
@@ -41,7 +42,7 @@ from .options import (
     ModelOption,
     SelectionSeedOption,
 )
-from .runtime import load_engine, sampling_options
+from .runtime import load_engine, preflight, sampling_options
 
 
 @app.command("eval")
@@ -119,6 +120,7 @@ def eval_(
         check_device(device)
         resolve_variant(chosen_task, prompt_variant, None)  # refuses an unknown one now
         questions = read_questions(chosen_task, subtask, data, "default", limit)
+        preflight(model, method_list, None, "--methods")
         from ..batch import (
             BatchOptions,
             ResultWriter,
@@ -128,7 +130,7 @@ def eval_(
             progress_bar,
             run_batch,
         )
-        from ..engine import CompressionOptions, GenerationOptions, InputError, check_options
+        from ..engine import CompressionOptions, GenerationOptions, check_options
         from ..evaluation.summary import render as render_eval
         from ..evaluation.summary import summarize
         from ..evaluation.sweep import ScoringSink, settings, sweep_items, with_method_options
@@ -159,7 +161,7 @@ def eval_(
             model_type = engine.loaded.model_type
         else:
             ray_options = RayOptions(ray_address, workers, gpus_per_worker, chunk, False)
-            check_ray(ray_options, model)
+            check_ray(ray_options)
             from ..models.presets import checkpoint_model_type
 
             model_type = checkpoint_model_type(model)

@@ -6,19 +6,21 @@ torch and transformers are imported here only inside the functions, so that impo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..catalog import RANDOM_PREFIX
+from ..containers import read_head
+from ..errors import InputError
 from . import console
-from .checks import check_model_source, parse_method_options
+from .checks import check_method_names, check_model_source
 
 if TYPE_CHECKING:
     from ..engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
     from ..feature_cache import FeatureCache
 
+SHORT_ANSWER_TOKENS = 8
 _STAGE_NAMES = {"feature_cache": "reading the feature cache",
                 "video_decode": "decoding the sampled frames", "preprocess": "preprocessing",
                 "vision": "running the vision encoder", "compress": "compressing visual tokens",
@@ -34,11 +36,11 @@ def sampling_options(frames: int, fps: float | None, max_frames: int, min_pixels
 
 
 def compression_options(ratio: float, method: str, seed: int,
-                        method_option: list[str] | None) -> CompressionOptions:
+                        method_options: tuple[tuple[str, float], ...]) -> CompressionOptions:
     from ..engine import CompressionOptions
 
     return CompressionOptions(ratio=ratio, method=method, seed=seed,
-                              method_options=parse_method_options(method_option))
+                              method_options=method_options)
 
 
 def answer_options(max_new_tokens: int, sample: bool, temperature: float | None,
@@ -51,23 +53,29 @@ def answer_options(max_new_tokens: int, sample: bool, temperature: float | None,
 
 
 def load_engine(model: str, device: str, dtype: str, attn: str, device_map: str | None,
-                quiet: bool = False, feature_cache: Path | None = None) -> Engine:
+                quiet: bool = False, feature_cache: Path | None = None,
+                max_new_tokens: int | None = None) -> Engine:
+    """The engine for ``model`` (checked by ``preflight`` first). A random-weight model says
+    so on stderr, and on a CPU suggests short answers when ``max_new_tokens`` is long (its
+    answers mean nothing, and each token of a real-size model costs a second there)."""
     from ..engine import Engine
     from ..models import LoadOptions
     from ..report import RANDOM_WEIGHTS_NOTE
 
-    check_model_source(model, RANDOM_PREFIX)
     options = LoadOptions(device=device, dtype=dtype, attention=attn, device_map=device_map)
     cache = None if feature_cache is None else feature_cache_at(feature_cache)
     with nullcontext() if quiet else console.stderr.status(f"loading {model} ..."):
         engine = Engine.load(model, options, feature_cache=cache)
     if engine.random_weights:  # on stderr too, so that --json and --quiet runs say it
-        console.stderr.print(RANDOM_WEIGHTS_NOTE, style="bold yellow")
+        note = RANDOM_WEIGHTS_NOTE
+        if engine.device.type == "cpu" and (max_new_tokens or 0) > SHORT_ANSWER_TOKENS:
+            note += (f"; on a CPU, --max-new-tokens {SHORT_ANSWER_TOKENS} is enough to time "
+                     "it")
+        console.stderr.print(note, style="bold yellow", markup=False, highlight=False)
     return engine
 
 
 def feature_cache_at(directory: Path) -> FeatureCache:
-    from ..engine import InputError
     from ..feature_cache import FeatureCache
 
     if directory.exists() and not directory.is_dir():
@@ -96,8 +104,16 @@ def stage_status(show: bool) -> Iterator[Callable[[], None]]:
         yield status.stop
 
 
-def check_video(video: Path) -> None:
-    """Fail fast on a bad video before the (slow) model load."""
-    from ..video import probe
+def preflight(model: str, methods: Iterable[str], video: Path | None = None,
+              method_option_name: str = "--method") -> None:
+    """What can be refused before torch is imported (a fraction of a second): the video file
+    (missing, a folder, unreadable, undecodable), the method names and the model source (a
+    preset that does not exist, a missing folder, an unreachable hub)."""
+    check_method_names(methods, method_option_name)
+    if video is not None:
+        read_head(video)  # a missing file or a folder, before even the decoders are imported
+    check_model_source(model)
+    if video is not None:
+        from ..video import probe
 
-    probe(video)
+        probe(video)
