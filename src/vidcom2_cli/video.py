@@ -40,7 +40,10 @@ class VideoInfo:
     before the first keyframe of a cut stream and frames an index promises but the file
     lacks are not included. ``decoder`` names the backend that decodes the file ("decord",
     "pyav" or "pillow") and ``stream_index`` the container stream it decodes (None for an
-    animated image).
+    animated image). ``frame_sizes`` counts the frames of each coded size ("WxH") of a
+    stream that changes size mid-way, where that is known without decoding more (a stream
+    without timestamps is decoded whole on opening); frames of another size than
+    ``width`` x ``height`` are scaled to it.
     """
 
     path: str
@@ -54,6 +57,7 @@ class VideoInfo:
     mirrored: bool = False
     decoder: str = "decord"
     stream_index: int | None = None
+    frame_sizes: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing/hashing the frame array is meaningless
@@ -61,7 +65,9 @@ class SampledVideo:
     """Decoded frames (T x H x W x 3, uint8 RGB) and the source index of each one.
 
     ``substituted_frames`` maps each sampled index that could not be decoded (a corrupt
-    packet, data cut short) to the index of the nearest decodable frame used in its place.
+    packet, data cut short) to the index of the nearest decodable frame used in its place;
+    ``resized`` counts the frames that were scaled to the common size (a stream that changes
+    size mid-way, see ``decoders.same_size``).
     """
 
     frames: np.ndarray
@@ -69,6 +75,7 @@ class SampledVideo:
     info: VideoInfo
     padded: int = 0
     substituted_frames: dict[int, int] = field(default_factory=dict)
+    resized: int = 0
 
     def metadata(self) -> dict[str, Any]:
         """Keyword metadata for a Hugging Face video processor (``VideoMetadata`` fields)."""
@@ -177,6 +184,7 @@ def load_video(
         info=_describe(path, clip, decoded),
         padded=len(indices) - len(set(indices)),
         substituted_frames=dict(decoded.substituted),
+        resized=decoded.resized,
     )
 
 
@@ -191,6 +199,7 @@ def _check_sampling(num_frames: int | None, fps: float | None, max_frames: int) 
 
 def _describe(path: Path, clip: Clip, decoded: Decoded) -> VideoInfo:
     frames = decoded.frames
+    sizes = clip.frame_sizes
     return VideoInfo(
         path=str(path),
         frame_count=clip.frame_count,
@@ -203,6 +212,8 @@ def _describe(path: Path, clip: Clip, decoded: Decoded) -> VideoInfo:
         mirrored=clip.mirrored,
         decoder=clip.decoder,
         stream_index=clip.stream_index,
+        frame_sizes={f"{width}x{height}": count for (width, height), count in sizes.items()}
+        if sizes and len(sizes) > 1 else None,
     )
 
 
