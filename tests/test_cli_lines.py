@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vidcom2_cli.cli import app
-from vidcom2_cli.cli_support import sigterm_as_interrupt
+from vidcom2_cli.cli.checks import sigterm_as_interrupt
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
 CLIP = SAMPLES / "color_change.mp4"
@@ -277,7 +277,7 @@ def test_in_a_terminal_the_answer_streams_then_the_report(tiny_checkpoints, monk
 
     model = ["--model", tiny_checkpoints("qwen2_vl"), *FAST]
     expected = json.loads(invoke("ask", CLIP, "What?", *model, "--json").stdout)["answer"]
-    monkeypatch.setattr(cli, "stdout", Console(force_terminal=True, width=160))
+    monkeypatch.setattr(cli.console, "stdout", Console(force_terminal=True, width=160))
     result = invoke("ask", CLIP, "What?", *model)
     assert result.exit_code == 0, result.stderr
     first, report = result.stdout.split("\n", 1)

@@ -561,7 +561,7 @@ def test_interactive_chat_streams_each_answer(tiny_checkpoints, monkeypatch, cap
         return real_write(text)
 
     monkeypatch.setattr(sys.stdout, "write", write)
-    cli._chat_loop(engine, context, prefix, GENERATION)
+    cli.chat.chat_loop(engine, context, prefix, GENERATION)
     streamed = "".join(pieces).split("\n")
     assert [line.strip() for line in streamed if line.strip()] == [
         answer for answer in expected if answer]

@@ -245,7 +245,7 @@ def library_logs(show: bool) -> None:
 
         (hub_logging.set_verbosity_warning if show else hub_logging.set_verbosity_error)()
     if show or "av" in sys.modules or "decord" in sys.modules:
-        from .decoders import library_logs as decoder_logs
+        from ..decoders import library_logs as decoder_logs
 
         decoder_logs(show)
 

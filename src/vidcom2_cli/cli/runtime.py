@@ -1,0 +1,103 @@
+"""What the commands that run a model share: the option objects built from the command line,
+loading the engine, the stage status line and the closing run line.
+
+torch and transformers are imported here only inside the functions, so that importing the CLI
+(``--help``, ``models``, option errors) stays light."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..catalog import RANDOM_PREFIX
+from . import console
+from .checks import check_model_source, parse_method_options
+
+if TYPE_CHECKING:
+    from ..engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
+    from ..feature_cache import FeatureCache
+
+_STAGE_NAMES = {"feature_cache": "reading the feature cache",
+                "video_decode": "decoding the sampled frames", "preprocess": "preprocessing",
+                "vision": "running the vision encoder", "compress": "compressing visual tokens",
+                "prefill": "prefill (reading the prompt)", "decode": "generating the answer"}
+
+
+def sampling_options(frames: int, fps: float | None, max_frames: int, min_pixels: int | None,
+                     max_pixels: int | None) -> SamplingOptions:
+    from ..engine import SamplingOptions
+
+    return SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
+                           min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def compression_options(ratio: float, method: str, seed: int,
+                        method_option: list[str] | None) -> CompressionOptions:
+    from ..engine import CompressionOptions
+
+    return CompressionOptions(ratio=ratio, method=method, seed=seed,
+                              method_options=parse_method_options(method_option))
+
+
+def answer_options(max_new_tokens: int, sample: bool, temperature: float | None,
+                   top_p: float | None, seed: int) -> GenerationOptions:
+    """How ``ask`` and ``chat`` generate (bench forces its token count, batch is greedy)."""
+    from ..engine import GenerationOptions
+
+    return GenerationOptions(max_new_tokens=max_new_tokens, do_sample=sample,
+                             temperature=temperature, top_p=top_p, seed=seed)
+
+
+def load_engine(model: str, device: str, dtype: str, attn: str, device_map: str | None,
+                quiet: bool = False, feature_cache: Path | None = None) -> Engine:
+    from ..engine import Engine
+    from ..models import LoadOptions
+    from ..report import RANDOM_WEIGHTS_NOTE
+
+    check_model_source(model, RANDOM_PREFIX)
+    options = LoadOptions(device=device, dtype=dtype, attention=attn, device_map=device_map)
+    cache = None if feature_cache is None else feature_cache_at(feature_cache)
+    with nullcontext() if quiet else console.stderr.status(f"loading {model} ..."):
+        engine = Engine.load(model, options, feature_cache=cache)
+    if engine.random_weights:  # on stderr too, so that --json and --quiet runs say it
+        console.stderr.print(RANDOM_WEIGHTS_NOTE, style="bold yellow")
+    return engine
+
+
+def feature_cache_at(directory: Path) -> FeatureCache:
+    from ..engine import InputError
+    from ..feature_cache import FeatureCache
+
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"--feature-cache: {directory} is not a folder")
+    return FeatureCache(directory, report=lambda message: console.stderr.print(
+        message, style="yellow", markup=False, highlight=False))
+
+
+def run_line(engine: Engine) -> str:
+    info = engine.run_info()
+    return (f"vidcom2-cli {info['version']} · model loaded in {info['model_load_s']:.1f} s · "
+            f"{info['device']} {info['dtype']} {info['attention']}")
+
+
+@contextmanager
+def stage_status(show: bool) -> Iterator[Callable[[], None]]:
+    """A status line naming the current stage, on a terminal only; yields what stops it (so
+    that an answer can stream in its place)."""
+    if not (show and console.stderr.is_terminal):
+        yield lambda: None
+        return
+    from ..timing import stage_listener
+
+    with console.stderr.status("starting ...") as status, stage_listener(
+            lambda stage: status.update(f"{_STAGE_NAMES.get(stage, stage)} ...")):
+        yield status.stop
+
+
+def check_video(video: Path) -> None:
+    """Fail fast on a bad video before the (slow) model load."""
+    from ..video import probe
+
+    probe(video)
