@@ -8,6 +8,7 @@ against the index it claims to be.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Callable
@@ -121,6 +122,9 @@ ANSWERED: dict[str, tuple[Callable[[Path], Path], int, int, str | None]] = {
     "h263.3gp": (lambda p: encode(p, codec="h263", size=(128, 96)), N, 0, None),
     "mpeg4.avi": (lambda p: encode(p, codec="mpeg4"), N, 0, None),
     "mjpeg.avi": (lambda p: encode(p, codec="mjpeg", pix_fmt="yuvj420p"), N, 0, None),
+    # JPEG pictures back to back, no container, no timing (IP cameras, `ffmpeg -f mjpeg`)
+    "motion jpeg stream.mjpeg": (lambda p: encode(p, codec="mjpeg", fmt="mjpeg",
+                                                  pix_fmt="yuvj420p"), N, 0, "pyav"),
     "animated.gif": (lambda p: animated_image(p, 12, "GIF"), 12, 0, "pillow"),
     "animated.png": (lambda p: animated_image(p, 12, "PNG"), 12, 0, "pillow"),
     "animated.webp": (lambda p: animated_image(p, 12, "WEBP"), 12, 0, "pillow"),
@@ -433,3 +437,35 @@ def test_odd_files_through_info_and_ask(tmp_path: Path, tiny_checkpoints, family
     shown = runner.invoke(app, ["ask", str(mixed), "What?", "--frames", "6", *model])
     assert shown.exit_code == 0, shown.stderr
     assert "the video changes size: 2 of 6 frames scaled to 64x48" in shown.stdout
+
+
+def _photo(path: Path, before_scan: bytes = b"", after: bytes = b"") -> Path:
+    """A JPEG photo, with ``before_scan`` inserted after its SOI and ``after`` appended."""
+    buffer = io.BytesIO()
+    Image.fromarray(picture(3, 96, 64)).save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    path.write_bytes(data[:2] + before_scan + data[2:] + after)
+    return path
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def test_a_photo_stays_a_photo_whatever_it_carries(tmp_path: Path) -> None:
+    """Only pictures of one size back to back make a Motion JPEG stream: a photo with an
+    EXIF thumbnail, or with Multi-Picture Format images after it, is still refused."""
+    thumbnail = io.BytesIO()
+    Image.fromarray(picture(0, 32, 24)).save(thumbnail, format="JPEG")
+    plain = _photo(tmp_path / "plain.jpg")
+    photos = [plain,
+              _photo(tmp_path / "thumb.jpg", _segment(0xE1, b"Exif\0\0" + thumbnail.getvalue())),
+              _photo(tmp_path / "mpf.jpg", _segment(0xE2, b"MPF\0" + bytes(12)),
+                     plain.read_bytes()),
+              _photo(tmp_path / "preview after.jpg", after=thumbnail.getvalue())]
+    for photo in photos:
+        with pytest.raises(VideoError, match="is a JPEG image, not a video"):
+            probe(photo)
+    stream = tmp_path / "two pictures.jpg"
+    stream.write_bytes(plain.read_bytes() * 2)  # the same size twice: a (short) stream
+    assert probe(stream).frame_count == 2

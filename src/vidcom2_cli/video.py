@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import DEFAULT_MAX_FRAMES, DEFAULT_NUM_FRAMES
-from .containers import image_kind, inspect_mp4
+from .containers import image_kind, inspect_mp4, is_jpeg_stream
 from .decoders import Clip, Decoded, pyav_backend
 from .decoders.decord_backend import DecordClip, suits
 from .decoders.images import ANIMATED_KINDS, ImageClip
@@ -254,7 +254,8 @@ def _open(path: Path) -> tuple[Clip, pyav_backend.Look | None]:
     image = image_kind(head)
     if image in ANIMATED_KINDS:
         return ImageClip(path, image), None
-    if image is not None:
+    stream = image == "JPEG" and is_jpeg_stream(path)  # Motion JPEG: pictures back to back
+    if image is not None and not stream:
         raise VideoError(f"{path}: is a {image} image, not a video")
     mp4 = inspect_mp4(path, head)
     video = mp4.video if mp4 is not None else None
@@ -270,7 +271,7 @@ def _open(path: Path) -> tuple[Clip, pyav_backend.Look | None]:
             )
         if video.samples == 0 and not mp4.fragmented:
             raise VideoError(f"{path}: holds no decodable frames (its video track is empty)")
-    look = pyav_backend.look(path)
+    look = pyav_backend.look(path, "mjpeg" if stream else None)
     if look.decodable and suits(look):
         try:
             return DecordClip(path, mp4, look), look

@@ -60,8 +60,11 @@ class Look:
     decodable: bool  # a first frame decoded
     video_streams: int  # video streams besides cover pictures
     # The decoder flags key frames (most do; FLIC, QuickTime Animation and a few other old
-    # codecs flag none, and then the demuxer's keyframes are trusted).
+    # codecs flag none, and then the stream is read front to back).
     frame_keys: bool = True
+    # The demuxer named to FFmpeg, where the file's name would mislead its choice (a Motion
+    # JPEG stream named .jpg is otherwise read as one image); None: FFmpeg's own choice.
+    demuxer: str | None = None
 
 
 def _videos(container: Any) -> list[Any]:
@@ -84,9 +87,9 @@ def _best_video(container: Any) -> Any:
     return max(videos, key=rank)
 
 
-def _open_container(path: Path) -> Any:
+def _open_container(path: Path, demuxer: str | None = None) -> Any:
     try:
-        return av.open(str(path), metadata_errors="ignore")
+        return av.open(str(path), format=demuxer, metadata_errors="ignore")
     except av.FFmpegError as exc:
         raise VideoError(
             f"{path}: not a readable video (unknown format, or a corrupt/truncated file: "
@@ -121,9 +124,10 @@ def _matrix(frame: Any) -> bytes | None:
     return None
 
 
-def look(path: Path) -> Look:
-    """Open the file with FFmpeg, pick the video stream and decode its first frame."""
-    container = _open_container(path)
+def look(path: Path, demuxer: str | None = None) -> Look:
+    """Open the file with FFmpeg (with ``demuxer``, or the one FFmpeg picks), pick the video
+    stream and decode its first frame."""
+    container = _open_container(path, demuxer)
     with container:
         stream = _best_video(container)
         if stream is None:
@@ -150,6 +154,7 @@ def look(path: Path) -> Look:
             decodable=decodable,
             video_streams=len(_videos(container)),
             frame_keys=frame_keys or not decodable,
+            demuxer=demuxer,
         )
 
 
@@ -241,6 +246,7 @@ class PyAVClip:
         self._in_order = index.in_order
         self._need_key = index.need_key
         self._frame_keys = info.frame_keys
+        self._demuxer = info.demuxer
         self.frame_count = len(pts)
         self._where = {stamp: i for i, stamp in enumerate(pts)}
         span = float((pts[-1] - pts[0]) * time_base) if len(pts) > 1 else 0.0
@@ -261,7 +267,7 @@ class PyAVClip:
 
     def read(self, indices: list[int]) -> Decoded:
         wanted = sorted(set(indices))
-        container = _open_container(self.path)
+        container = _open_container(self.path, self._demuxer)
         with container:
             stream = container.streams[self.stream_index]
             stream.codec_context.thread_count = _THREADS
@@ -420,7 +426,7 @@ def open_clip(path: Path, info: Look | None = None) -> PyAVClip:
     info = info or look(path)
     if not info.decodable:
         raise VideoError(f"{path}: holds no decodable frames (frame data missing or corrupt)")
-    container = _open_container(path)
+    container = _open_container(path, info.demuxer)
     with container:
         stream = container.streams[info.stream_index]
         time_base = stream.time_base or Fraction(1, 90000)
@@ -470,7 +476,7 @@ def _counted(path: Path, info: Look, rate: float | None) -> PyAVClip:
 def _sizes_by_decoding(path: Path, info: Look, need_key: bool) -> dict[tuple[int, int], int]:
     """Frames per (width, height), in order of first appearance, of a whole decode."""
     sizes: dict[tuple[int, int], int] = {}
-    container = _open_container(path)
+    container = _open_container(path, info.demuxer)
     with container:
         stream = container.streams[info.stream_index]
         stream.codec_context.thread_count = _THREADS
