@@ -9,12 +9,13 @@ pictures). A wanted frame that does not come out of the decoder (a corrupt packe
 truncated file) is replaced by the nearest frame that does, and reported. Streams without
 timestamps (raw H.264/HEVC Annex B) are counted by decoding and read front to back.
 
-Keyframes are what the demuxer and the decoder flag, where they flag any. A stream that one
-of them flags none in, a demuxer that flags no packet (RoQ) or a decoder that flags no frame
-(FLIC, QuickTime Animation and RPZA, Sorenson Video, Flash Screen Video, Microsoft Video 1),
-is read front to back as a plain decode gives it: seeking to a packet that only claims to be
-a keyframe gives frames built on missing ones. A stream whose frames change size is handed
-out at one size (``same_size``).
+Keyframes are what the demuxer and the decoder flag, where they flag any. Where the demuxer
+flags no packet (RoQ), the stream is read front to back as a plain decode gives it. Where the
+decoder flags no frame (FLIC, QuickTime Animation and RPZA, Sorenson Video, Flash Screen Video,
+Microsoft Video 1), the demuxer's keyframes are sought to when they are some of the packets
+(an index), and the stream is read front to back when every packet claims to be one (FFmpeg's
+RPZA: seeking there gives frames built on missing ones). A stream whose frames change size is
+handed out at one size (``same_size``).
 """
 
 from __future__ import annotations
@@ -451,10 +452,13 @@ def open_clip(path: Path, info: Look | None = None) -> PyAVClip:
         raise VideoError(f"{path}: holds no decodable frames (no video packets)")
     pts = sorted({int(stamp) for stamp, _ in stamps[first:] if stamp is not None})
     keys = sorted(int(stamp) for stamp, key in stamps[first:] if key and stamp is not None)
+    # Where the decoder flags no key frame, the demuxer's keyframes are all there is to seek
+    # to: trusted where they are some packets (an index: QuickTime Animation's sync samples),
+    # not where every packet claims to be one (FFmpeg's RPZA encoder writes deltas so).
+    unchecked = not info.frame_keys and all(key for _, key in stamps[first:])
     return PyAVClip(path, info, _Index(
         pts, keys or pts[:1], Fraction(time_base), rate_f, stamped=True,
-        in_order=info.format in _READ_IN_ORDER or not keyed or not info.frame_keys,
-        need_key=keyed))
+        in_order=info.format in _READ_IN_ORDER or not keyed or unchecked, need_key=keyed))
 
 
 def _counted(path: Path, info: Look, rate: float | None) -> PyAVClip:
