@@ -277,7 +277,8 @@ class Engine:
                 video = SampledVideo(frames=np.zeros((0, 0, 0, 3), dtype=np.uint8),
                                      indices=cached.indices, info=cached.info,
                                      padded=cached.padded,
-                                     substituted_frames=cached.substituted)
+                                     substituted_frames=cached.substituted,
+                                     resized=cached.resized)
                 return PreparedRequest(request, video, item, _stage_times(timer), cached, key)
         with timer.stage("video_decode"):
             video = load_video(Path(request.video), num_frames=sampling.frames, fps=sampling.fps,
@@ -321,7 +322,8 @@ class Engine:
                         tensors=tensors, item=host_item,
                         indices=list(prepared.video.indices), info=prepared.video.info,
                         padded=prepared.video.padded,
-                        substituted=dict(prepared.video.substituted_frames)))
+                        substituted=dict(prepared.video.substituted_frames),
+                        resized=prepared.video.resized))
         return EncodedRequest(prepared.request, prepared.video, item.without_pixels(), encoded,
                               timer.stages_ms, host_item, prepared.feature_cache)
 

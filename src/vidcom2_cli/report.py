@@ -45,6 +45,9 @@ def answer_to_json(answer: Answer) -> dict[str, Any]:
             "stream_index": video.info.stream_index,
             # sampled index -> index of the nearest decodable frame used in its place
             "substituted": {str(k): v for k, v in video.substituted_frames.items()},
+            "size": [video.info.width, video.info.height],  # of every frame handed out
+            # frames scaled to that size (a stream that changes size mid-way)
+            "resized": video.resized,
         },
         "tokens": {**asdict(answer.tokens),
                    "text": answer.tokens.prompt_full - answer.tokens.visual_full,
@@ -149,6 +152,11 @@ def _notes(answer: Answer) -> list[RenderableType]:
     if answer.video.padded:
         notes.append(Text(f"last frame repeated {answer.video.padded}x to fill the model's "
                           f"{answer.frames_per_unit}-frame temporal units", style="dim"))
+    if answer.video.resized:
+        info = answer.video.info
+        notes.append(Text(f"the video changes size: {answer.video.resized} of "
+                          f"{len(answer.video.indices)} frames scaled to "
+                          f"{info.width}x{info.height}", style="dim"))
     if answer.feature_cache == "hit":
         notes.append(Text("vision encoder output read from the feature cache (no decoding, "
                           "no encoder)", style="dim"))

@@ -3,18 +3,25 @@ subtasks, MLVU's task types, LongVideoBench's duration groups and question categ
 method and ratio.
 
 Accuracy is over the answered questions that count (MVBench leaves empty answers out, as
-lmms-eval does); errors are reported apart. The task's score is that accuracy, except MLVU's
-(the mean of its task types' accuracies, as lmms-eval's ``mlvu_aggregate_results_dev``; over
-the task types present, which is all 7 unless ``--limit`` cut some) and MVBench's (the mean of
-the subtasks' accuracies, the number the papers report; lmms-eval prints only the 20).
-``of_full`` is the score as a percentage of the ratio-1.0 score of the same rows when 1.0 is in
-the sweep (the papers' "avg of full"). Time per question is the end-to-end time of each record
-(a video's first question per setting carries its decoding, encoding and prefix prefill, as it
-would alone), averaged.
+lmms-eval does, and a subset whose every answer is empty scores 0 as there: ``... if
+total_answered > 0 else 0``); errors are reported apart, and a subset with no answer at all
+(every video missing) has no score. Rows come in the task's order: all, then each breakdown's
+values in their natural order (``Task.orders``: short/medium/long, MVBench's subtasks as
+lmms-eval's ``mvbench.yaml`` lists them, MLVU's task types as MLVU numbers them,
+LongVideoBench's duration groups by length and its question categories alphabetically).
+
+The task's score is that accuracy, except MLVU's (the mean of its task types' accuracies, as
+lmms-eval's ``mlvu_aggregate_results_dev``; over the task types present, which is all 7 unless
+``--limit`` cut some) and MVBench's (the mean of the subtasks' accuracies, the number the
+papers report; lmms-eval prints only the 20). ``of_full`` is the score as a percentage of the
+ratio-1.0 score of the same rows when 1.0 is in the sweep (the papers' "avg of full"). Time
+per question is the end-to-end time of each record (a video's first question per setting
+carries its decoding, encoding and prefix prefill, as it would alone), averaged.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,7 +53,9 @@ class _Tally:
 
     @property
     def accuracy(self) -> float | None:
-        return 100.0 * self.correct / self.counted if self.counted else None
+        if self.counted:
+            return 100.0 * self.correct / self.counted
+        return 0.0 if self.answered else None  # answers, none of them counting: lmms-eval's 0
 
     def mean(self, total: float) -> float | None:
         return total / self.answered if self.answered else None
@@ -63,7 +72,7 @@ def summarize(records: Iterable[dict[str, Any]], task: str, order: list[str]) ->
         groups = record.get("groups", {})
         for subset in (ALL, *(f"{name}={groups.get(name, '?')}" for name in breakdowns)):
             tallies.setdefault((subset, setting), _Tally()).add(record)
-    subsets = sorted({subset for subset, _ in tallies}, key=lambda name: (name != ALL, name))
+    subsets = sorted({subset for subset, _ in tallies}, key=lambda name: _rank(task, name))
     rows = []
     for subset in subsets:
         for setting in [label for label in order if label in methods]:
@@ -89,6 +98,29 @@ def summarize(records: Iterable[dict[str, Any]], task: str, order: list[str]) ->
     return {"task": task,
             "score": f"mean over {breakdowns[0]}s" if TASKS[task].macro else "accuracy",
             "settings": [label for label in order if label in methods], "rows": rows}
+
+
+def _rank(task: str, subset: str) -> tuple[int, int, float, str]:
+    """Where a subset's rows go: all first, then the breakdowns in the task's order, each
+    one's values in their natural order, then the unlisted ones (numbers by value), "?"
+    last."""
+    if subset == ALL:
+        return (-1, 0, 0.0, "")
+    name, _, value = subset.partition("=")
+    breakdowns = TASKS[task].breakdowns
+    position = breakdowns.index(name) if name in breakdowns else len(breakdowns)
+    order = TASKS[task].orders.get(name, ())
+    if value in order:
+        return (position, order.index(value), 0.0, "")
+    if value == "?":
+        return (position, len(order) + 2, 0.0, "")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if math.isfinite(number):
+        return (position, len(order), number, "")
+    return (position, len(order) + 1, 0.0, value)
 
 
 def _of_full(row: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
