@@ -149,7 +149,8 @@ class Engine:
                 video = SampledVideo(frames=np.zeros((0, 0, 0, 3), dtype=np.uint8),
                                      indices=cached.indices, info=cached.info,
                                      padded=cached.padded,
-                                     substituted_frames=cached.substituted)
+                                     substituted_frames=cached.substituted,
+                                     resized=cached.resized)
                 return PreparedRequest(request, video, item, _stage_times(timer), cached, key)
         with timer.stage("video_decode"):
             video = load_video(Path(request.video), num_frames=sampling.frames, fps=sampling.fps,
@@ -193,7 +194,8 @@ class Engine:
                         tensors=tensors, item=host_item,
                         indices=list(prepared.video.indices), info=prepared.video.info,
                         padded=prepared.video.padded,
-                        substituted=dict(prepared.video.substituted_frames)))
+                        substituted=dict(prepared.video.substituted_frames),
+                        resized=prepared.video.resized))
         return EncodedRequest(prepared.request, prepared.video, item.without_pixels(), encoded,
                               timer.stages_ms, host_item, prepared.feature_cache)
 
@@ -280,8 +282,8 @@ class Engine:
 
     def _answer(self, encoded: EncodedRequest, plan: KeepPlan, item: PreparedItem,
                 compressed: CompressedItem, result: GenerationResult, index: int,
-                stages_ms: dict[str, float], memory: PeakMemory, prefix_reused: int = 0
-                ) -> Answer:
+                stages_ms: dict[str, float], memory: PeakMemory, prefix_reused: int = 0,
+                prefix_tokens: int = 0) -> Answer:
         """One item of a generate call's result as an ``Answer``; ``stages_ms`` has the times
         before prefill (stages this answer does not carry count 0)."""
         timing = {stage: stages_ms.get(stage, 0.0) for stage in STAGES[:5]}
@@ -296,7 +298,7 @@ class Engine:
             method=plan.method, ratio=plan.ratio, plan=plan, video=encoded.video,
             frames_per_unit=self.adapter.frames_multiple,
             tokens=token_counts(item, plan, compressed, len(result.token_ids[index]),
-                                prefix_reused),
+                                prefix_reused, prefix_tokens),
             timing_ms=timing, memory=memory, random_weights=self.random_weights,
             feature_cache=encoded.feature_cache, run=self.run_info())
 
@@ -436,7 +438,7 @@ class Engine:
                 reused = 0
                 context.reported = True
             answers.append(self._answer(encoded, context.plan, item, compressed, result, index,
-                                        stages, memory, reused))
+                                        stages, memory, reused, prefix.lengths[row]))
         return answers
 
     def open(self, video: str, sampling: SamplingOptions, compression: CompressionOptions
@@ -506,7 +508,7 @@ def _stage_times(timer: StageTimer) -> dict[str, float]:
 
 
 def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
-                 generated: int, prefix_reused: int = 0) -> TokenCounts:
+                 generated: int, prefix_reused: int = 0, prefix_tokens: int = 0) -> TokenCounts:
     visual_full = int(item.video_token_mask.sum())
     return TokenCounts(
         visual_full=visual_full,
@@ -517,6 +519,7 @@ def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
         prompt_kept=compressed.length,
         generated=generated,
         prefix_reused=prefix_reused,
+        prefix_tokens=prefix_tokens,
     )
 
 

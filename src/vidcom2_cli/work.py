@@ -91,6 +91,9 @@ class TokenCounts:
     prompt_kept: int
     generated: int
     prefix_reused: int = 0  # prompt tokens served from a cached prefix, not prefilled again
+    # prompt tokens of the video's prefix when it was prefilled apart, once for several
+    # questions (the first question's answer carries that prefill: timing_ms.prefix_prefill)
+    prefix_tokens: int = 0
 
 
 @dataclass(frozen=True)

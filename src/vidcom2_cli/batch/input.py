@@ -12,11 +12,13 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, first_line
 from ..multiple_choice import LETTERS, expected_choice, multiple_choice_prompt
-from ..options import CompressionOptions
+
+if TYPE_CHECKING:  # torch: reading the input needs none
+    from ..options import CompressionOptions
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,15 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InputError
 from ..multiple_choice import is_correct
-from ..report import answer_to_json
-from ..work import Answer
 from .input import BatchItem
 from .progress import BatchSummary
+
+if TYPE_CHECKING:  # torch: checking --out and resuming need none
+    from ..work import Answer
 
 FSYNC_EVERY = 8  # lines between fsyncs of a file output (and one at the end)
 
@@ -151,6 +152,8 @@ def record(item: BatchItem, outcome: Answer | str) -> dict[str, Any]:
     error."""
     if isinstance(outcome, str):
         return error_record(item, outcome)
+    from ..report import answer_to_json  # here: the report imports torch, the checks need none
+
     answered = answer_to_json(outcome)
     answered["id"] = item.id  # as given: an integer id stays an integer
     if item.expected is not None:

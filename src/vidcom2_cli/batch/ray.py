@@ -29,49 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cli_support import looks_like_address
 from ..errors import InputError, first_line
 from ..models import LoadOptions
 from .input import BatchItem
 from .local import BatchOptions, run_batch, video_groups
 from .output import RecordOutput, RecordSink, iter_pending
 from .progress import BatchSummary
+from .ray_options import RayOptions, check_ray_options, import_ray
 
-RAY_EXTRA = 'pip install "vidcom2-cli[ray]"'
 IN_FLIGHT_PER_WORKER = 2  # chunks queued on a worker: one running, the next ready
 WINDOW_CHUNKS = 4  # lines read ahead to gather a video's questions: this many chunks' worth
 _MODEL_ERROR = re.compile(r"ModelLoadError: (.+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    address: str = "local"  # local (start Ray here), auto (join this machine's cluster), ray://
-    workers: int | None = None  # default: one per GPU of the cluster, 1 without GPUs
-    gpus_per_worker: float | None = None  # default: 1 with GPUs, else 0; fractions share one
-    chunk: int = 16  # items per task (whole videos)
-    ordered: bool = False  # write records in input order (buffers the ones that come early)
-    retries: int = 3  # restarts of a dead worker, and tries of a chunk
-
-
-def import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise InputError(f"--ray: Ray is not installed; {RAY_EXTRA}") from None
-    return ray
-
-
-def check_ray_options(options: RayOptions) -> None:
-    if not looks_like_address(options.address):
-        raise InputError(f"--ray: expected local, auto, ray://HOST:PORT or HOST:PORT, got "
-                         f"{options.address!r}")
-    if options.workers is not None and options.workers < 1:
-        raise InputError(f"--workers: must be at least 1, got {options.workers}")
-    if options.gpus_per_worker is not None and options.gpus_per_worker < 0:
-        raise InputError(f"--gpus-per-worker: must be at least 0, got {options.gpus_per_worker}")
-    if options.chunk < 1:
-        raise InputError(f"--chunk: must be at least 1, got {options.chunk}")
 
 
 @dataclass(frozen=True)
