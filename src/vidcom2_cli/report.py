@@ -15,6 +15,7 @@ from rich.text import Text
 from .bench import BenchRow
 from .heatmap import budget_sparkline, favoured_units, spatial_heatmap
 from .models.base import PrefixCache
+from .wording import counted
 from .work import Answer, VideoContext
 
 RANDOM_WEIGHTS_NOTE = "random weights: the answer is meaningless; timings and shapes are real"
@@ -139,7 +140,7 @@ def timing_table(answer: Answer) -> Table:
 
 def _header(answer: Answer) -> Text:
     count, padded = len(answer.video.indices), answer.video.padded
-    frames = f"{count} frame{'s' if count != 1 else ''}" + (
+    frames = counted(count, "frame") + (
         f" ({padded} padded)" if padded else "")
     return Text(f"{answer.method} R={answer.ratio:g} · {frames} of "
                 f"{answer.video.info.frame_count} · {Path(answer.model).name or answer.model}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from rich.console import Console
@@ -12,10 +13,14 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
+from rich.text import Text
+
+from ..wording import counted
 
 
 @dataclass
@@ -63,9 +68,9 @@ class BatchSummary:
 
     def render(self) -> str:
         """Two or three plain lines for stderr."""
-        errors = f"{self.errors} error" + ("" if self.errors == 1 else "s")
-        lines = [f"{self.total} items: {self.processed} processed ({self.answered} answered, "
-                 f"{errors}), {self.skipped} skipped (already in the output)"]
+        lines = [f"{counted(self.total, 'item')}: {self.processed:,} processed "
+                 f"({self.answered:,} answered, {counted(self.errors, 'error')}), "
+                 f"{self.skipped:,} skipped (already in the output)"]
         if self.answered:
             values = self.as_dict()
             # Prefill is per generate call: items batched together report the same one.
@@ -77,13 +82,25 @@ class BatchSummary:
         return "\n".join(lines)
 
 
+class AverageTimeRemainingColumn(ProgressColumn):
+    """Time left at the run's average pace so far. rich's own estimate follows the last few
+    updates, and a batch writes its records in bursts (a video's questions at once), so it
+    read 0:00:01 with most items left."""
+
+    def render(self, task: Task) -> Text:
+        if not task.completed or task.total is None or task.elapsed is None:
+            return Text("-:--:--", style="progress.remaining")
+        left = (task.total - task.completed) * task.elapsed / task.completed
+        return Text(str(timedelta(seconds=max(0, round(left)))), style="progress.remaining")
+
+
 @contextmanager
 def progress_bar(console: Console, total: int | None
                  ) -> Iterator[Callable[[BatchSummary], None]]:
     """A progress bar with ETA on ``console``; yields the callback that advances it."""
     columns = (TextColumn("answering"), BarColumn(), MofNCompleteColumn(),
                TextColumn("errors: {task.fields[errors]}"), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn())
+               TextColumn("ETA"), AverageTimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("answering", total=total, errors=0)
         yield lambda summary: progress.update(task, completed=summary.processed,

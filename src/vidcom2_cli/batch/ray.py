@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 import socket
@@ -117,6 +118,12 @@ class WorkerStats:
 @dataclass
 class RaySummary(BatchSummary):
     workers: list[WorkerStats] = field(default_factory=list)
+    run: dict[str, Any] = field(default_factory=dict)  # what ran the first answer (run_info)
+
+    def add(self, record: dict[str, Any]) -> None:
+        super().add(record)
+        if not self.run and isinstance(record.get("run"), dict):
+            self.run = record["run"]
 
     def render(self) -> str:
         lines = [super().render()]
@@ -181,7 +188,7 @@ def run_ray_batch(workers: RayWorkers, items: Iterable[BatchItem], options: Batc
                                                   done or {})), counts, "pending")
         output = RecordOutput(writer, summary, on_record, ray_options.ordered)
         chunks = _chunks(_checked_first_video(ray, actors[0], pending), ray_options.chunk,
-                         options.reuse, output.expect)
+                         options.reuse, output.expect, len(actors))
         alive = [True] * len(actors)
         load = [0] * len(actors)
         retry: list[_Chunk] = []
@@ -365,20 +372,25 @@ def _counted(items: Iterable[BatchItem], counts: Counter[str], name: str
 
 
 def _chunks(items: Iterator[BatchItem], size: int, reuse: bool,
-            on_window: Callable[[list[BatchItem]], None]) -> Iterator[list[BatchItem]]:
+            on_window: Callable[[list[BatchItem]], None], workers: int = 1
+            ) -> Iterator[list[BatchItem]]:
     """Tasks of about ``size`` items: with reuse, the questions about one video within a window
-    of ``WINDOW_CHUNKS * size`` lines stay in one task. ``on_window`` hears each window's items
-    before its first task is handed out (what ``--ordered`` waits for)."""
+    of ``WINDOW_CHUNKS * size`` lines stay in one task. A window too small to give every worker
+    a task of ``size`` (a short input, the end of a long one) is cut into ``workers`` smaller
+    tasks, so that no worker idles while another has all the work. ``on_window`` hears each
+    window's items before its first task is handed out (what ``--ordered`` waits for)."""
+    def pack(window: list[BatchItem]) -> Iterator[list[BatchItem]]:
+        on_window(window)
+        yield from _pack(window, min(size, max(1, math.ceil(len(window) / workers))), reuse)
+
     window: list[BatchItem] = []
     for item in items:
         window.append(item)
         if len(window) >= WINDOW_CHUNKS * size:
-            on_window(window)
-            yield from _pack(window, size, reuse)
+            yield from pack(window)
             window = []
     if window:
-        on_window(window)
-        yield from _pack(window, size, reuse)
+        yield from pack(window)
 
 
 def _pack(window: list[BatchItem], size: int, reuse: bool) -> Iterator[list[BatchItem]]:

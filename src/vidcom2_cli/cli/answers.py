@@ -62,7 +62,7 @@ def print_answers(engine: Engine, answers: Iterable[Answer], json_output: bool, 
         else:
             stdout.print(render_answer(result, with_text=not streamed))
     if not (json_output or quiet):
-        console.print_plain(run_line(engine))
+        console.print_plain(run_line(engine.run_info()))
         if heatmap is not None:
             console.print_plain(f"heatmap written to {heatmap}")
 

@@ -28,6 +28,7 @@ from ..catalog import (
     preset_names,
 )
 from ..errors import did_you_mean
+from ..wording import counted
 
 HUB_TIMEOUT_S = 3.0
 _DEVICE = re.compile(r"(auto|cpu|mps|cuda|cuda:\d+|xpu|xpu:\d+)")
@@ -338,8 +339,8 @@ def output_records(path: str) -> Iterator[dict[str, Any]]:
 def whole_output_line(summary: Any) -> str:
     """A BatchSummary filled from every record of an output file, as one line."""
     values = summary.as_dict()
-    line = (f"{values['processed']} records ({values['answered']} answered, "
-            f"{values['errors']} errors)")
+    line = (f"{counted(values['processed'], 'record')} ({values['answered']:,} answered, "
+            f"{counted(values['errors'], 'error')})")
     if values["mean_kept_ratio"] is not None:
         line += f", mean kept ratio {values['mean_kept_ratio']:.3f}"
     if values["accuracy"] is not None:

@@ -13,7 +13,7 @@ from ..catalog import DEFAULT_MAX_FRAMES, DEFAULT_METHOD, DEFAULT_MODEL, DEFAULT
 from ..errors import InputError
 from . import console
 from .app import app
-from .batch import check_ray, fail_if_all_failed, on_ray
+from .batch import check_ray, fail_if_all_failed, on_ray, print_ray_run_line
 from .checks import (
     OptionError,
     check_batch_numbers,
@@ -178,6 +178,8 @@ def eval_(
                                  LoadOptions(device=device, dtype=dtype, attention=attn,
                                              device_map=device_map), feature_cache, todo)
         console.stderr.print(summary.render(), highlight=False, markup=False)
+        if engine is None:
+            print_ray_run_line(summary)
         records = sink.records
         if out != "-":  # the whole file: earlier runs' records too (--resume)
             records = [record for record in output_records(out)

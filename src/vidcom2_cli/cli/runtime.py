@@ -86,8 +86,8 @@ def feature_cache_at(directory: Path) -> FeatureCache:
         message, style="yellow", markup=False, highlight=False))
 
 
-def run_line(engine: Engine) -> str:
-    info = engine.run_info()
+def run_line(info: dict[str, object]) -> str:
+    """The closing line: what ran the model (an ``Engine.run_info()``)."""
     return (f"vidcom2-cli {info['version']} · model loaded in {info['model_load_s']:.1f} s · "
             f"{info['device']} {info['dtype']} {info['attention']}")
 
