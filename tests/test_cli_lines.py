@@ -216,13 +216,17 @@ def test_environment_defaults_and_the_command_line_wins(offline_hub, monkeypatch
 
 @pytest.mark.slow
 def test_output_says_what_ran(tiny_checkpoints):
+    import torch
+
     from vidcom2_cli import __version__
+    from vidcom2_cli.models.loading import resolve_dtype
 
     model = ["--model", tiny_checkpoints("llava_onevision"), *FAST]
     payload = json.loads(invoke("ask", CLIP, "What?", *model, "--json").stdout)
     run = payload["run"]
     assert run["version"] == __version__ and run["device"] == "cpu"
-    assert run["dtype"] == "float32" and run["attention"] in ("sdpa", "eager")
+    auto = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+    assert run["dtype"] == auto and run["attention"] in ("sdpa", "eager")
     assert run["model_load_s"] > 0
     assert payload["frames"]["decoder"] == "decord" and payload["frames"]["substituted"] == {}
     human = invoke("ask", CLIP, "What?", *model)
