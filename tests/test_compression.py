@@ -97,6 +97,8 @@ def kept_total_bounds(method: str, features: torch.Tensor, ratio: float, profile
                       ) -> tuple[float, float]:
     """The total a method's declared budget rule allows (``vidcom2 methods`` lists the rules)."""
     units, tokens, _ = features.shape
+    if ratio == 1.0:  # every method keeps everything (test_ratio_one_keeps_everything)
+        return units * tokens, units * tokens
     chosen = get_method(method)
     per_unit = (fca_budgets(features, ratio) if chosen.fca
                 else uniform_counts(units, tokens, ratio))
