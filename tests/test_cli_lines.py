@@ -118,6 +118,9 @@ def test_unreachable_hub_fails_at_once_with_what_to_do(monkeypatch, tmp_path):
     assert result.exit_code == 1 and result.stdout == ""
     line = one_line(result)
     assert "cannot be reached" in line and "random:" in line and "--model" in line
+    # huggingface_hub 1.0 replaced the huggingface-cli command with hf
+    assert "(hf download nobody/no-such-model --local-dir FOLDER)" in line
+    assert "huggingface-cli" not in line
     assert "Retrying" not in result.stderr
 
 
