@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from vidcom2_cli.models.memory import (
     Room,
     cgroup_headroom,
     check_memory,
+    checkpoint_parameters,
     folder_parameters,
     parse_meminfo_available,
     refuse_unless_fits,
@@ -93,6 +95,35 @@ def test_sharded_quantized_and_incomplete_checkpoints(tmp_path):
     save_file({"w": torch.zeros(8, dtype=torch.int8), "s": torch.ones(2)},
               str(quantized / "model.safetensors"))
     assert folder_parameters(quantized) is None  # packed values are not parameters
+
+
+def test_a_hub_model_is_counted_from_the_cache_or_else_the_hubs_headers(monkeypatch,
+                                                                          tiny_checkpoints):
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    folder = tiny_checkpoints("qwen2_vl")
+    cache = {"org/cached": str(folder / "config.json")}
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, filename: cache.get(repo))
+    stored = {"org/bf16": {"BF16": 7_000_000_000, "F32": 1000},
+              "org/fp8": {"F8_E4M3": 7_000_000_000, "BF16": 1000}}
+    asked = []
+
+    def headers(repo):
+        asked.append(repo)
+        return SimpleNamespace(parameter_count=stored[repo])
+
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", headers)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    assert checkpoint_parameters("org/cached") == folder_parameters(folder)
+    assert asked == []  # the cache answered
+    assert checkpoint_parameters("org/bf16") == 7_000_001_000
+    assert checkpoint_parameters("org/fp8") is None  # quantized: not counted
+    assert checkpoint_parameters("org/missing") is None  # the hub failed: no check
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    asked.clear()
+    assert checkpoint_parameters("org/bf16") is None and asked == []  # no request offline
 
 
 def test_a_file_that_is_not_safetensors_is_refused(tmp_path):
