@@ -346,3 +346,32 @@ def test_in_a_terminal_the_answer_streams_then_the_report(tiny_checkpoints, monk
     assert first.startswith("answer: ") and first.removeprefix("answer: ").strip() == expected
     assert "Retained tokens" in report and "Timing" in report
     assert "╭" not in report  # the answer is not printed again in a panel
+
+
+@pytest.mark.slow
+def test_several_questions_show_the_status_line_while_each_is_worked_out(tiny_checkpoints,
+                                                                         monkeypatch):
+    """Not only one question: with three, the stage line is up while each answer is being
+    worked out (the shared work with the first), and down while an answer prints."""
+    from contextlib import contextmanager
+
+    from vidcom2_cli.cli import runtime
+
+    shown: list[str] = []
+    real = runtime.stage_status
+
+    @contextmanager
+    def recorded(show):
+        shown.append("up" if show else "off")
+        with real(False) as stop:
+            yield stop
+        shown.append("down")
+
+    monkeypatch.setattr(runtime, "stage_status", recorded)
+    model = ["--model", tiny_checkpoints("qwen2_vl"), *FAST]
+    result = invoke("ask", CLIP, "What?", "Why?", "Where?", *model)
+    assert result.exit_code == 0, result.stderr
+    assert shown.count("up") >= 3 and shown[-2:] == ["up", "down"]
+    before = len(shown)
+    quiet = invoke("ask", CLIP, "What?", "Why?", *model, "--json")  # no status line with JSON
+    assert quiet.exit_code == 0 and len(shown) > before and "up" not in shown[before:]

@@ -55,6 +55,7 @@ from .options import (
 from .runtime import (
     answer_options,
     compression_options,
+    each_with_status,
     load_engine,
     preflight,
     sampling_options,
@@ -127,8 +128,8 @@ def ask(
                                                         sampling, compression, generation,
                                                         on_text)]
             else:
-                answers = engine.ask_many(str(video), questions, sampling, compression,
-                                          generation)
+                answers = each_with_status(engine.ask_many(
+                    str(video), questions, sampling, compression, generation), human)
         if streaming:
             if not on_text.started:  # the first token ended the answer
                 on_text("(empty answer)")

@@ -244,7 +244,7 @@ def check_model_source(reference: str) -> None:
     raise HubUnreachable(
         f"--model: {reference} is not in the local model cache{here} and the model hub "
         f"({hub.ENDPOINT}) cannot be reached: download it on a connected machine "
-        f"(huggingface-cli download {reference}) and pass its folder to --model, set HF_HOME "
+        f"(hf download {reference}) and pass its folder to --model, set HF_HOME "
         "to a cache that holds it, or try --model random:NAME (see `vidcom2 models`)"
     )
 

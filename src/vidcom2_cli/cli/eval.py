@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ..catalog import DEFAULT_MAX_FRAMES, DEFAULT_METHOD, DEFAULT_MODEL, DEFAULT_NUM_FRAMES
 from ..errors import InputError
@@ -51,7 +50,7 @@ def eval_(
                                         "mvbench_<subtask>, mlvu (dev) or longvideobench (val, "
                                         "video only).")],
     data: Annotated[Path, typer.Option("--data", metavar="DIR", help="The dataset as its "
-                                       "publishers distribute it (see the README).")],
+                                       "publishers distribute it (see docs/eval.md).")],
     out: Annotated[str, typer.Option("--out", help="Results, one JSON line per question and "
                                      "setting (- for stdout).")],
     limit: Annotated[int | None, typer.Option(help="At most N questions (per subtask for "
@@ -121,6 +120,11 @@ def eval_(
         resolve_variant(chosen_task, prompt_variant, None)  # refuses an unknown one now
         questions = read_questions(chosen_task, subtask, data, "default", limit)
         preflight(model, method_list, None, "--methods")
+        from ..evaluation.missing import missing_videos_line
+
+        missing = missing_videos_line(questions, data, out)
+        if missing:  # named now, before the model loads; each becomes an error record
+            console.print_plain(missing, to_stderr=True)
         from ..batch import (
             BatchOptions,
             ResultWriter,
@@ -185,7 +189,7 @@ def eval_(
             records = [record for record in output_records(out)
                        if str(record.get("id")) in index and "setting" in record]
         result = summarize(records, chosen_task.name, [setting.label for setting in chosen])
-        summary_console = console.stdout if out != "-" else Console(stderr=True, width=160)
+        summary_console = console.stdout if out != "-" else console.stderr
         if json_output:
             if out == "-":
                 summary_console.print_json(json.dumps(result))

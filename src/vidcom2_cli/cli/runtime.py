@@ -17,7 +17,7 @@ from . import console
 from .checks import check_method_names, check_model_source
 
 if TYPE_CHECKING:
-    from ..engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
+    from ..engine import Answer, CompressionOptions, Engine, GenerationOptions, SamplingOptions
     from ..feature_cache import FeatureCache
 
 SHORT_ANSWER_TOKENS = 8
@@ -102,6 +102,18 @@ def stage_status(show: bool) -> Iterator[Callable[[], None]]:
     with console.stderr.status("starting ...") as status, stage_listener(
             lambda stage: status.update(f"{_STAGE_NAMES.get(stage, stage)} ...")):
         yield status.stop
+
+
+def each_with_status(answers: Iterable[Answer], show: bool) -> Iterator[Answer]:
+    """The answers of several questions, with the stage status line shown while each one is
+    being worked out and gone while it is printed."""
+    iterator = iter(answers)
+    while True:
+        with stage_status(show):
+            answer = next(iterator, None)
+        if answer is None:
+            return
+        yield answer
 
 
 def preflight(model: str, methods: Iterable[str], video: Path | None = None,
