@@ -222,7 +222,7 @@ def load_model(reference: str, options: LoadOptions = LoadOptions()) -> LoadedMo
         else reference
     if Path(source).is_dir():
         refuse_pickle_only(Path(source), reference)
-    from .memory import check_memory, checkpoint_parameters
+    from .memory import check_memory, checkpoint_parameters  # memory imports this module
 
     smallest = SUPPORTED_MODEL_TYPES[model_type][1][0]  # the catalog lists smallest first
     check_memory(reference, checkpoint_parameters(source), device, dtype, options.device_map,
