@@ -222,11 +222,11 @@ def load_model(reference: str, options: LoadOptions = LoadOptions()) -> LoadedMo
         else reference
     if Path(source).is_dir():
         refuse_pickle_only(Path(source), reference)
-    from .memory import check_memory, checkpoint_parameters
+    from .memory import check_memory, checkpoint_parameters  # memory imports this module
 
-    smallest = SUPPORTED_MODEL_TYPES[model_type][1][0]  # the catalog lists smallest first
+    sizes = SUPPORTED_MODEL_TYPES[model_type][1]  # the family's checkpoints, smallest first
     check_memory(reference, checkpoint_parameters(source), device, dtype, options.device_map,
-                 smaller=smallest)
+                 smaller=sizes[0] if len(sizes) > 1 else None)
     try:
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
         model = AutoModelForImageTextToText.from_pretrained(
