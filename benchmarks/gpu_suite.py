@@ -24,7 +24,8 @@ when the suite's ``--deadline`` is near is recorded as skipped. After every part
 folder holds ``summary.json`` (environment, each part's status, wall time, command and key
 figures, issue 26's targets), ``summary.md`` (the same as tables) and ``parts.zip`` (each
 part's stdout, stderr and JSON files under PART/). Exit status 0 when every part succeeded,
-1 otherwise, 2 for a bad option.
+1 otherwise, 2 for a bad option, 130 when stopped (SIGINT or SIGTERM: the running parts are
+stopped and the summary written).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -64,6 +66,11 @@ KILL_GRACE_S = 5.0  # after SIGTERM at the time limit, before SIGKILL
 MIN_START_S = 5.0
 DEFAULT_LIMIT_S = 60.0  # a part is not begun with less time than this left before the deadline
 STATUS_ORDER = ("ok", "failed", "timeout", "skipped")
+# Each part in its own process group, so that it is stopped whole at its limit, yet in the
+# suite's session, so that whatever ends the suite's session (the device tool at the end of a
+# command) ends the parts too.
+OWN_GROUP: dict[str, Any] = ({"process_group": 0} if sys.version_info >= (3, 11)
+                             else {"start_new_session": True})
 
 
 @dataclass(frozen=True)
@@ -136,8 +143,8 @@ class PartResult:
 
 def main() -> None:
     args = parse_args()
-    suite = Suite(args)
-    sys.exit(suite.run())
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped: as Ctrl-C
+    sys.exit(Suite(args).run())
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -173,6 +180,9 @@ def parse_args() -> argparse.Namespace:
                         help="seconds for the whole suite (default: 420 on a GPU, 1200 tiny)")
     parser.add_argument("--jobs", type=int, help="ask parts run at a time (default: 4 GPU, "
                         "2 tiny)")
+    parser.add_argument("--list", action="store_true",
+                        help="print each part's limit and command, run nothing (the ask parts: "
+                        "for --families, or the families --checkpoints holds)")
     args = parser.parse_args()
     if not args.video.is_file():
         parser.error(f"--video: {args.video} is not a file")
@@ -226,6 +236,9 @@ class Suite:
         self.started = time.monotonic()
         self.started_at = now()
         self.finished_at: str | None = None
+        self.interrupted = False
+        self.live: set[subprocess.Popen[bytes]] = set()  # parts running now
+        self.live_lock = threading.Lock()
 
     # --- the plan ---------------------------------------------------------------------------
 
@@ -319,15 +332,30 @@ class Suite:
 
     # --- running ----------------------------------------------------------------------------
 
+    def list_parts(self) -> int:
+        for part in self.chosen(self.first_parts()) + self.chosen(self.later_parts()):
+            print(f"{part.name} (limit {part.limit_s:.3g} s): {shlex.join(part.command)}")
+        return 0
+
     def run(self) -> int:
+        if self.args.list:
+            return self.list_parts()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "parts.zip").unlink(missing_ok=True)
         shutil.rmtree(self.out / "running", ignore_errors=True)  # left by a run stopped earlier
         self.say(f"gpu_suite ({self.profile.mode}): output in {self.out}, deadline "
                  f"{self.profile.deadline_s:.0f} s")
         self.write_summary()
-        self.run_parts(self.chosen(self.first_parts()))
-        self.run_parts(self.chosen(self.later_parts()))  # the ask parts follow checkpoints
+        try:
+            self.run_parts(self.chosen(self.first_parts()))
+            self.run_parts(self.chosen(self.later_parts()))  # the ask parts follow checkpoints
+        except KeyboardInterrupt:
+            self.interrupted = True
+            with self.live_lock:
+                running = list(self.live)
+            for process in running:
+                stop(process)
+            self.say("interrupted: the parts running now were stopped")
         self.finished_at = now()
         self.write_summary()
         counts = {status: sum(result.status == status for result in self.results)
@@ -335,6 +363,8 @@ class Suite:
         self.say(f"summary: {self.out / 'summary.md'} ("
                  + ", ".join(f"{count} {status}" for status, count in counts.items() if count)
                  + ")")
+        if self.interrupted:
+            return 130
         return 0 if all(result.status == "ok" for result in self.results) else 1
 
     @property
@@ -390,8 +420,10 @@ class Suite:
         with (folder / "stdout.txt").open("wb") as stdout, \
                 (folder / "stderr.txt").open("wb") as stderr:
             process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                       stdout=stdout, stderr=stderr, start_new_session=True,
+                                       stdout=stdout, stderr=stderr, **OWN_GROUP,
                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            with self.live_lock:
+                self.live.add(process)
             try:
                 result.returncode = process.wait(timeout=limit)
                 result.status = "ok" if result.returncode == 0 else "failed"
@@ -400,6 +432,9 @@ class Suite:
                 result.returncode = process.returncode
                 result.status = "timeout"
                 result.error = f"ran past its limit of {limit:.3g} s"
+            finally:
+                with self.live_lock:
+                    self.live.discard(process)
         result.wall_s = time.monotonic() - started
         return result
 
@@ -446,7 +481,10 @@ class Suite:
                       "wall_s": round(time.monotonic() - self.started, 1),
                       "deadline_s": self.profile.deadline_s, "jobs": self.profile.jobs,
                       "video": str(self.args.video), "argv": sys.argv[1:],
-                      "complete": self.finished_at is not None},
+                      "complete": self.finished_at is not None and not self.interrupted,
+                      "interrupted": self.interrupted,
+                      "not_recorded": [name for name in self.planned
+                                       if name not in self.recorded]},
             "environment": environment.figures if environment else {},
             "parts": [asdict(result) for result in self.results],
             "targets": [{"part": result.name, "model": model, **check}
@@ -465,7 +503,9 @@ class Suite:
                    else "environment not recorded")
         lines = [f"# GPU suite, {suite['mode']} run of {suite['started']}", "",
                  f"{machine} · video {Path(suite['video']).name} · {suite['wall_s']:.0f} s"
-                 + ("" if suite["complete"] else " · INCOMPLETE (still running or stopped)"),
+                 + ("" if suite["complete"] else " · INCOMPLETE (still running or stopped)")
+                 + (f" · not recorded: {', '.join(suite['not_recorded'])}"
+                    if not suite["complete"] and suite["not_recorded"] else ""),
                  "", "| part | status | wall s | limit s | key figures |", "|---|---|---|---|---|"]
         for result in self.results:
             detail = result.brief or result.error or ""

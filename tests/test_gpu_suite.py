@@ -126,6 +126,30 @@ def test_parts_not_begun_before_the_deadline_are_recorded_as_skipped(tmp_path):
     assert "deadline" in summary["parts"][0]["error"]
 
 
+def test_a_stopped_suite_stops_its_running_part_and_writes_the_summary(tmp_path):
+    out = tmp_path / "out"
+    suite = subprocess.Popen([sys.executable, str(SUITE), "--tiny", "--out", str(out), "--only",
+                              "environment,compressor"], stdout=subprocess.PIPE, text=True,
+                             cwd=ROOT)
+    for line in suite.stdout:
+        if "environment: started" in line:
+            break
+    suite.terminate()
+    assert suite.wait(timeout=60) == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["suite"]["interrupted"] and not summary["suite"]["complete"]
+    assert summary["suite"]["not_recorded"] == ["environment", "compressor"]
+    assert not [pid for pid in Path("/proc").glob("[0-9]*")  # no part left running
+                if str(out) in _command_line(pid)]
+
+
+def _command_line(process: Path) -> str:
+    try:
+        return (process / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 @pytest.mark.parametrize("arguments, needle", [
     (["--video", "missing.mp4"], "--video: missing.mp4 is not a file"),
     (["--limit", "ask-*"], "--limit: expected PART=SECONDS"),
