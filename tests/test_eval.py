@@ -574,3 +574,20 @@ def test_videomme_on_qwen3_vl_gets_the_qwen3_vl_prompt(tiny_checkpoints, dataset
         "What colour is the square?", ["A. Red.", "B. Green.", "C. Two.", "D. It fades out."],
         "qwen3_vl")
     assert row["question"].startswith("Question: What colour")
+
+
+def test_missing_videos_are_named_before_the_model_loads(tiny_checkpoints, datasets, tmp_path,
+                                                         monkeypatch):
+    """The run goes on without them (error records), but the user learns which they are at
+    once, on one stderr line, not only as a count at the end."""
+    from vidcom2_cli.engine import Engine
+
+    def no_load(*args, **kwargs):
+        raise RuntimeError("stop after the preflight")
+
+    monkeypatch.setattr(Engine, "load", no_load)
+    result = runner.invoke(app, ["eval", "videomme", "--data", str(datasets["videomme"]),
+                                 "--out", str(tmp_path / "m.jsonl"), "--device", "cpu",
+                                 "-m", str(tiny_checkpoints("qwen2_vl"))])
+    first = result.stderr.splitlines()[0]
+    assert first == "1 video not found (1 question): data/missingVid0.mp4"

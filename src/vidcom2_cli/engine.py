@@ -28,6 +28,7 @@ from .compression import (
     select,
 )
 from .compression.checks import check_ratio
+from .errors import InputError
 from .feature_cache import CachedEncoding, FeatureCache
 from .models import LoadedModel, LoadOptions, VideoAdapter, load_adapter
 from .models.base import (
@@ -48,10 +49,6 @@ from .video import (
     load_video,
     sample_indices,
 )
-
-
-class InputError(ValueError):
-    """A request or option that cannot be run; the message names it and says why."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +164,9 @@ class TokenCounts:
     prompt_kept: int
     generated: int
     prefix_reused: int = 0  # prompt tokens served from a cached prefix, not prefilled again
+    # prompt tokens of the video's prefix when it was prefilled apart, once for several
+    # questions (the first question's answer carries that prefill: timing_ms.prefix_prefill)
+    prefix_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -277,7 +277,8 @@ class Engine:
                 video = SampledVideo(frames=np.zeros((0, 0, 0, 3), dtype=np.uint8),
                                      indices=cached.indices, info=cached.info,
                                      padded=cached.padded,
-                                     substituted_frames=cached.substituted)
+                                     substituted_frames=cached.substituted,
+                                     resized=cached.resized)
                 return PreparedRequest(request, video, item, _stage_times(timer), cached, key)
         with timer.stage("video_decode"):
             video = load_video(Path(request.video), num_frames=sampling.frames, fps=sampling.fps,
@@ -321,7 +322,8 @@ class Engine:
                         tensors=tensors, item=host_item,
                         indices=list(prepared.video.indices), info=prepared.video.info,
                         padded=prepared.video.padded,
-                        substituted=dict(prepared.video.substituted_frames)))
+                        substituted=dict(prepared.video.substituted_frames),
+                        resized=prepared.video.resized))
         return EncodedRequest(prepared.request, prepared.video, item.without_pixels(), encoded,
                               timer.stages_ms, host_item, prepared.feature_cache)
 
@@ -408,8 +410,8 @@ class Engine:
 
     def _answer(self, encoded: EncodedRequest, plan: KeepPlan, item: PreparedItem,
                 compressed: CompressedItem, result: GenerationResult, index: int,
-                stages_ms: dict[str, float], memory: PeakMemory, prefix_reused: int = 0
-                ) -> Answer:
+                stages_ms: dict[str, float], memory: PeakMemory, prefix_reused: int = 0,
+                prefix_tokens: int = 0) -> Answer:
         """One item of a generate call's result as an ``Answer``; ``stages_ms`` has the times
         before prefill (stages this answer does not carry count 0)."""
         timing = {stage: stages_ms.get(stage, 0.0) for stage in STAGES[:5]}
@@ -424,7 +426,7 @@ class Engine:
             method=plan.method, ratio=plan.ratio, plan=plan, video=encoded.video,
             frames_per_unit=self.adapter.frames_multiple,
             tokens=token_counts(item, plan, compressed, len(result.token_ids[index]),
-                                prefix_reused),
+                                prefix_reused, prefix_tokens),
             timing_ms=timing, memory=memory, random_weights=self.random_weights,
             feature_cache=encoded.feature_cache, run=self.run_info())
 
@@ -486,7 +488,7 @@ class Engine:
                 reused = 0
                 context.reported = True
             answers.append(self._answer(encoded, context.plan, item, compressed, result, index,
-                                        stages, memory, reused))
+                                        stages, memory, reused, prefix.lengths[row]))
         return answers
 
     def open(self, video: str, sampling: SamplingOptions, compression: CompressionOptions
@@ -531,9 +533,11 @@ class Engine:
                            on_text)[0]
 
 
-def check_options(compression: CompressionOptions, generation: GenerationOptions) -> None:
-    """InputError naming the option, before any expensive work."""
-    check_compression(compression)
+def check_options(compression: CompressionOptions, generation: GenerationOptions,
+                  profile: str | None = None) -> None:
+    """InputError naming the option, before any expensive work; the method's options are
+    checked for the family ``profile`` where it is known before loading."""
+    check_compression(compression, profile)
     check_generation(generation)
 
 
@@ -605,7 +609,7 @@ def _stage_times(timer: StageTimer) -> dict[str, float]:
 
 
 def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
-                 generated: int, prefix_reused: int = 0) -> TokenCounts:
+                 generated: int, prefix_reused: int = 0, prefix_tokens: int = 0) -> TokenCounts:
     visual_full = int(item.video_token_mask.sum())
     return TokenCounts(
         visual_full=visual_full,
@@ -616,4 +620,5 @@ def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
         prompt_kept=compressed.length,
         generated=generated,
         prefix_reused=prefix_reused,
+        prefix_tokens=prefix_tokens,
     )

@@ -40,7 +40,7 @@ from .batch import (
     run_batch,
     video_groups,
 )
-from .cli_support import looks_like_address
+from .cli.checks import looks_like_address
 from .engine import InputError
 from .errors import first_line
 from .models import LoadOptions

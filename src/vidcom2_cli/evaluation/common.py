@@ -44,12 +44,15 @@ class EvalQuestion:
     error: str | None = None
 
 
+MISSING_VIDEO = "video not found"  # how a question's error starts when its video is missing
+
+
 def find_video(candidates: list[Path]) -> tuple[str, str | None]:
     """The first existing path of ``candidates`` and None, or the first one and its error."""
     for path in candidates:
         if path.is_file():
             return str(path), None
-    return str(candidates[0]), f"video not found: {candidates[0]}"
+    return str(candidates[0]), f"{MISSING_VIDEO}: {candidates[0]}"
 
 
 def option_lines(options: list[str] | tuple[str, ...], template: str) -> list[str]:
