@@ -415,16 +415,16 @@ class Suite:
         command = [argument.replace("{folder}", str(folder.resolve()))
                    for argument in part.command]
         result.command = shlex.join(command)
-        self.say(f"{part.name}: started (limit {limit:.3g} s)")
         started = time.monotonic()
         with (folder / "stdout.txt").open("wb") as stdout, \
                 (folder / "stderr.txt").open("wb") as stderr:
             process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL,
                                        stdout=stdout, stderr=stderr, **OWN_GROUP,
                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            with self.live_lock:
-                self.live.add(process)
             try:
+                with self.live_lock:
+                    self.live.add(process)
+                self.say(f"{part.name}: started (limit {limit:.3g} s)")
                 result.returncode = process.wait(timeout=limit)
                 result.status = "ok" if result.returncode == 0 else "failed"
             except subprocess.TimeoutExpired:
@@ -432,6 +432,9 @@ class Suite:
                 result.returncode = process.returncode
                 result.status = "timeout"
                 result.error = f"ran past its limit of {limit:.3g} s"
+            except KeyboardInterrupt:  # the suite was stopped while it waited for this part
+                stop(process)
+                raise
             finally:
                 with self.live_lock:
                     self.live.discard(process)
