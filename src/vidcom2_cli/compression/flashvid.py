@@ -19,14 +19,15 @@ and the published run scripts), its vision-side stage:
 4. TSTM, per segment, over the tokens ADTS left: every such token of unit t >= 1 of the segment
    links to its most cosine-similar such token of unit t-1 when the cosine exceeds
    ``temporal``; if that leaves fewer than sum(B_t) tokens (ADTS ones included) unlinked, the
-   threshold drops to the (F N - sum B_t)-th largest best cosine (so that many, bar ties, link).
+   threshold drops to the (F N - sum B_t)-th largest best cosine (only those above it link).
    Links form redundancy trees rooted at unlinked tokens. A tree becomes one token at its
    root: the sum of its tokens divided by 1 + the root's number of direct children, which is
    what the official code computes (the mean when no linked token has children of its own).
 5. Spatial merge, per unit: with S = sum(S_t) over the segment and M the roots there, a unit with
-   m roots keeps ceil(m S / M) DPC-kNN centres (``density.dpc_scores``, k = min(K, centres)) of
-   its root tokens when S < M; every root goes to its nearest centre (Euclidean), and a centre's
-   token becomes the mean of its roots' tokens. When S >= M every root is kept.
+   m roots keeps ceil(m S / M) DPC-kNN centres (``density.dpc_scores``, k = min(K, centres);
+   the highest scores, ties to the lower index) of its root tokens when S < M; every root goes
+   to its nearest centre (Euclidean), and a centre's token becomes the mean of its roots'
+   tokens. When S >= M every root is kept.
 6. Output: the ADTS tokens as they are and the merged tokens at their centres' places, in
    original order; every merge is linear, so it is written down to the original tokens.
 
@@ -219,7 +220,7 @@ def spatial_clusters(roots: torch.Tensor, values: torch.Tensor, tokens: int, bud
         clusters = math.ceil(rows.numel() * share)
         points = values[rows]
         scores = dpc_scores(points, min(clusters, neighbours), generator)
-        centres = scores.topk(clusters).indices
+        centres = torch.argsort(scores, descending=True, stable=True)[:clusters]
         nearest = torch.cdist(points, points[centres],
                               compute_mode="donot_use_mm_for_euclid_dist").argmin(dim=1)
         nearest[centres] = torch.arange(clusters, device=roots.device)
