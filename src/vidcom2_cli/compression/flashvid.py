@@ -44,6 +44,8 @@ Assumptions where the official code stops or breaks (each said in the spec's not
   repeats cuts and fails on the empty segments).
 - The DPC tie noise comes from a generator seeded with the input's seed, one draw per unit with
   roots to cluster, in temporal order (the official code uses torch's global generator).
+- A plan's merges apply to every per-token tensor of a family, Qwen3-VL's deepstack features
+  included (the official code gathers those at the kept tokens without merging).
 """
 
 from __future__ import annotations
@@ -305,8 +307,8 @@ FLASHVID = MethodSpec(
           "budgets and cluster counts round up). Attention is the tower's attention received "
           "(the official signal on LLaVA-OV/Video, Qwen2.5-VL and Qwen3-VL; other families "
           "read their own feature layer the same way). A tree's token is its sum over "
-          "1 + the root's direct children, as the official code computes it. Merged tokens "
-          "keep their centre's position (the official LLaVA code renumbers them). Fixes: a "
-          "one-frame segment clusters only the tokens ADTS left; no token is chosen twice; "
-          "fewer frames than c: one segment per frame; seeded DPC tie noise.",
+          "1 + the root's direct children, as the official code computes it. Qwen3-VL's "
+          "deepstack features are merged like the tokens (the official code gathers them "
+          "unmerged). Fixes: a one-frame segment clusters only the tokens ADTS left; no token "
+          "is chosen twice; fewer frames than c: one segment per frame; seeded DPC tie noise.",
 )
