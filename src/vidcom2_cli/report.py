@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -12,10 +12,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .bench import BenchRow
-from .engine import Answer, VideoContext
 from .heatmap import budget_sparkline, favoured_units, spatial_heatmap
-from .models.base import PrefixCache
+
+if TYPE_CHECKING:  # no torch at run time: a server's client renders answers it received
+    from .bench import BenchRow
+    from .engine import Answer, VideoContext
+    from .models.base import PrefixCache
 
 RANDOM_WEIGHTS_NOTE = "random weights: the answer is meaningless; timings and shapes are real"
 

@@ -47,6 +47,7 @@ from .options import (
     RatioOption,
     SampleOption,
     SeedOption,
+    ServerOption,
     TemperatureOption,
     TopPOption,
 )
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 
 @app.command()
 def ask(
+    context: typer.Context,
     video: Annotated[Path, typer.Argument(help="Video file.")],
     questions: Annotated[list[str], typer.Argument(
         metavar="QUESTION...", help="One or more questions about the video; several are "
@@ -94,6 +96,7 @@ def ask(
                                                   "with dropped tokens dimmed.")] = None,
     feature_cache: FeatureCacheOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the answers.")] = False,
+    server: ServerOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Answer one or more questions about a video."""
@@ -105,6 +108,12 @@ def ask(
         check_device(device)
         if not all(question.strip() for question in questions):
             raise OptionError("question: a question is empty")
+        if server is not None:
+            from .remote import ask_on_server
+
+            ask_on_server(server, context, video, questions, context.params, json_output,
+                          quiet, heatmap)
+            return
         from ..engine import Request, check_options, check_sampling
 
         compression = compression_options(ratio, method, seed, method_option)

@@ -48,6 +48,7 @@ from .options import (
     ModelOption,
     RatioOption,
     SelectionSeedOption,
+    ServerOption,
 )
 from .runtime import compression_options, feature_cache_at, load_engine, run_line, sampling_options
 
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
 @app.command()
 def batch(
+    context: typer.Context,
     input_path: Annotated[str, typer.Argument(
         metavar="input", help='JSON lines {"id", "video", "question"}, optionally '
         '"options" (multiple choice) and "answer" (expected); - reads stdin.')],
@@ -105,6 +107,9 @@ def batch(
                                        "stay together).")] = 16,
     ordered: Annotated[bool, typer.Option(help="With --ray: write records in input order "
                                           "(finished ones wait for earlier ones).")] = False,
+    server: ServerOption = None,
+    concurrency: Annotated[int, typer.Option(help="With --server: items in flight (the server "
+                                             "batches them).")] = 8,
     debug: DebugOption = False,
 ) -> None:
     """Answer the questions of a JSONL file with one model load, writing JSON lines."""
@@ -113,6 +118,12 @@ def batch(
         check_batch_numbers(batch_size, prefetch)
         check_sampling_options(frames, fps, max_frames)
         check_device(device)
+        if server is not None:
+            from .remote import batch_on_server
+
+            batch_on_server(server, context, input_path, out, resume, concurrency,
+                            context.params)
+            return
         from ..batch import (
             BatchOptions,
             BatchSummary,
