@@ -65,7 +65,7 @@ class Server:
     files: TemporaryFiles
 
 
-def build_app(engine: Engine, settings: ServerSettings) -> ASGIApp:
+def build_app(engine: Engine, settings: ServerSettings) -> RequestLog:
     """The server's ASGI app (its lifespan starts and stops the engine thread)."""
     metrics = ServerMetrics()
     scheduler = Scheduler(engine, metrics, settings.max_batch, settings.max_queue,
@@ -116,7 +116,9 @@ def build_app(engine: Engine, settings: ServerSettings) -> ASGIApp:
               Route("/metrics", metrics_text, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         APIError: api_error, HTTPException: http_error, Cancelled: cancelled})
-    return RequestLog(Authorization(app, settings.api_key), metrics)
+    logged = RequestLog(Authorization(app, settings.api_key), metrics)
+    logged.server = server  # for an embedding program (and the tests): its scheduler, metrics
+    return logged
 
 
 def model_card(name: str) -> dict[str, Any]:
@@ -250,23 +252,38 @@ async def _stream(server: Server, request: Request, chat: ChatRequest, video: Lo
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 past ``limit`` bytes (declared or received)."""
+    """The body, refused with 413 past ``limit`` bytes (declared or received). A body up to
+    ``DRAIN_BYTES`` too large is read to its end first, so that the client, still sending,
+    gets the error rather than a broken pipe."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"body: {int(declared):,} bytes is more than the server's limit of "
-                       f"{limit:,}", code="body_too_large")
+    too_large = declared is not None and declared.isdigit() and int(declared) > limit
+    if too_large and int(declared) > limit + DRAIN_BYTES:
+        raise _body_too_large(limit)
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
+            if size > limit + DRAIN_BYTES:
+                break
             if size > limit:
-                raise APIError(413, f"body: more than the server's limit of {limit:,} bytes",
-                               code="body_too_large")
-            chunks.append(chunk)
+                too_large = True
+                chunks.clear()
+            elif not too_large:
+                chunks.append(chunk)
     except ClientDisconnect:
         raise Cancelled() from None
+    if too_large:
+        raise _body_too_large(limit)
     return b"".join(chunks)
+
+
+DRAIN_BYTES = 64 * 2**20
+
+
+def _body_too_large(limit: int) -> APIError:
+    return APIError(413, f"body: more than the server's limit of {limit:,} bytes",
+                    code="body_too_large")
 
 
 # --- errors, authorization, the request log --------------------------------------------------
@@ -321,6 +338,7 @@ class RequestLog:
     def __init__(self, app: Any, metrics: ServerMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self.server: Server | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

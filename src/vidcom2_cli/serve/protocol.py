@@ -86,8 +86,11 @@ def from_input_error(error: Exception, video_path: str | None = None,
     if message.startswith("question:"):
         message, param = "messages" + message[len("question"):], "messages"
     code = None
-    if "context is" in message and "tokens" in message:
+    if "context is" in message and "tokens" in message:  # engine.check_context's refusal
         param, code = "max_tokens", "context_length_exceeded"
+        if video_param and message.startswith(video_param + ": "):
+            message = message[len(video_param) + 2:]
+        message = f"max_tokens: {message}"
     for option, field in FIELD_NAMES.items():  # the advice at the end of a message too
         message = message.replace(option, field)
     return APIError(400, message, param, code)
