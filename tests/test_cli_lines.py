@@ -181,8 +181,12 @@ def test_resumed_batch_summarises_the_whole_output(tiny_checkpoints, tmp_path):
     ["ask", str(CLIP), "q", "--frames", "0"], ["bench", str(CLIP), "--ratios", "2"],
     ["ask", str(CLIP), "q", "--device", "gpu"], ["batch", "in.jsonl", "--out", "o", "--batch-size",
                                                  "0"],
+    ["ask", str(CLIP), "q", "--method", "vidcom3"], ["bench", str(CLIP), "--methods", "fastvd"],
+    ["ask", str(CLIP), "q", "--model", "random:llava-ov-7b"], ["ask", "/no/such.mp4", "q"],
+    ["chat", str(SAMPLES)], ["models", "qwen9"], ["methods", "vidcom3"],
 ], ids=["help", "version", "models", "info", "ask bad option", "bench bad option", "device",
-        "batch bad option"])
+        "batch bad option", "unknown method", "unknown bench method", "unknown preset",
+        "missing video", "a folder as video", "unknown family", "unknown method name"])
 def test_commands_without_a_model_never_import_torch(argv):
     code = ("import sys; from vidcom2_cli.cli import main; sys.argv[0] = 'vidcom2'\n"
             "try:\n    main()\nexcept SystemExit as done:\n    code = done.code\n"
@@ -191,6 +195,52 @@ def test_commands_without_a_model_never_import_torch(argv):
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
                           timeout=120, env=env)
     assert done.stdout.strip().splitlines()[-1].startswith("[]"), done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["ask", str(CLIP), "q", "--method", "vidcom3"], "--method: unknown compression method "
+     "'vidcom3' (did you mean 'vidcom2'?)"),
+    (["bench", str(CLIP), "--methods", "vidcom2,fastvd"], "--methods: unknown compression method "
+     "'fastvd' (did you mean 'fastvid'?)"),
+    (["ask", str(CLIP), "q", "-m", "random:llava-ov-7b"], "--model: no random-weight preset "
+     "'llava-ov-7b' (did you mean 'llava-onevision-7b'?)"),
+    (["ask", "/no/such.mp4", "q"], "/no/such.mp4: no such file"),
+    (["ask", str(SAMPLES), "q"], f"{SAMPLES}: is a directory, not a video file"),
+    (["models", "qwen2.5vl"], None), (["methods", "fastvid"], None),
+])
+def test_refusals_suggest_the_nearest_name(argv, expected):
+    result = invoke(*argv)
+    if expected is None:  # the name is known: the command answers
+        assert result.exit_code == 0, result.stderr
+        return
+    assert result.exit_code == 2
+    assert one_line(result).startswith(f"error: {expected}")
+
+
+def test_a_value_from_the_environment_is_named_as_set(monkeypatch):
+    monkeypatch.setenv("VIDCOM2_RATIO", "2")
+    result = invoke("ask", CLIP, "q")
+    assert result.exit_code == 2
+    assert one_line(result).startswith("error: VIDCOM2_RATIO (from the environment): ratio "
+                                       "must be in (0, 1]")
+    typed = invoke("ask", CLIP, "q", "--ratio", "2")  # typed, it is the option
+    assert one_line(typed).startswith("error: --ratio: ratio must be in (0, 1]")
+
+
+def test_an_option_of_another_family_is_refused_before_the_model_loads(tiny_checkpoints,
+                                                                         monkeypatch):
+    from vidcom2_cli.engine import Engine
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Engine, "load", no_load)
+    result = invoke("ask", CLIP, "q", "-m", tiny_checkpoints("llava_onevision"), *FAST,
+                    "--method", "fastvid", "--method-option", "ignore=0.9")
+    assert result.exit_code == 2
+    line = one_line(result)
+    assert "--method-option" in line and "'ignore' exists only for the Qwen" in line
+    assert "not for LLaVA-OneVision" in line
 
 
 def test_version_and_completion():
@@ -205,7 +255,8 @@ def test_version_and_completion():
 def test_environment_defaults_and_the_command_line_wins(offline_hub, monkeypatch):
     monkeypatch.setenv("VIDCOM2_FRAMES", "0")
     from_env = invoke("ask", CLIP, "What?", "--model", "nobody/no-such-model")
-    assert from_env.exit_code == 2 and "--frames" in one_line(from_env)
+    # named as the user set it: the variable, not an option they never typed
+    assert from_env.exit_code == 2 and "VIDCOM2_FRAMES" in one_line(from_env)
     monkeypatch.setenv("VIDCOM2_MODEL", "nobody/from-the-environment")
     given = invoke("ask", CLIP, "What?", "--frames", "4")  # --frames wins; the model is env's
     assert given.exit_code == 2

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import VideoError
+
 __all__ = ["Mp4", "Mp4Video", "image_kind", "inspect_mp4"]
 
 # Top-level box types an ISO BMFF (MP4, MOV, M4V, 3GP) file may start with.
@@ -239,3 +241,22 @@ def _sample_entry(stsd: bytes) -> tuple[str, str | None, tuple[int, int] | None]
     if protected and scheme is None:
         scheme = "unknown" if kind != b"drmi" else "FairPlay"
     return fourcc.decode("latin-1").strip(), scheme, coded
+
+
+def read_head(path: Path) -> bytes:
+    """The first bytes of a video file; VideoError naming the file when it is missing, a
+    folder, unreadable or empty (cheap: the CLI checks this before importing torch)."""
+    try:
+        if path.is_dir():
+            raise VideoError(f"{path}: is a directory, not a video file")
+        with path.open("rb") as fh:
+            head = fh.read(32)
+    except (FileNotFoundError, NotADirectoryError):
+        raise VideoError(f"{path}: no such file") from None
+    except PermissionError:
+        raise VideoError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise VideoError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if not head:
+        raise VideoError(f"{path}: file is empty")
+    return head

@@ -543,9 +543,11 @@ class Engine:
                            on_text)[0]
 
 
-def check_options(compression: CompressionOptions, generation: GenerationOptions) -> None:
-    """InputError naming the option, before any expensive work."""
-    check_compression(compression)
+def check_options(compression: CompressionOptions, generation: GenerationOptions,
+                  profile: str | None = None) -> None:
+    """InputError naming the option, before any expensive work; the method's options are
+    checked for the family ``profile`` where it is known before loading."""
+    check_compression(compression, profile)
     check_generation(generation)
 
 

@@ -216,19 +216,51 @@ def chat_ready_line(context: VideoContext, prefix: PrefixCache) -> str:
             f"({prefix.lengths[0]} tokens). Ask a question; an empty line or Ctrl-D ends.")
 
 
-def render_bench(rows: list[BenchRow], title: str) -> Table:
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
-                  caption="times in ms (medians); speed-up = LLM time at R=1 / LLM time; "
-                          "same = answer equals the R=1 answer", caption_justify="left")
-    columns = ("method", "R", "visual", "prompt", "vision", "compress", "prefill", "decode",
-               "ms/tok", "LLM", "e2e", "speed-up", "peak mem", "same")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "method" else "right")
+BENCH_CAPTION = ("times in ms (medians); speed-up = LLM time at R=1 / LLM time; same = answer "
+                 "equals the R=1 answer")
+# Every column in one table needs about this many terminal columns; narrower, two tables.
+_ONE_TABLE_WIDTH = 132
+
+
+def _bench_cells(row: BenchRow) -> dict[str, str]:
+    return {"R": f"{row.ratio:g}", "visual": f"{row.visual_kept}/{row.visual_full}",
+            "prompt": str(row.prompt_length), "vision": f"{row.vision_ms:.1f}",
+            "compress": f"{row.compress_ms:.2f}", "prefill": f"{row.prefill_ms:.1f}",
+            "decode": f"{row.decode_ms:.1f}", "ms/tok": f"{row.decode_ms_per_token:.2f}",
+            "LLM": f"{row.generation_ms:.1f}", "e2e": f"{row.end_to_end_ms:.1f}",
+            "speed-up": f"{row.speedup:.2f}x", "peak mem": megabytes(row.peak_memory_bytes),
+            "same": "yes" if row.same_answer else "no"}
+
+
+def _bench_table(rows: list[BenchRow], columns: tuple[str, ...], **table: Any) -> Table:
+    # one space between columns (the rule's gap) and one of padding: 80 columns hold 8 columns
+    result = Table(box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1), show_edge=False, **table)
+    for column in ("method", *columns):
+        result.add_column(column, justify="left" if column == "method" else "right",
+                          no_wrap=True)
     for row in rows:
-        table.add_row(row.method, f"{row.ratio:g}", f"{row.visual_kept}/{row.visual_full}",
-                      str(row.prompt_length), f"{row.vision_ms:.1f}", f"{row.compress_ms:.2f}",
-                      f"{row.prefill_ms:.1f}", f"{row.decode_ms:.1f}",
-                      f"{row.decode_ms_per_token:.2f}", f"{row.generation_ms:.1f}",
-                      f"{row.end_to_end_ms:.1f}", f"{row.speedup:.2f}x",
-                      megabytes(row.peak_memory_bytes), "yes" if row.same_answer else "no")
-    return table
+        cells = _bench_cells(row)
+        # R = 1.0 runs the stock model, whatever the method: one row says so
+        method = "(stock model)" if row.ratio == 1.0 else row.method
+        result.add_row(Text(method), *(cells[column] for column in columns))
+    return result
+
+
+def render_bench(rows: list[BenchRow], title: str, width: int) -> Group:
+    """The bench rows as one table where the terminal is wide enough, else as two tables
+    (the LLM figures, then the other stages) that each fit 80 columns. The R = 1.0 baseline,
+    the same run for every method, is shown once."""
+    shown = [row for index, row in enumerate(rows)
+             if row.ratio != 1.0 or all(other.ratio != 1.0 for other in rows[:index])]
+    title_text = Text(title)
+    caption = Text(BENCH_CAPTION)
+    if width >= _ONE_TABLE_WIDTH:
+        return Group(title_text, Text(), _bench_table(shown, (
+            "R", "visual", "prompt", "vision", "compress", "prefill", "decode", "ms/tok", "LLM",
+            "e2e", "speed-up", "peak mem", "same")), Text(), caption)
+    return Group(title_text, Text(),
+                 _bench_table(shown, ("R", "visual", "prefill", "LLM", "e2e", "speed-up",
+                                      "same")), Text(),
+                 _bench_table(shown, ("R", "prompt", "vision", "compress", "decode", "ms/tok",
+                                      "peak mem")), Text(),
+                 caption)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import DEFAULT_MAX_FRAMES, DEFAULT_NUM_FRAMES
-from .containers import image_kind, inspect_mp4
+from .containers import image_kind, inspect_mp4, read_head
 from .decoders import Clip, Decoded, pyav_backend
 from .decoders.decord_backend import DecordClip, suits
 from .decoders.images import ANIMATED_KINDS, ImageClip
@@ -239,7 +239,7 @@ def _open(path: Path) -> tuple[Clip, pyav_backend.Look | None]:
     from the file's bytes first, because decoders report them as bare or misleading errors
     (or decode garbage from an encrypted stream).
     """
-    head = _read_head(path)
+    head = read_head(path)
     image = image_kind(head)
     if image in ANIMATED_KINDS:
         return ImageClip(path, image), None
@@ -266,20 +266,3 @@ def _open(path: Path) -> tuple[Clip, pyav_backend.Look | None]:
         except VideoError:
             pass  # e.g. broken metadata: PyAV indexes the packets itself
     return pyav_backend.open_clip(path, look), look
-
-
-def _read_head(path: Path) -> bytes:
-    try:
-        if path.is_dir():
-            raise VideoError(f"{path}: is a directory, not a video file")
-        with path.open("rb") as fh:
-            head = fh.read(32)
-    except (FileNotFoundError, NotADirectoryError):
-        raise VideoError(f"{path}: no such file") from None
-    except PermissionError:
-        raise VideoError(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise VideoError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    if not head:
-        raise VideoError(f"{path}: file is empty")
-    return head

@@ -24,9 +24,12 @@ from .checks import (
     OptionError,
     check_device,
     check_generation_options,
+    check_method_names,
     check_numbers,
     check_output_modes,
     check_sampling_options,
+    compression_profile_of,
+    parse_method_options,
 )
 from .options import (
     AttnOption,
@@ -53,9 +56,9 @@ from .options import (
 )
 from .runtime import (
     answer_options,
-    check_video,
     compression_options,
     load_engine,
+    preflight,
     sampling_options,
     stage_status,
 )
@@ -108,20 +111,22 @@ def ask(
         check_device(device)
         if not all(question.strip() for question in questions):
             raise OptionError("question: a question is empty")
+        method_settings = parse_method_options(method_option)
         if server is not None:
             from .remote import ask_on_server
 
+            check_method_names([method])
             ask_on_server(server, context, video, questions, context.params, json_output,
                           quiet, heatmap)
             return
+        preflight(model, [method], video)
         from ..engine import Request, check_options, check_sampling
 
-        compression = compression_options(ratio, method, seed, method_option)
+        compression = compression_options(ratio, method, seed, method_settings)
         generation = answer_options(max_new_tokens, sample, temperature, top_p, seed)
         sampling = sampling_options(frames, fps, max_frames, min_pixels, max_pixels)
-        check_options(compression, generation)
+        check_options(compression, generation, compression_profile_of(model))
         check_sampling(sampling)
-        check_video(video)
         engine = load_engine(model, device, dtype, attn, device_map, quiet or json_output,
                              feature_cache)
         human = not (quiet or json_output)

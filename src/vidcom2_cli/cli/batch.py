@@ -17,17 +17,17 @@ from ..catalog import (
     DEFAULT_MODEL,
     DEFAULT_NUM_FRAMES,
     DEFAULT_RATIO,
-    RANDOM_PREFIX,
 )
 from . import console
 from .app import app
 from .checks import (
     check_batch_numbers,
     check_device,
-    check_model_source,
+    check_method_names,
     check_numbers,
     check_sampling_options,
     output_records,
+    parse_method_options,
     whole_output_line,
 )
 from .options import (
@@ -50,7 +50,14 @@ from .options import (
     SelectionSeedOption,
     ServerOption,
 )
-from .runtime import compression_options, feature_cache_at, load_engine, run_line, sampling_options
+from .runtime import (
+    compression_options,
+    feature_cache_at,
+    load_engine,
+    preflight,
+    run_line,
+    sampling_options,
+)
 
 if TYPE_CHECKING:
     from ..batch import BatchOptions, BatchSummary
@@ -118,12 +125,15 @@ def batch(
         check_batch_numbers(batch_size, prefetch)
         check_sampling_options(frames, fps, max_frames)
         check_device(device)
+        method_settings = parse_method_options(method_option)
         if server is not None:
             from .remote import batch_on_server
 
+            check_method_names([method])
             batch_on_server(server, context, input_path, out, resume, concurrency,
                             context.params)
             return
+        preflight(model, [method])
         from ..batch import (
             BatchOptions,
             BatchSummary,
@@ -141,7 +151,7 @@ def batch(
 
         options = BatchOptions(
             sampling_options(frames, fps, max_frames, min_pixels, max_pixels),
-            compression_options(ratio, method, seed, method_option),
+            compression_options(ratio, method, seed, method_settings),
             GenerationOptions(max_new_tokens=max_new_tokens, seed=seed), batch_size, prefetch,
             reuse)
         check_batch_options(options)
@@ -185,7 +195,7 @@ def _ray_batch(input_path: str, out: str, resume: bool, options: BatchOptions,
                feature_cache: Path | None) -> BatchSummary:
     from ..batch import ResultWriter, count_lines, prepare_output, stream_input
 
-    check_ray(ray_options, model)
+    check_ray(ray_options)
     items = stream_input(input_path)
     done = prepare_output(out, resume, input_path)
     total = None if input_path == "-" else max(count_lines(Path(input_path)) - sum(
@@ -197,13 +207,13 @@ def _ray_batch(input_path: str, out: str, resume: bool, options: BatchOptions,
     return summary
 
 
-def check_ray(ray_options: RayOptions, model: str) -> None:
-    """What can be refused before Ray starts: its options, a missing extra, a missing model."""
+def check_ray(ray_options: RayOptions) -> None:
+    """What can be refused before Ray starts (the model was checked by ``preflight``): its
+    options and a missing extra."""
     from ..ray_batch import check_ray_options, import_ray
 
     check_ray_options(ray_options)
     import_ray()  # one line saying which extra to install, before anything else
-    check_model_source(model, RANDOM_PREFIX)
 
 
 def on_ray(items: Iterable, sink: object, done: object, options: BatchOptions,

@@ -36,7 +36,7 @@ from .options import (
     ModelOption,
     SelectionSeedOption,
 )
-from .runtime import check_video, load_engine, sampling_options
+from .runtime import load_engine, preflight, sampling_options
 
 
 @app.command()
@@ -76,12 +76,13 @@ def bench(
         check_numbers(None, max_new_tokens)
         check_sampling_options(frames, fps, max_frames)
         check_device(device)
+        method_list = [name.strip() for name in methods.split(",") if name.strip()]
+        preflight(model, method_list, video, "--methods")
         from ..bench import check_bench_options, parse_floats, run_bench
         from ..engine import GenerationOptions, InputError, Request, check_sampling
         from ..report import bench_rows_to_json, render_bench
 
         ratio_list = parse_floats(ratios, "--ratios")
-        method_list = [name.strip() for name in methods.split(",") if name.strip()]
         generation = GenerationOptions(max_new_tokens=max_new_tokens,
                                        min_new_tokens=max_new_tokens)
         sampling = sampling_options(frames, fps, max_frames, min_pixels, max_pixels)
@@ -91,7 +92,6 @@ def bench(
         except InputError as error:  # the shared checks name ask's --ratio and --method
             raise rename_option(error, {"--ratio": "--ratios", "--method": "--methods"}) from None
         check_sampling(sampling)
-        check_video(video)
         engine = load_engine(model, device, dtype, attn, device_map, json_output, feature_cache)
         engine.expect_methods(method_list)  # before prepare: signals are part of a cache key
         prepared = engine.prepare(Request(str(video), question), sampling)
@@ -109,7 +109,7 @@ def bench(
             title += " · RANDOM WEIGHTS"
         title += f" · vidcom2-cli {__version__}, model loaded in {engine.load_seconds:.1f} s"
         stdout = console.stdout
-        stdout.print(render_bench(rows, title))
+        stdout.print(render_bench(rows, title, stdout.width))
         stdout.print(f"measured once for all rows: video_decode {rows[0].video_decode_ms:.1f} "
                      f"ms, preprocess {rows[0].preprocess_ms:.1f} ms")
         if rows[0].feature_cache == "hit":

@@ -28,6 +28,8 @@ from .checks import (
     check_numbers,
     check_output_modes,
     check_sampling_options,
+    compression_profile_of,
+    parse_method_options,
 )
 from .options import (
     AttnOption,
@@ -53,9 +55,9 @@ from .options import (
 )
 from .runtime import (
     answer_options,
-    check_video,
     compression_options,
     load_engine,
+    preflight,
     sampling_options,
     stage_status,
 )
@@ -105,15 +107,16 @@ def chat(
         questions = [] if interactive else [line.strip() for line in sys.stdin if line.strip()]
         if not interactive and not questions:
             raise OptionError("stdin: no question (give one question per line)")
+        method_settings = parse_method_options(method_option)
+        preflight(model, [method], video)
         from ..engine import check_options, check_sampling
         from ..report import chat_ready_line
 
-        compression = compression_options(ratio, method, seed, method_option)
+        compression = compression_options(ratio, method, seed, method_settings)
         generation = answer_options(max_new_tokens, sample, temperature, top_p, seed)
         sampling = sampling_options(frames, fps, max_frames, min_pixels, max_pixels)
-        check_options(compression, generation)
+        check_options(compression, generation, compression_profile_of(model))
         check_sampling(sampling)
-        check_video(video)
         engine = load_engine(model, device, dtype, attn, device_map,
                              quiet or json_output or not interactive, feature_cache)
         if not interactive:

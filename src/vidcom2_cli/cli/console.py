@@ -19,8 +19,8 @@ from rich.text import Text
 from ..errors import VideoError, first_line
 from .checks import HubUnreachable, OptionError, library_logs, sigterm_as_interrupt
 
-# Pipes and files get a wide fixed width instead of rich's 80 columns, so tables do not wrap.
-stdout = Console() if sys.stdout.isatty() else Console(width=160)
+# A terminal's own width; piped or redirected, $COLUMNS, else 80 (tables are laid out for it).
+stdout = Console()
 stderr = Console(stderr=True)
 
 
@@ -64,7 +64,7 @@ def cli_errors(debug: bool) -> Iterator[None]:
         if debug:
             raise
         if _bad_input(error):
-            print_error(first_line(error))
+            print_error(_as_given(first_line(error)))
             raise typer.Exit(2) from None
         print_error(_runtime_message(error))
         raise typer.Exit(1) from None
@@ -79,6 +79,32 @@ def _bad_input(error: BaseException) -> bool:
         if module in sys.modules:
             kinds.append(getattr(sys.modules[module], name))
     return isinstance(error, tuple(kinds))
+
+
+def _as_given(message: str) -> str:
+    """A message about ``--option`` whose value came from its environment variable names
+    the variable the user set instead of an option they never typed."""
+    option, colon, rest = message.partition(": ")
+    context = _current_context()
+    if not (colon and option.startswith("--")) or context is None:
+        return message
+    for param in context.command.params:
+        if option in getattr(param, "opts", ()) and param.envvar and (
+                context.get_parameter_source(param.name).name == "ENVIRONMENT"):
+            return f"{param.envvar} (from the environment): {rest}"
+    return message
+
+
+def _current_context() -> typer.Context | None:
+    """The running command's click context (typer's own copy of click, or click)."""
+    import importlib
+
+    for module in ("typer._click.globals", "click.globals"):
+        try:
+            return importlib.import_module(module).get_current_context(silent=True)
+        except ImportError:
+            continue
+    return None
 
 
 def _runtime_message(error: Exception) -> str:

@@ -41,7 +41,7 @@ from .options import (
     ModelOption,
     SelectionSeedOption,
 )
-from .runtime import load_engine, sampling_options
+from .runtime import load_engine, preflight, sampling_options
 
 
 @app.command("eval")
@@ -119,6 +119,7 @@ def eval_(
         check_device(device)
         resolve_variant(chosen_task, prompt_variant, None)  # refuses an unknown one now
         questions = read_questions(chosen_task, subtask, data, "default", limit)
+        preflight(model, method_list, None, "--methods")
         from ..batch import (
             BatchOptions,
             ResultWriter,
@@ -159,7 +160,7 @@ def eval_(
             model_type = engine.loaded.model_type
         else:
             ray_options = RayOptions(ray_address, workers, gpus_per_worker, chunk, False)
-            check_ray(ray_options, model)
+            check_ray(ray_options)
             from ..models.presets import checkpoint_model_type
 
             model_type = checkpoint_model_type(model)

@@ -137,14 +137,13 @@ def ask_on_server(server: str, context: typer.Context, video: Path, questions: l
                   heatmap: Path | None) -> None:
     """``vidcom2 ask`` against a server: each question in turn (the server keeps the
     video's compressed prefix for the next), printed as the local command prints it."""
+    from ..containers import read_head
     from ..serve import client as remote
     from ..serve.wire import answer_view, ask_json
     from .answers import AnswerStreamer, print_answers
 
     refuse_server_side(context)
-    if not video.is_file():
-        raise OptionError(f"{video}: no such file" if not video.exists()
-                          else f"{video}: not a file")
+    read_head(video)  # a missing file or a folder: the local command's line, no request
     settings = request_settings(context, values)
     generation = generation_fields(context, values)
     human = not (quiet or json_output)

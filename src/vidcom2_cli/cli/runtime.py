@@ -6,14 +6,14 @@ torch and transformers are imported here only inside the functions, so that impo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..catalog import RANDOM_PREFIX
+from ..containers import read_head
 from . import console
-from .checks import check_model_source, parse_method_options
+from .checks import check_method_names, check_model_source
 
 if TYPE_CHECKING:
     from ..engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
@@ -34,11 +34,11 @@ def sampling_options(frames: int, fps: float | None, max_frames: int, min_pixels
 
 
 def compression_options(ratio: float, method: str, seed: int,
-                        method_option: list[str] | None) -> CompressionOptions:
+                        method_options: tuple[tuple[str, float], ...]) -> CompressionOptions:
     from ..engine import CompressionOptions
 
     return CompressionOptions(ratio=ratio, method=method, seed=seed,
-                              method_options=parse_method_options(method_option))
+                              method_options=method_options)
 
 
 def answer_options(max_new_tokens: int, sample: bool, temperature: float | None,
@@ -52,11 +52,11 @@ def answer_options(max_new_tokens: int, sample: bool, temperature: float | None,
 
 def load_engine(model: str, device: str, dtype: str, attn: str, device_map: str | None,
                 quiet: bool = False, feature_cache: Path | None = None) -> Engine:
+    """The engine for ``model`` (checked by ``preflight`` first)."""
     from ..engine import Engine
     from ..models import LoadOptions
     from ..report import RANDOM_WEIGHTS_NOTE
 
-    check_model_source(model, RANDOM_PREFIX)
     options = LoadOptions(device=device, dtype=dtype, attention=attn, device_map=device_map)
     cache = None if feature_cache is None else feature_cache_at(feature_cache)
     with nullcontext() if quiet else console.stderr.status(f"loading {model} ..."):
@@ -96,8 +96,16 @@ def stage_status(show: bool) -> Iterator[Callable[[], None]]:
         yield status.stop
 
 
-def check_video(video: Path) -> None:
-    """Fail fast on a bad video before the (slow) model load."""
-    from ..video import probe
+def preflight(model: str, methods: Iterable[str], video: Path | None = None,
+              method_option_name: str = "--method") -> None:
+    """What can be refused before torch is imported (a fraction of a second): the video file
+    (missing, a folder, unreadable, undecodable), the method names and the model source (a
+    preset that does not exist, a missing folder, an unreachable hub)."""
+    check_method_names(methods, method_option_name)
+    if video is not None:
+        read_head(video)  # a missing file or a folder, before even the decoders are imported
+    check_model_source(model)
+    if video is not None:
+        from ..video import probe
 
-    probe(video)
+        probe(video)

@@ -1,6 +1,14 @@
 """VidCom2 and the field's visual-token compressors: pure torch, no knowledge of models or files."""
 
-from .method import PROFILES, SIGNALS, MethodInput, MethodSpec, Selection, VisionSignals
+from .method import (
+    PROFILE_LABELS,
+    PROFILES,
+    SIGNALS,
+    MethodInput,
+    MethodSpec,
+    Selection,
+    VisionSignals,
+)
 from .methods import (
     METHODS,
     Method,
@@ -14,6 +22,23 @@ from .methods import (
 )
 from .plan import KeepPlan, Merges
 
-__all__ = ["METHODS", "PROFILES", "SIGNALS", "KeepPlan", "Merges", "Method", "MethodInput",
-           "MethodSpec", "Selection", "VisionSignals", "check_method_options", "fca_budgets",
-           "get_method", "method_options", "select", "spread_method_options", "vidcom2_select"]
+__all__ = [
+    "METHODS",
+    "PROFILES",
+    "PROFILE_LABELS",
+    "SIGNALS",
+    "KeepPlan",
+    "Merges",
+    "Method",
+    "MethodInput",
+    "MethodSpec",
+    "Selection",
+    "VisionSignals",
+    "check_method_options",
+    "fca_budgets",
+    "get_method",
+    "method_options",
+    "select",
+    "spread_method_options",
+    "vidcom2_select",
+]
