@@ -23,6 +23,8 @@ from .checks import (
     check_generation_options,
     check_numbers,
     check_sampling_options,
+    compression_profile_of,
+    parse_method_options,
 )
 from .options import (
     AttnOption,
@@ -46,7 +48,13 @@ from .options import (
     TemperatureOption,
     TopPOption,
 )
-from .runtime import answer_options, compression_options, load_engine, sampling_options
+from .runtime import (
+    answer_options,
+    compression_options,
+    load_engine,
+    preflight,
+    sampling_options,
+)
 
 MiB = 2**20
 
@@ -116,6 +124,8 @@ def serve(
         root = _check_server_options(host, port, api_key, media_root, max_batch, max_queue,
                                      batch_wait_ms, prefix_cache_mb, request_timeout,
                                      max_media_mb, download_timeout)
+        method_settings = parse_method_options(method_option)
+        preflight(model, [method])
         from ..engine import check_options, check_sampling
         from ..serve.app import ServerSettings, build_app
         from ..serve.media import MediaRules
@@ -124,9 +134,9 @@ def serve(
 
         defaults = ServeDefaults(
             sampling_options(frames, fps, max_frames, min_pixels, max_pixels),
-            compression_options(ratio, method, seed, method_option),
+            compression_options(ratio, method, seed, method_settings),
             answer_options(max_new_tokens, sample, temperature, top_p, seed))
-        check_options(defaults.compression, defaults.generation)
+        check_options(defaults.compression, defaults.generation, compression_profile_of(model))
         check_sampling(defaults.sampling)
         try:  # before the (slow) model load: a port in use fails at once
             sock = bind(host, port)

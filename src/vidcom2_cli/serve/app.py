@@ -204,6 +204,7 @@ async def _stream(server: Server, request: Request, chat: ChatRequest, video: Lo
     async def events() -> AsyncIterator[bytes]:
         waiting = asyncio.wrap_future(job.future)
         finished = False
+        sent, held = [], ""  # trailing whitespace waits: the answer ends stripped
         try:
             yield event(protocol.chunk(ident, created, chat.model,
                                        {"role": "assistant", "content": ""},
@@ -222,8 +223,11 @@ async def _stream(server: Server, request: Request, chat: ChatRequest, video: Lo
                     text = getter.result()
                 else:
                     text = texts.get_nowait()
-                yield event(protocol.chunk(ident, created, chat.model, {"content": text},
-                                           include_usage=chat.include_usage))
+                text, held = _hold_trailing_space(held + text)
+                if text:
+                    sent.append(text)
+                    yield event(protocol.chunk(ident, created, chat.model, {"content": text},
+                                               include_usage=chat.include_usage))
             try:
                 result = waiting.result()
             except APIError as error:
@@ -233,6 +237,10 @@ async def _stream(server: Server, request: Request, chat: ChatRequest, video: Lo
                 finished = True
                 return
             fields = _fields(server, request, chat, video, result)
+            missing = result.answer.answer.removeprefix("".join(sent))
+            if missing and "".join(sent) + missing == result.answer.answer:  # not streamed
+                yield event(protocol.chunk(ident, created, chat.model, {"content": missing},
+                                           include_usage=chat.include_usage))
             reason = protocol.finish_reason(fields["tokens"]["generated"],
                                             chat.generation.max_new_tokens)
             yield event(protocol.chunk(ident, created, chat.model, {}, reason,
@@ -249,6 +257,13 @@ async def _stream(server: Server, request: Request, chat: ChatRequest, video: Lo
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _hold_trailing_space(text: str) -> tuple[str, str]:
+    """``text`` split before its trailing whitespace, which is sent only if more text
+    follows (streamed deltas then add up to the answer, which ends stripped)."""
+    kept = text.rstrip()
+    return kept, text[len(kept):]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
