@@ -206,6 +206,10 @@ def test_commands_without_a_model_never_import_torch(argv):
      "'llava-ov-7b' (did you mean 'llava-onevision-7b'?)"),
     (["ask", "/no/such.mp4", "q"], "/no/such.mp4: no such file"),
     (["ask", str(SAMPLES), "q"], f"{SAMPLES}: is a directory, not a video file"),
+    (["cache", "info", "--feature-cache", "/no/such/cache"],
+     "--feature-cache: /no/such/cache does not exist"),
+    (["cache", "clear", "--feature-cache", "/no/such/cache"],
+     "--feature-cache: /no/such/cache does not exist"),
     (["models", "qwen2.5vl"], None), (["methods", "fastvid"], None),
 ])
 def test_refusals_suggest_the_nearest_name(argv, expected):
@@ -248,7 +252,14 @@ def test_version_and_completion():
     assert result.exit_code == 0
     from vidcom2_cli import __version__
 
-    assert result.stdout.strip() == f"vidcom2-cli {__version__}"
+    first, libraries = result.stdout.strip().splitlines()
+    assert first == f"vidcom2-cli {__version__}"
+    import torch
+    import transformers
+
+    cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA"
+    assert libraries.startswith(f"torch {torch.__version__.split('+')[0]} ({cuda}), transformers "
+                                f"{transformers.__version__}, Python ")
     assert "--install-completion" in invoke("--help").stdout
 
 

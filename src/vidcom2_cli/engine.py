@@ -28,6 +28,7 @@ from .compression import (
     select,
 )
 from .compression.checks import check_ratio
+from .errors import InputError
 from .feature_cache import CachedEncoding, FeatureCache
 from .models import LoadedModel, LoadOptions, VideoAdapter, load_adapter
 from .models.base import (
@@ -53,10 +54,6 @@ from .video import (
 
 # Per item of a generate call, whether to end its generation now (see VideoAdapter.generate).
 StopChecks = Sequence[Callable[[], bool] | None] | None
-
-
-class InputError(ValueError):
-    """A request or option that cannot be run; the message names it and says why."""
 
 
 @dataclass(frozen=True)

@@ -24,3 +24,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 class VideoError(ValueError):
     """A video cannot be read or sampled; the message names the file and the problem."""
+
+
+class InputError(ValueError):
+    """A request or option that cannot be run; the message names it and says why."""

@@ -128,7 +128,7 @@ def ask(
         check_options(compression, generation, compression_profile_of(model))
         check_sampling(sampling)
         engine = load_engine(model, device, dtype, attn, device_map, quiet or json_output,
-                             feature_cache)
+                             feature_cache, max_new_tokens)
         human = not (quiet or json_output)
         streaming = human and len(questions) == 1 and console.stdout.is_terminal
         with stage_status(human and len(questions) == 1) as stop_status:

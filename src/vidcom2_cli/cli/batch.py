@@ -18,6 +18,7 @@ from ..catalog import (
     DEFAULT_NUM_FRAMES,
     DEFAULT_RATIO,
 )
+from ..errors import InputError
 from . import console
 from .app import app
 from .checks import (
@@ -145,7 +146,7 @@ def batch(
             read_input,
             run_batch,
         )
-        from ..engine import GenerationOptions, InputError
+        from ..engine import GenerationOptions
         from ..models import LoadOptions
         from ..ray_batch import RayOptions
 
@@ -167,7 +168,7 @@ def batch(
         items = read_input(input_path)
         done = prepare_output(out, resume, input_path)
         engine = load_engine(model, device, dtype, attn, device_map,
-                             feature_cache=feature_cache)
+                             feature_cache=feature_cache, max_new_tokens=max_new_tokens)
         todo = len(pending_items(items, done))
         stderr = console.stderr
         with ResultWriter.open(out) as writer, progress_bar(stderr, todo) as on_record:

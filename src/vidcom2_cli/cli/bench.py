@@ -10,6 +10,7 @@ import typer
 
 from .. import __version__
 from ..catalog import DEFAULT_MAX_FRAMES, DEFAULT_MODEL, DEFAULT_NUM_FRAMES
+from ..errors import InputError
 from . import console
 from .app import app
 from .checks import (
@@ -79,7 +80,7 @@ def bench(
         method_list = [name.strip() for name in methods.split(",") if name.strip()]
         preflight(model, method_list, video, "--methods")
         from ..bench import check_bench_options, parse_floats, run_bench
-        from ..engine import GenerationOptions, InputError, Request, check_sampling
+        from ..engine import GenerationOptions, Request, check_sampling
         from ..report import bench_rows_to_json, render_bench
 
         ratio_list = parse_floats(ratios, "--ratios")

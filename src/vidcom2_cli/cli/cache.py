@@ -25,9 +25,13 @@ CacheFolderOption = Annotated[Path | None, typer.Option(
 
 
 def _cache_folder(folder: Path | None) -> FeatureCache:
+    """The cache to show or clear: one that does not exist is a mistake (a typo in the
+    folder), not an empty cache."""
     if folder is None:
         raise OptionError(f"--feature-cache: give the cache folder (or set "
                           f"{FEATURE_CACHE_VARIABLE})")
+    if not folder.exists():
+        raise OptionError(f"--feature-cache: {folder} does not exist")
     return feature_cache_at(folder)
 
 

@@ -16,7 +16,7 @@ from ..catalog import (
     DEFAULT_NUM_FRAMES,
     DEFAULT_RATIO,
 )
-from ..errors import first_line
+from ..errors import InputError, first_line
 from . import console
 from .answers import print_answers
 from .app import app
@@ -118,7 +118,8 @@ def chat(
         check_options(compression, generation, compression_profile_of(model))
         check_sampling(sampling)
         engine = load_engine(model, device, dtype, attn, device_map,
-                             quiet or json_output or not interactive, feature_cache)
+                             quiet or json_output or not interactive, feature_cache,
+                             max_new_tokens)
         if not interactive:
             print_answers(engine, engine.ask_many(str(video), questions, sampling,
                                                   compression, generation),
@@ -136,7 +137,7 @@ def chat_loop(engine: Engine, context: VideoContext, prefix: PrefixCache,
     stops the answer being written, a second one at the prompt ends the chat."""
     import readline  # noqa: F401  (gives input() line editing and history)
 
-    from ..engine import InputError, Request
+    from ..engine import Request
     from ..report import question_footer
 
     def write(text: str) -> None:

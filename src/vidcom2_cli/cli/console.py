@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import VideoError, first_line
+from ..errors import InputError, VideoError, first_line
 from .checks import HubUnreachable, OptionError, library_logs, sigterm_as_interrupt
 
 # A terminal's own width; piped or redirected, $COLUMNS, else 80 (tables are laid out for it).
@@ -72,9 +72,8 @@ def cli_errors(debug: bool) -> Iterator[None]:
 
 def _bad_input(error: BaseException) -> bool:
     """Bad usage or input (exit 2): the error types of modules not imported yet cannot occur."""
-    kinds: list[type] = [VideoError, OptionError]
-    for module, name in (("vidcom2_cli.engine", "InputError"),
-                         ("vidcom2_cli.models.loading", "ModelLoadError"),
+    kinds: list[type] = [VideoError, OptionError, InputError]
+    for module, name in (("vidcom2_cli.models.loading", "ModelLoadError"),
                          ("vidcom2_cli.evaluation.common", "DatasetError")):
         if module in sys.modules:
             kinds.append(getattr(sys.modules[module], name))

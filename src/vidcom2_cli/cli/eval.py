@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from ..catalog import DEFAULT_MAX_FRAMES, DEFAULT_METHOD, DEFAULT_MODEL, DEFAULT_NUM_FRAMES
+from ..errors import InputError
 from . import console
 from .app import app
 from .batch import check_ray, fail_if_all_failed, on_ray
@@ -129,7 +130,7 @@ def eval_(
             progress_bar,
             run_batch,
         )
-        from ..engine import CompressionOptions, GenerationOptions, InputError, check_options
+        from ..engine import CompressionOptions, GenerationOptions, check_options
         from ..evaluation.summary import render as render_eval
         from ..evaluation.summary import summarize
         from ..evaluation.sweep import ScoringSink, settings, sweep_items, with_method_options

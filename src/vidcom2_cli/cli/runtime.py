@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..containers import read_head
+from ..errors import InputError
 from . import console
 from .checks import check_method_names, check_model_source
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from ..engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
     from ..feature_cache import FeatureCache
 
+SHORT_ANSWER_TOKENS = 8
 _STAGE_NAMES = {"feature_cache": "reading the feature cache",
                 "video_decode": "decoding the sampled frames", "preprocess": "preprocessing",
                 "vision": "running the vision encoder", "compress": "compressing visual tokens",
@@ -51,8 +53,11 @@ def answer_options(max_new_tokens: int, sample: bool, temperature: float | None,
 
 
 def load_engine(model: str, device: str, dtype: str, attn: str, device_map: str | None,
-                quiet: bool = False, feature_cache: Path | None = None) -> Engine:
-    """The engine for ``model`` (checked by ``preflight`` first)."""
+                quiet: bool = False, feature_cache: Path | None = None,
+                max_new_tokens: int | None = None) -> Engine:
+    """The engine for ``model`` (checked by ``preflight`` first). A random-weight model says
+    so on stderr, and on a CPU suggests short answers when ``max_new_tokens`` is long (its
+    answers mean nothing, and each token of a real-size model costs a second there)."""
     from ..engine import Engine
     from ..models import LoadOptions
     from ..report import RANDOM_WEIGHTS_NOTE
@@ -62,12 +67,15 @@ def load_engine(model: str, device: str, dtype: str, attn: str, device_map: str 
     with nullcontext() if quiet else console.stderr.status(f"loading {model} ..."):
         engine = Engine.load(model, options, feature_cache=cache)
     if engine.random_weights:  # on stderr too, so that --json and --quiet runs say it
-        console.stderr.print(RANDOM_WEIGHTS_NOTE, style="bold yellow")
+        note = RANDOM_WEIGHTS_NOTE
+        if engine.device.type == "cpu" and (max_new_tokens or 0) > SHORT_ANSWER_TOKENS:
+            note += (f"; on a CPU, --max-new-tokens {SHORT_ANSWER_TOKENS} is enough to time "
+                     "it")
+        console.stderr.print(note, style="bold yellow", markup=False, highlight=False)
     return engine
 
 
 def feature_cache_at(directory: Path) -> FeatureCache:
-    from ..engine import InputError
     from ..feature_cache import FeatureCache
 
     if directory.exists() and not directory.is_dir():
