@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,7 @@ from . import console
 from .app import app
 from .checks import (
     OptionError,
+    Terminated,
     check_device,
     check_generation_options,
     check_numbers,
@@ -48,6 +49,11 @@ from .options import (
     TemperatureOption,
     TopPOption,
 )
+
+if TYPE_CHECKING:
+    from ..serve.app import ServerSettings
+    from ..serve.protocol import ServeDefaults
+
 from .runtime import (
     answer_options,
     compression_options,
@@ -109,6 +115,18 @@ def serve(
     attn: AttnOption = "auto",
     device_map: DeviceMapOption = None,
     feature_cache: FeatureCacheOption = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray", metavar="[ADDRESS]", help="Serve on Ray Serve, one model per replica behind "
+        "its HTTP proxy: local (the default when no address follows), auto, or "
+        "ray://HOST:PORT.")] = None,
+    replicas: Annotated[int, typer.Option(help="With --ray: replicas (each loads the "
+                                          "model).")] = 1,
+    max_replicas: Annotated[int | None, typer.Option(
+        help="With --ray: scale up to this many replicas while requests wait.",
+        show_default=False)] = None,
+    gpus_per_replica: Annotated[float | None, typer.Option(
+        help="With --ray: GPUs per replica (default 1 where the cluster has GPUs, else 0).",
+        show_default=False)] = None,
     debug: DebugOption = False,
 ) -> None:
     """Serve the model over HTTP: OpenAI's chat completions API with video_url parts.
@@ -127,8 +145,7 @@ def serve(
         method_settings = parse_method_options(method_option)
         preflight(model, [method])
         from ..engine import check_options, check_sampling
-        from ..serve.app import ServerSettings, build_app
-        from ..serve.media import MediaRules
+        from ..serve.app import build_app
         from ..serve.protocol import ServeDefaults
         from ..serve.runner import BindError, bind, configure_logging, serve_forever, url_of
 
@@ -142,17 +159,26 @@ def serve(
             sock = bind(host, port)
         except BindError as error:
             raise OptionError(str(error)) from None
+        if ray_address is not None:
+            port = sock.getsockname()[1]  # a free one for --port 0
+            sock.close()  # Ray Serve's proxy listens there
+            _serve_on_ray(ray_address, replicas, max_replicas, gpus_per_replica, model,
+                          device, dtype, attn, device_map, feature_cache,
+                          _settings(model, served_model_name, defaults, root,
+                                    allow_remote_media, max_media_mb, download_timeout,
+                                    api_key, request_timeout, max_batch, max_queue,
+                                    batch_wait_ms, prefix_cache_mb), host, port)
+            return
+        if (replicas, max_replicas, gpus_per_replica) != (1, None, None):
+            raise OptionError("--replicas/--max-replicas/--gpus-per-replica: only with --ray")
         engine = load_engine(model, device, dtype, attn, device_map,
                              feature_cache=feature_cache)
         engine.accept(defaults.compression)
         engine.pixel_bounds(defaults.sampling)
-        name = served_model_name or model
-        settings = ServerSettings(
-            served_model=name, defaults=defaults,
-            media=MediaRules(root, allow_remote_media, max_media_mb * MiB, download_timeout),
-            api_key=api_key, max_body_bytes=(max_media_mb * 4 // 3 + 16) * MiB,
-            request_timeout_s=request_timeout, max_batch=max_batch, max_queue=max_queue,
-            batch_wait_s=batch_wait_ms / 1000.0, prefix_cache_bytes=prefix_cache_mb * MiB)
+        settings = _settings(model, served_model_name, defaults, root, allow_remote_media,
+                             max_media_mb, download_timeout, api_key, request_timeout,
+                             max_batch, max_queue, batch_wait_ms, prefix_cache_mb)
+        name = settings.served_model
         configure_logging(debug)
         url = url_of(sock, host)
 
@@ -165,6 +191,63 @@ def serve(
             serve_forever(build_app(engine, settings), sock, request_timeout, ready)
         except KeyboardInterrupt:  # uvicorn re-raises the signal once it has drained
             console.stderr.print("server stopped", highlight=False)
+
+
+def _settings(model: str, served_model_name: str | None, defaults: ServeDefaults, root: Path,
+              allow_remote_media: bool, max_media_mb: int, download_timeout: float,
+              api_key: str | None, request_timeout: float, max_batch: int, max_queue: int,
+              batch_wait_ms: float, prefix_cache_mb: int) -> ServerSettings:
+    from ..serve.app import ServerSettings
+    from ..serve.media import MediaRules
+
+    return ServerSettings(
+        served_model=served_model_name or model, defaults=defaults,
+        media=MediaRules(root, allow_remote_media, max_media_mb * MiB, download_timeout),
+        api_key=api_key, max_body_bytes=(max_media_mb * 4 // 3 + 16) * MiB,
+        request_timeout_s=request_timeout, max_batch=max_batch, max_queue=max_queue,
+        batch_wait_s=batch_wait_ms / 1000.0, prefix_cache_bytes=prefix_cache_mb * MiB)
+
+
+def _serve_on_ray(address: str, replicas: int, max_replicas: int | None,
+                  gpus_per_replica: float | None, model: str, device: str, dtype: str,
+                  attn: str, device_map: str | None, feature_cache: Path | None,
+                  settings: ServerSettings, host: str, port: int) -> None:
+    """Run the replicas on Ray Serve and wait for Ctrl-C or SIGTERM, then stop them (each
+    finishes its requests in flight)."""
+    import signal
+    import time
+
+    from ..models import LoadOptions
+    from ..serve.ray import RayServeOptions, check_ray_serve_options, deploy, shutdown
+    from .runtime import feature_cache_at
+
+    options = RayServeOptions(address, replicas, max_replicas, gpus_per_replica)
+    check_ray_serve_options(options)
+    cache = None if feature_cache is None else str(
+        feature_cache_at(feature_cache).directory.expanduser().resolve())
+    with console.stderr.status(f"starting {replicas} Ray Serve replica"
+                               f"{'s' if replicas != 1 else ''} of {model} ..."):
+        started = deploy(options, model, LoadOptions(device=device, dtype=dtype, attention=attn,
+                                                     device_map=device_map),
+                         cache, settings, host, port)
+    shown = f"[{host}]" if ":" in host else host
+    for line in (f"serving {settings.served_model} on Ray Serve ({replicas} replica"
+                 f"{'s' if replicas != 1 else ''})", f"at http://{shown}:{port}/v1 (OpenAI "
+                 f"API), media root {settings.media.root}",
+                 "Ctrl-C or SIGTERM stops it after the requests in flight"):
+        console.stderr.print(line, markup=False, highlight=False, soft_wrap=True)
+    signal.signal(signal.SIGTERM, _stop)  # Ray's own handler, set by ray.init, ends at once
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        with console.stderr.status("stopping the replicas ..."):
+            shutdown(started)
+        console.stderr.print("server stopped", highlight=False)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _check_server_options(host: str, port: int, api_key: str | None, media_root: Path | None,

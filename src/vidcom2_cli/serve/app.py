@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -178,7 +179,7 @@ def _fields(server: Server, request: Request, chat: ChatRequest, video: LocalVid
             result: JobResult) -> dict[str, Any]:
     fields = wire.answer_fields(result.answer, video.label, chat.sampling, {
         "queue_ms": round(result.queue_s * 1000.0, 3), "batch_size": result.batch_size,
-        "prefix_cache": "hit" if result.prefix_cached else "miss"})
+        "prefix_cache": "hit" if result.prefix_cached else "miss", "process": os.getpid()})
     server.metrics.answered(fields, result.queue_s)
     request.scope["state"]["vidcom2"] = {
         "prompt": fields["tokens"]["prompt_kept"], "completion": fields["tokens"]["generated"],
