@@ -485,3 +485,20 @@ def test_batch_server_resumes_after_a_kill_with_each_id_once(served, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     ids = [record["id"] for record in records(out.read_text())]
     assert sorted(ids) == list(range(8))
+
+
+def test_ask_server_streams_in_a_terminal_like_a_local_ask(served, monkeypatch):
+    from rich.console import Console
+
+    from vidcom2_cli import cli
+
+    url, _, media, checkpoint = served
+    monkeypatch.setenv("VIDCOM2_API_KEY", KEY)
+    video = media / "scene_cut.mp4"
+    expected = local_ask(checkpoint, video, "Streamed?")[0]["answer"]
+    monkeypatch.setattr(cli.console, "stdout", Console(force_terminal=True, width=160))
+    result = runner.invoke(app, ["ask", str(video), "Streamed?", "--server", url, *FAST])
+    assert result.exit_code == 0, result.stderr
+    first, report = result.stdout.split("\n", 1)
+    assert first.startswith("answer: ") and first.removeprefix("answer: ").strip() == expected
+    assert "Retained tokens" in report and "Timing" in report and "╭" not in report

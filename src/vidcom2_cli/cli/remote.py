@@ -168,6 +168,10 @@ def ask_on_server(server: str, context: typer.Context, video: Path, questions: l
             for question in questions[1:]:
                 yield remote.ask(client, model, video, question, settings, generation)
 
+        if quiet and heatmap is None:  # only the answers: as print_answers prints them
+            for reply in replies():
+                console.print_plain(reply.text)
+            return
         shown = answer_view(first.fields, str(video))
         if not json_output:
             print_answers(ServerRun(first.fields["run"]),

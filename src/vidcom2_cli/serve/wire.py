@@ -8,12 +8,12 @@ torch, so that ``ask --server`` starts in a fraction of a second).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy too is imported where used: ask --server --json needs none of it
+    import numpy as np
 
-if TYPE_CHECKING:
     from ..compression import KeepPlan
     from ..engine import Answer, SamplingOptions
 
@@ -55,6 +55,8 @@ def _bits(row: np.ndarray) -> str:
 
 
 def _mask(rows: list[str]) -> np.ndarray:
+    import numpy as np
+
     return np.array([[char == "1" for char in row] for row in rows], dtype=bool).reshape(
         len(rows), -1)
 
@@ -110,9 +112,11 @@ class PlanView:
         return self.merge_targets
 
     def merged_mask(self) -> np.ndarray:
-        return np.zeros_like(self.mask) if self.merged is None else self.merged
+        return self.mask & False if self.merged is None else self.merged
 
     def spatial_frequency(self) -> np.ndarray:
+        import numpy as np
+
         frequency = self.mask.astype(np.float32).sum(axis=0) / np.float32(self.num_units)
         return frequency.reshape(self.grid) if self.grid is not None else frequency
 
@@ -134,7 +138,7 @@ class VideoView:
     indices: list[int]
     info: InfoView
     padded: int = 0
-    frames: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 3), dtype=np.uint8))
+    frames: tuple[()] = ()  # none: a heatmap decodes them again (answers.frames_of)
 
 
 @dataclass(frozen=True)
