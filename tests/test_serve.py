@@ -24,11 +24,14 @@ from serve_helpers import http, metric, running, video_message
 from typer.testing import CliRunner
 
 from vidcom2_cli.cli import app
-from vidcom2_cli.engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
+from vidcom2_cli.report import answer_to_json
 from vidcom2_cli.serve.app import ServerSettings, build_app
 from vidcom2_cli.serve.media import MediaRules
 from vidcom2_cli.serve.protocol import ServeDefaults
+from vidcom2_cli.serve.wire import answer_view, ask_json
 
 pytestmark = pytest.mark.slow
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
@@ -104,6 +107,8 @@ def test_openai_client_and_plain_http_give_the_local_answer(served, client):
     expected = {key: value for key, value in shared(local).items() if key != "heatmap"}
     assert shared(fields) == {**expected, "plan": fields["plan"], "sampling": fields["sampling"],
                               "server": fields["server"]}
+    # the answer a client rebuilds from the field reports what the server's answer reported
+    assert answer_to_json(answer_view(fields, str(video))) == ask_json(fields, str(video))
     assert sync.choices[0].finish_reason == (
         "length" if local["tokens"]["generated"] == 6 else "stop")
 

@@ -12,9 +12,10 @@ from serve_helpers import http, metric, running, video_message
 from typer.testing import CliRunner
 
 from vidcom2_cli.cli import app
-from vidcom2_cli.engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.feature_cache import FeatureCache
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 from vidcom2_cli.serve.app import ServerSettings, build_app
 from vidcom2_cli.serve.media import MediaRules
 from vidcom2_cli.serve.protocol import ServeDefaults

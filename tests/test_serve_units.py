@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from vidcom2_cli.compression import KeepPlan, Merges
-from vidcom2_cli.engine import CompressionOptions, GenerationOptions, SamplingOptions
 from vidcom2_cli.heatmap import spatial_heatmap
 from vidcom2_cli.models.conversation import Conversation, Message, head_key, template_messages
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 from vidcom2_cli.report import heatmap_summary
 from vidcom2_cli.serve.client import chat_body, is_local, normalize_url
 from vidcom2_cli.serve.media import MediaRules, TemporaryFiles, resolve_video
@@ -274,19 +274,14 @@ def test_a_plan_rebuilt_from_its_masks_renders_like_the_plan():
     assert view.total_merged == plan.total_merged == 2
     assert spatial_heatmap(view) == spatial_heatmap(plan)
 
-    class Answer:  # what heatmap_summary reads of an answer
-        frames_per_unit = 1
-
-    first, second = Answer(), Answer()
-    first.plan, second.plan = plan, view
     from rich.console import Console
 
-    def rendered(answer) -> str:
+    def rendered(shown) -> str:
         console = Console(width=100, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
-        console.print(heatmap_summary(answer))
+        console.print(heatmap_summary(shown, 1))
         return console.export_text()
 
-    assert rendered(second) == rendered(first)
+    assert rendered(view) == rendered(plan)
 
 
 # --- the client ----------------------------------------------------------------------------

@@ -13,11 +13,14 @@ from rich.table import Table
 from rich.text import Text
 
 from .heatmap import budget_sparkline, favoured_units, spatial_heatmap
+from .sheet_layout import frame_span
+from .wording import counted
 
 if TYPE_CHECKING:  # no torch at run time: a server's client renders answers it received
     from .bench import BenchRow
-    from .engine import Answer, VideoContext
+    from .compression.plan import KeepPlan
     from .models.base import PrefixCache
+    from .work import Answer, VideoContext
 
 RANDOM_WEIGHTS_NOTE = "random weights: the answer is meaningless; timings and shapes are real"
 
@@ -47,6 +50,9 @@ def answer_to_json(answer: Answer) -> dict[str, Any]:
             "stream_index": video.info.stream_index,
             # sampled index -> index of the nearest decodable frame used in its place
             "substituted": {str(k): v for k, v in video.substituted_frames.items()},
+            "size": [video.info.width, video.info.height],  # of every frame handed out
+            # frames scaled to that size (a stream that changes size mid-way)
+            "resized": video.resized,
         },
         "tokens": {**asdict(answer.tokens),
                    "text": answer.tokens.prompt_full - answer.tokens.visual_full,
@@ -92,16 +98,22 @@ def token_table(answer: Answer) -> Table:
     return table
 
 
-def heatmap_summary(answer: Answer) -> Group:
-    plan = answer.plan
+def heatmap_summary(plan: KeepPlan, frames_per_unit: int) -> Group:
+    """The retained-token summary: the budget of each temporal unit over time, the units that
+    got the most (named by their frames, numbered from 1 as on the contact sheet), merges, and
+    how often each grid position survived. A unit of several frames has one budget for all of
+    them, so nothing here is per frame unless a unit is one frame."""
     counts = plan.counts
-    unit = "frame" if answer.frames_per_unit == 1 else f"{answer.frames_per_unit}-frame unit"
-    favoured = ", ".join(f"#{index} ({counts[index]})" for index in favoured_units(counts))
+    unit = "frame" if frames_per_unit == 1 else f"{frames_per_unit}-frame unit"
+    top = favoured_units(counts)
+    noun = "frame" if len(top) == 1 and frames_per_unit == 1 else "frames"
+    favoured = ", ".join(f"{frame_span(index, frames_per_unit)} ({counts[index]})"
+                         for index in top)
     lines: list[RenderableType] = [
         Text("Retained tokens", style="bold"),
         Text(f"per {unit} over time (█ = {max(counts)} of {plan.tokens_per_unit}): ")
         + Text(budget_sparkline(counts, max(counts), width=64), style="cyan"),
-        Text(f"largest budgets: {favoured}"),
+        Text(f"largest budgets: {noun} {favoured}"),
     ]
     if plan.merges is not None:
         lines.append(Text(f"merged: {plan.total_merged} dropped tokens folded into "
@@ -138,7 +150,7 @@ def timing_table(answer: Answer) -> Table:
 
 def _header(answer: Answer) -> Text:
     count, padded = len(answer.video.indices), answer.video.padded
-    frames = f"{count} frame{'s' if count != 1 else ''}" + (
+    frames = counted(count, "frame") + (
         f" ({padded} padded)" if padded else "")
     return Text(f"{answer.method} R={answer.ratio:g} · {frames} of "
                 f"{answer.video.info.frame_count} · {Path(answer.model).name or answer.model}")
@@ -151,6 +163,11 @@ def _notes(answer: Answer) -> list[RenderableType]:
     if answer.video.padded:
         notes.append(Text(f"last frame repeated {answer.video.padded}x to fill the model's "
                           f"{answer.frames_per_unit}-frame temporal units", style="dim"))
+    if answer.video.resized:
+        info = answer.video.info
+        notes.append(Text(f"the video changes size: {answer.video.resized} of "
+                          f"{len(answer.video.indices)} frames scaled to "
+                          f"{info.width}x{info.height}", style="dim"))
     if answer.feature_cache == "hit":
         notes.append(Text("vision encoder output read from the feature cache (no decoding, "
                           "no encoder)", style="dim"))
@@ -164,7 +181,8 @@ def render_answer(answer: Answer, with_text: bool = True) -> Group:
                                          title=_header(answer), title_align="left")
                                    if with_text else _header(answer)]
     parts += _notes(answer)
-    parts += [token_table(answer), heatmap_summary(answer), timing_table(answer)]
+    parts += [token_table(answer), heatmap_summary(answer.plan, answer.frames_per_unit),
+              timing_table(answer)]
     return Group(*parts)
 
 
@@ -178,7 +196,7 @@ def render_summary(answer: Answer) -> Group:
         ("prefix_prefill", "prefix prefill")))
     parts: list[RenderableType] = [Text.assemble(("Video ", "bold"), _header(answer))]
     parts += _notes(answer)
-    parts += [token_table(answer), heatmap_summary(answer),
+    parts += [token_table(answer), heatmap_summary(answer.plan, answer.frames_per_unit),
               Text(f"done once for all questions: {shared}"),
               Text(f"peak memory {megabytes(answer.memory.bytes)} ({answer.memory.source})",
                    style="dim")]
@@ -186,14 +204,21 @@ def render_summary(answer: Answer) -> Group:
 
 
 def question_footer(answer: Answer) -> str:
-    """One line of a question's own cost: its prefill (reused prefix tokens apart) and decode."""
+    """One line of a question's own cost: the prefill of its own tokens and its decode. The
+    video's prefix, prefilled once for all its questions, is reported apart (the shared work
+    of ``render_summary``, chat's ready line), never again here."""
     timing, tokens = answer.timing_ms, answer.tokens
-    prefilled = tokens.prompt_kept - tokens.prefix_reused
+    own_prefill = timing["prefill"] - timing.get("prefix_prefill", 0.0)
+    prefix = tokens.prefix_reused or tokens.prefix_tokens
     steps = max(tokens.generated - 1, 0)
-    reused = f", {tokens.prefix_reused} reused from the cached prefix" if (
-        tokens.prefix_reused) else ""
-    return (f"prefill {timing['prefill']:,.1f} ms ({prefilled} prompt tokens{reused}) · "
-            f"decode {timing['decode']:,.1f} ms ({steps} tokens, "
+    if tokens.prefix_reused:
+        source = f"; {prefix} reused from the cached prefix"
+    elif prefix:
+        source = f"; {prefix} in the shared prefix"
+    else:
+        source = ""
+    return (f"prefill {own_prefill:,.1f} ms ({tokens.prompt_kept - prefix} prompt tokens"
+            f"{source}) · decode {timing['decode']:,.1f} ms ({steps} tokens, "
             f"{_per_second(steps, timing['decode'])} tokens/s)")
 
 
@@ -210,7 +235,7 @@ def chat_ready_line(context: VideoContext, prefix: PrefixCache) -> str:
     timing = encoded.stages_ms
     cached = " (from the feature cache)" if encoded.feature_cache == "hit" else ""
     return (f"ready: {len(encoded.video.indices)} frames, {plan.total_kept} of "
-            f"{plan.total_full} video tokens kept ({plan.method} R={plan.ratio:g}); decode "
+            f"{plan.total_full} video tokens kept ({plan.method} R={plan.ratio:g}); video decode "
             f"{timing.get('video_decode', 0.0):,.0f} ms, vision {timing.get('vision', 0.0):,.0f} "
             f"ms{cached}, prefix prefill {prefix.prefill_ms:,.0f} ms "
             f"({prefix.lengths[0]} tokens). Ask a question; an empty line or Ctrl-D ends.")

@@ -14,7 +14,9 @@ from .runtime import run_line
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..engine import Answer, Engine, SamplingOptions
+    from ..engine import Engine
+    from ..options import SamplingOptions
+    from ..work import Answer
 
 
 class AnswerStreamer:
@@ -59,7 +61,7 @@ def print_answers(engine: Engine, answers: Iterable[Answer], json_output: bool, 
         else:
             stdout.print(render_answer(result, with_text=not streamed))
     if not (json_output or quiet):
-        console.print_plain(run_line(engine))
+        console.print_plain(run_line(engine.run_info()))
         if heatmap is not None:
             console.print_plain(f"heatmap written to {heatmap}")
 
@@ -72,7 +74,7 @@ def frames_of(answer: Answer, sampling: SamplingOptions | None) -> np.ndarray:
     if len(answer.video.frames):
         return answer.video.frames
     if sampling is None:
-        from ..engine import SamplingOptions
+        from ..options import SamplingOptions
 
         sampling = SamplingOptions()
     return load_video(Path(answer.request.video), num_frames=sampling.frames, fps=sampling.fps,

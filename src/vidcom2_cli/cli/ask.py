@@ -57,6 +57,7 @@ from .options import (
 from .runtime import (
     answer_options,
     compression_options,
+    each_with_status,
     load_engine,
     preflight,
     sampling_options,
@@ -64,7 +65,7 @@ from .runtime import (
 )
 
 if TYPE_CHECKING:
-    from ..engine import Answer
+    from ..work import Answer
 
 
 @app.command()
@@ -120,7 +121,8 @@ def ask(
                           quiet, heatmap)
             return
         preflight(model, [method], video)
-        from ..engine import Request, check_options, check_sampling
+        from ..options import check_options, check_sampling
+        from ..work import Request
 
         compression = compression_options(ratio, method, seed, method_settings)
         generation = answer_options(max_new_tokens, sample, temperature, top_p, seed)
@@ -138,8 +140,8 @@ def ask(
                                                         sampling, compression, generation,
                                                         on_text)]
             else:
-                answers = engine.ask_many(str(video), questions, sampling, compression,
-                                          generation)
+                answers = each_with_status(engine.ask_many(
+                    str(video), questions, sampling, compression, generation), human)
         if streaming:
             if not on_text.started:  # the first token ended the answer
                 on_text("(empty answer)")

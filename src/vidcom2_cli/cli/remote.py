@@ -208,15 +208,10 @@ def batch_on_server(server: str, context: typer.Context, input_path: str, out: s
     """``vidcom2 batch`` against a server: up to ``concurrency`` items in flight (the server
     batches them and reuses each video's prefix), records written as they finish, with the
     local command's resume rules."""
-    from ..batch import (
-        BatchSummary,
-        ResultWriter,
-        is_correct,
-        pending_items,
-        prepare_output,
-        progress_bar,
-        read_input,
-    )
+    from ..batch.input import read_input
+    from ..batch.output import ResultWriter, error_record, pending_items, prepare_output
+    from ..batch.progress import BatchSummary, progress_bar
+    from ..multiple_choice import is_correct
     from ..serve import client as remote
     from ..serve.wire import ask_json
     from .batch import fail_if_all_failed
@@ -239,14 +234,12 @@ def batch_on_server(server: str, context: typer.Context, input_path: str, out: s
 
         def answer(item: Any) -> dict[str, Any]:
             if not Path(item.video).exists():  # the local command's error, without a request
-                return {"id": item.id, "video": item.video, "question": item.question,
-                        "error": f"{item.video}: no such file"}
+                return error_record(item, f"{item.video}: no such file")
             reply = _with_retries(lambda: remote.ask(client, model, Path(item.video),
                                                      item.prompt or "", settings,
                                                      generation), item.video)
             if isinstance(reply, str):
-                return {"id": item.id, "video": item.video, "question": item.question,
-                        "error": reply}
+                return error_record(item, reply)
             run.update(reply.fields.get("run") or {})
             record = ask_json(reply.fields, item.video)
             record["id"] = item.id
@@ -268,8 +261,7 @@ def batch_on_server(server: str, context: typer.Context, input_path: str, out: s
 
             for item in queue:
                 if item.error is not None:
-                    write({"id": item.id, "video": item.video, "question": item.question,
-                           "error": item.error})
+                    write(error_record(item, item.error))
                     continue
                 running.add(pool.submit(answer, item))
                 if len(running) >= concurrency:
@@ -280,8 +272,8 @@ def batch_on_server(server: str, context: typer.Context, input_path: str, out: s
                 write(future.result())
     stderr.print(summary.render(), highlight=False, markup=False)
     if run:
-        stderr.print(run_line(ServerRun(run)) + " (server)", highlight=False,  # type: ignore[arg-type]
-                     markup=False, soft_wrap=True)
+        stderr.print(run_line(run) + " (server)", highlight=False, markup=False,
+                     soft_wrap=True)
     if resume and done and out != "-":
         whole = BatchSummary(total=len(items))
         for record in output_records(out):

@@ -144,7 +144,7 @@ def serve(
                                      max_media_mb, download_timeout)
         method_settings = parse_method_options(method_option)
         preflight(model, [method])
-        from ..engine import check_options, check_sampling
+        from ..options import check_options, check_sampling
         from ..serve.app import build_app
         from ..serve.protocol import ServeDefaults
         from ..serve.runner import BindError, bind, configure_logging, serve_forever, url_of

@@ -26,7 +26,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..engine import Engine, InputError
+from ..engine import Engine
+from ..errors import InputError
 from . import EXTRA_FIELD, protocol, wire
 from .media import LocalVideo, MediaRules, TemporaryFiles, resolve_video
 from .metrics import CONTENT_TYPE, ServerMetrics

@@ -17,15 +17,15 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..engine import (
+from ..errors import InputError
+from ..models.conversation import Conversation, Message
+from ..options import (
     CompressionOptions,
     GenerationOptions,
-    InputError,
     SamplingOptions,
     check_compression,
     check_sampling,
 )
-from ..models.conversation import Conversation, Message
 from . import EXTRA_FIELD
 
 # OpenAI's error types by status (the "type" field of an error body).

@@ -68,7 +68,8 @@ def deploy(options: RayServeOptions, model: str, load_options: LoadOptions,
     """Start (or join) Ray, start Ray Serve's proxy on ``host:port`` and run the replicas;
     returns once they have loaded the model (InputError naming what failed), whether this
     process started Ray."""
-    from ..ray_batch import _connect, import_ray
+    from ..batch.ray import _connect
+    from ..batch.ray_options import import_ray
 
     ray = import_ray()
     try:

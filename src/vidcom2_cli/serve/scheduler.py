@@ -36,21 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine import (
-    Answer,
-    Engine,
-    GenerationOptions,
-    InputError,
-    PreparedRequest,
-    Request,
-    VideoContext,
-    sampling_key,
-)
-from ..errors import VideoError, first_line
+from ..engine import Engine, sampling_key
+from ..errors import InputError, VideoError, first_line
 from ..feature_cache import file_digest
 from ..models.base import PrefixCache
 from ..models.conversation import head_key
+from ..options import GenerationOptions
 from ..timing import is_out_of_memory, release_cached_memory, reset_peak_memory
+from ..work import Answer, PreparedRequest, Request, VideoContext
 from .media import LocalVideo
 from .metrics import ServerMetrics
 from .protocol import APIError, ChatRequest, from_input_error

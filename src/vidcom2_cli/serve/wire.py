@@ -8,14 +8,15 @@ torch, so that ``ask --server`` starts in a fraction of a second).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # numpy too is imported where used: ask --server --json needs none of it
     import numpy as np
 
     from ..compression import KeepPlan
-    from ..engine import Answer, SamplingOptions
+    from ..options import SamplingOptions
+    from ..work import Answer
 
 # Keys of the field that ``ask --json`` does not print.
 SERVER_KEYS = ("plan", "sampling", "server")
@@ -131,6 +132,11 @@ class RequestView:
 @dataclass(frozen=True)
 class InfoView:
     frame_count: int
+    fps: float
+    decoder: str
+    stream_index: int | None
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,8 @@ class VideoView:
     indices: list[int]
     info: InfoView
     padded: int = 0
+    resized: int = 0
+    substituted_frames: dict[int, int] = field(default_factory=dict)
     frames: tuple[()] = ()  # none: a heatmap decodes them again (answers.frames_of)
 
 
@@ -151,6 +159,7 @@ class TokensView:
     prompt_kept: int
     generated: int
     prefix_reused: int = 0
+    prefix_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -201,10 +210,13 @@ def answer_view(fields: dict[str, Any], video: str) -> AnswerView:
                       tuple(plan["grid"]) if plan["grid"] is not None else None,
                       None if plan["merged"] is None else _mask(plan["merged"]),
                       plan["merge_targets"]),
-        video=VideoView(list(frames["indices"]), InfoView(frames["source_frames"]),
-                        frames["padded"]),
+        video=VideoView(list(frames["indices"]), InfoView(
+            frames["source_frames"], frames["source_fps"], frames["decoder"],
+            frames["stream_index"], *frames["size"]), frames["padded"], frames["resized"],
+            {int(index): used for index, used in frames["substituted"].items()}),
         frames_per_unit=frames["per_unit"],
-        tokens=TokensView(**{key: tokens[key] for key in TokensView.__dataclass_fields__}),
+        tokens=TokensView(**{key: tokens[key] for key in TokensView.__dataclass_fields__
+                             if key in tokens}),
         timing_ms=dict(fields["timing_ms"]),
         memory=MemoryView(fields["memory"]["peak_bytes"], fields["memory"]["source"]),
         random_weights=fields["random_weights"], feature_cache=fields["feature_cache"],
