@@ -24,6 +24,7 @@ from .compression import (
     VisionSignals,
     check_method_options,
     get_method,
+    llm_stages,
     method_options,
     select,
 )
@@ -38,6 +39,7 @@ from .models.base import (
     PreparedItem,
     QuestionError,
 )
+from .models.decoder_loop import LLMTokens
 from .models.sizing import PixelBounds
 from .timing import PeakMemory, StageTimer, peak_memory, reset_peak_memory
 from .video import (
@@ -167,6 +169,8 @@ class TokenCounts:
     prompt_kept: int
     generated: int
     prefix_reused: int = 0  # prompt tokens served from a cached prefix, not prefilled again
+    # with in-LLM stages: visual tokens after each stage and the decoding KV sizes
+    llm: LLMTokens | None = None
 
 
 @dataclass(frozen=True)
@@ -212,7 +216,13 @@ class Engine:
     def accept(self, compression: CompressionOptions) -> None:
         """Check compression options against this model (InputError naming the option) and
         expect the vision signals its method needs."""
-        check_compression(compression, self.adapter.compression_profile)
+        profile = self.adapter.compression_profile
+        check_compression(compression, profile)
+        try:
+            self.adapter.check_llm_stages(llm_stages(compression.method, profile,
+                                                     dict(compression.method_options)))
+        except ValueError as error:
+            raise InputError(f"--method {compression.method}: {error}") from None
         self.expect_methods([compression.method])
 
     def expect_methods(self, methods: Iterable[str]) -> None:
@@ -424,7 +434,8 @@ class Engine:
             method=plan.method, ratio=plan.ratio, plan=plan, video=encoded.video,
             frames_per_unit=self.adapter.frames_multiple,
             tokens=token_counts(item, plan, compressed, len(result.token_ids[index]),
-                                prefix_reused),
+                                prefix_reused,
+                                None if result.llm_tokens is None else result.llm_tokens[index]),
             timing_ms=timing, memory=memory, random_weights=self.random_weights,
             feature_cache=encoded.feature_cache, run=self.run_info())
 
@@ -440,7 +451,8 @@ class Engine:
             input_ids=item.input_ids[:kept],
             mm_token_type_ids=None if item.mm_token_type_ids is None
             else item.mm_token_type_ids[:kept],
-            position_ids=item.position_ids[:, :kept], output=item.output, full_length=split)
+            position_ids=item.position_ids[:, :kept], output=item.output, full_length=split,
+            stages=item.stages)
         return VideoContext(encoded, plan, compress_ms, prefix)
 
     def prefill(self, contexts: list[VideoContext]) -> PrefixCache:
@@ -605,7 +617,8 @@ def _stage_times(timer: StageTimer) -> dict[str, float]:
 
 
 def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
-                 generated: int, prefix_reused: int = 0) -> TokenCounts:
+                 generated: int, prefix_reused: int = 0, llm: LLMTokens | None = None
+                 ) -> TokenCounts:
     visual_full = int(item.video_token_mask.sum())
     return TokenCounts(
         visual_full=visual_full,
@@ -616,4 +629,5 @@ def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
         prompt_kept=compressed.length,
         generated=generated,
         prefix_reused=prefix_reused,
+        llm=llm,
     )
