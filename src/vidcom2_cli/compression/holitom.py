@@ -37,7 +37,7 @@ round(n (1 - r)) stay; every other visual token goes to its most cosine-similar 
 h_other) / 2; layers >= K see only the kept tokens at their original positions; decoding is not
 touched (its positions continue the uncompressed numbering). Official scripts: K = 18, r = 0.5
 (LLaVA-OV-7B, LLaVA-Video-7B). Differences: per batch row (the official code reads row 0), at
-least one token kept, similarities in float32 and the pairwise averages composed into one
+least one token kept, similarities in float32 (or wider) and the pairwise averages composed into one
 weighted sum (weights 2^-m for the kept token, 2^-(m-i+1) for its i-th of m merged tokens).
 """
 
@@ -218,8 +218,9 @@ def inner_merge(hidden: torch.Tensor, attention: torch.Tensor, share: float) -> 
     is_top = torch.zeros(count, dtype=torch.bool, device=hidden.device)
     is_top[top] = True
     rest = (~is_top).nonzero().squeeze(1)  # ascending: the official merge order
-    kept_states = F.normalize(hidden[top].float(), dim=-1)
-    owner = (F.normalize(hidden[rest].float(), dim=-1) @ kept_states.T).argmax(dim=1)
+    work = hidden.to(torch.promote_types(hidden.dtype, torch.float32))
+    kept_states = F.normalize(work[top], dim=-1)
+    owner = (F.normalize(work[rest], dim=-1) @ kept_states.T).argmax(dim=1)
     # h <- (h + x_1)/2, then (h + x_2)/2, ...: the kept token weighs 2^-m, its i-th of m
     # merged tokens 2^-(m-i+1)
     sizes = torch.bincount(owner, minlength=keep)
@@ -227,9 +228,9 @@ def inner_merge(hidden: torch.Tensor, attention: torch.Tensor, share: float) -> 
     starts = torch.cumsum(sizes, 0) - sizes
     rank = torch.empty_like(owner)
     rank[order] = torch.arange(owner.numel(), device=owner.device) - starts[owner[order]]
-    weights = torch.pow(2.0, -(sizes[owner] - rank).double()).float()
-    merged = hidden[top].float() * torch.pow(2.0, -sizes.double()).float()[:, None]
-    merged.index_add_(0, owner, hidden[rest].float() * weights[:, None])
+    weights = torch.pow(2.0, -(sizes[owner] - rank).double()).to(work.dtype)
+    merged = work[top] * torch.pow(2.0, -sizes.double()).to(work.dtype)[:, None]
+    merged.index_add_(0, owner, work[rest] * weights[:, None])
     return SpanReduction(top, merged.to(hidden.dtype))
 
 
