@@ -15,9 +15,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 from transformers import DynamicCache
 from typer.testing import CliRunner
 
+from vidcom2_cli.bench import run_bench
 from vidcom2_cli.cli import app
 from vidcom2_cli.compression import llm_stages, method_options
 from vidcom2_cli.compression.dycoke import KVPruning, prune_kv
@@ -31,8 +33,9 @@ from vidcom2_cli.engine import (
     Request,
     SamplingOptions,
 )
+from vidcom2_cli.evaluation.summary import summarize
 from vidcom2_cli.models import LoadOptions, decoder_loop
-from vidcom2_cli.report import answer_to_json
+from vidcom2_cli.report import answer_to_json, bench_rows_to_json, render_bench, token_table
 
 pytestmark = pytest.mark.slow
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
@@ -440,3 +443,58 @@ def test_the_command_line_refuses_an_unsupported_stage_in_one_line(tiny_checkpoi
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "linear_attention" in lines[0], result.stderr
+
+
+def test_bench_rows_report_each_stage_and_the_decoding_kv(engines):
+    engine = engines["llava_onevision"]
+    engine.expect_methods(["holitom", "dycoke"])
+    prepared = engine.prepare(Request(VIDEOS[0], "What happens?"), SamplingOptions(frames=4))
+    rows = run_bench(engine, prepared, [1.0, 0.5], ["vidcom2", "holitom", "dycoke"],
+                     GENERATION, repeats=1, warmup=0)
+    by = {(row.method, row.ratio): row for row in rows}
+    for row in rows:
+        if row.method == "vidcom2" or row.ratio == 1.0:
+            assert row.llm_stages == []
+            assert row.visual_kv_cached == row.visual_kv_attended == row.visual_kept
+    merge = by[("holitom", 0.5)]
+    (stage,) = merge.llm_stages
+    assert (stage["stage"], stage["layer"]) == ("merge@18", 18)
+    assert stage["visual"] == round(merge.visual_kept * 0.5)
+    assert merge.visual_kv_cached == pytest.approx(
+        (18 * merge.visual_kept + 6 * stage["visual"]) / 24)
+    prune = by[("dycoke", 0.5)]
+    (stage,) = prune.llm_stages
+    assert stage["stage"] == "kv-prune@3" and stage["steps"] == STEPS - 1
+    assert prune.visual_kv_cached == prune.visual_kept > prune.visual_kv_attended
+    console = Console(width=240, record=True)
+    console.print(render_bench(rows, "bench"))
+    assert f"({merge.visual_kv_attended:,.0f} KV)" in console.export_text()
+    json.dumps(bench_rows_to_json(rows))
+
+
+def test_the_token_table_shows_what_the_language_model_kept(engines):
+    engine = engines["llava_onevision"]
+    answer = engine.ask(Request(VIDEOS[0], "What happens?"), SamplingOptions(frames=4),
+                        CompressionOptions(0.5, "dycoke"), GENERATION)
+    console = Console(width=80, record=True)
+    console.print(token_table(answer))
+    text = console.export_text()
+    assert "visual KV, kv-prune@3" in text and "visual KV per layer" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_the_eval_summary_reports_the_decoding_kv():
+    def record(method, kept, llm):
+        return {"setting": method, "method": method, "ratio": 0.5, "groups": {},
+                "answer": "x", "correct": True, "counted": True,
+                "tokens": {"visual_kept": kept, "llm": llm},
+                "timing_ms": {"prefill": 1.0, "total": 1.0}}
+
+    records = [record("vidcom2", 100, None), record("dycoke", 100,
+                                                    {"visual_kv_attended": 40.0}),
+               record("dycoke", 80, {"visual_kv_attended": 30.0})]
+    rows = {row["method"]: row for row in summarize(records, "videomme",
+                                                     ["vidcom2", "dycoke"])["rows"]
+            if row["subset"] == "all"}
+    assert rows["vidcom2"]["visual_kv_attended"] == 100
+    assert rows["dycoke"]["visual_kv_attended"] == 35 and rows["dycoke"]["visual_tokens"] == 90

@@ -87,6 +87,17 @@ def token_table(answer: Answer) -> Table:
     table.add_row("prompt", str(tokens.prompt_full), str(tokens.prompt_kept),
                   _percent(tokens.prompt_kept, tokens.prompt_full))
     table.add_row("generated", "", str(tokens.generated), "")
+    if tokens.llm is not None:
+        for stage in tokens.llm.stages:
+            label = (f"visual, {stage.stage}" if stage.steps is None else
+                     f"visual KV, {stage.stage} ({stage.pruned_steps}/{stage.steps} steps)")
+            table.add_row(label, str(tokens.visual_kept), f"{stage.visual:,.0f}",
+                          _percent(round(stage.visual), tokens.visual_kept))
+        table.add_row("visual KV per layer", str(tokens.visual_kept),
+                      f"{tokens.llm.visual_kv_attended:,.1f}",
+                      _percent(round(tokens.llm.visual_kv_attended), tokens.visual_kept))
+        table.caption = ("inside the language model, % of the visual tokens sent; KV per "
+                         "layer: entries a decoding step attends, mean over layers and steps")
     return table
 
 
@@ -217,13 +228,18 @@ def chat_ready_line(context: VideoContext, prefix: PrefixCache) -> str:
 def render_bench(rows: list[BenchRow], title: str) -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
                   caption="times in ms (medians); speed-up = LLM time at R=1 / LLM time; "
-                          "same = answer equals the R=1 answer", caption_justify="left")
+                          "same = answer equals the R=1 answer; (n KV) = visual KV entries a "
+                          "decoding step attends per layer after in-LLM stages",
+                  caption_justify="left")
     columns = ("method", "R", "visual", "prompt", "vision", "compress", "prefill", "decode",
                "ms/tok", "LLM", "e2e", "speed-up", "peak mem", "same")
     for column in columns:
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in rows:
-        table.add_row(row.method, f"{row.ratio:g}", f"{row.visual_kept}/{row.visual_full}",
+        visual = f"{row.visual_kept}/{row.visual_full}"
+        if row.llm_stages:
+            visual += f" ({row.visual_kv_attended:,.0f} KV)"
+        table.add_row(row.method, f"{row.ratio:g}", visual,
                       str(row.prompt_length), f"{row.vision_ms:.1f}", f"{row.compress_ms:.2f}",
                       f"{row.prefill_ms:.1f}", f"{row.decode_ms:.1f}",
                       f"{row.decode_ms_per_token:.2f}", f"{row.generation_ms:.1f}",
