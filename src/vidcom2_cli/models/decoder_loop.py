@@ -43,9 +43,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
+from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..compression.inllm import DecodeStage, InLLMStage, PrefillStage, VisualSpan, check_stages
 
@@ -101,7 +102,7 @@ def _probe_name(model_implementation: str) -> str:
     """The name of the recording attention function wrapping ``model_implementation``,
     registered on first use."""
     name = _PROBE_PREFIX + model_implementation
-    if name not in AttentionInterface._global_mapping:
+    if name not in ALL_ATTENTION_FUNCTIONS:
         AttentionInterface.register(name, _make_probe(model_implementation))
     return name
 
@@ -113,7 +114,7 @@ def _make_probe(model_implementation: str) -> Any:
             # each modeling file defines its own (identical) eager function
             base = sys.modules[type(module).__module__].eager_attention_forward
         else:
-            base = AttentionInterface._global_mapping[model_implementation]
+            base = ALL_ATTENTION_FUNCTIONS[model_implementation]
         output = base(module, query, key, value, attention_mask, **kwargs)
         sink = _recording.get()
         if sink is not None:
@@ -352,7 +353,6 @@ class DecoderLoop(torch.nn.Module):
                   else inputs_embeds)
         kwargs.pop("past_key_values", None)
         if cache is None and use_cache:
-            from transformers import DynamicCache
             cache = DynamicCache(config=text.config)
         past = cache.get_seq_length() if cache is not None else 0
         rotary_positions, positions = self._positions(position_ids, hidden, past)
