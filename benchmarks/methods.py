@@ -4,6 +4,7 @@
     python benchmarks/methods.py --models random:qwen2-vl-2b --max-pixels 200704
     python benchmarks/methods.py --models random:llava-onevision-7b,random:qwen2.5-vl-7b \
         --frames 32 --device cuda                     # the papers' sizes, on a GPU
+    python benchmarks/methods.py --methods all --ratios 1.0,0.25   # every registered method
 
 For each model the video is encoded without a hook (what VidCom2 runs) and then with every
 vision signal any method reads, which gives the signals' overhead; the latter encoding is shared
@@ -31,9 +32,11 @@ from latency import machine
 
 from vidcom2_cli.bench import parse_floats, run_bench
 from vidcom2_cli.compression import METHODS
-from vidcom2_cli.engine import Engine, GenerationOptions, Request, SamplingOptions
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.options import GenerationOptions, SamplingOptions
 from vidcom2_cli.report import megabytes
+from vidcom2_cli.work import Request
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_videos" / "scene_cut.mp4"
 DEFAULT_METHODS = [name for name in METHODS if not name.startswith(("random", "uniform"))
@@ -46,7 +49,8 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=SAMPLE)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--ratios", default="1.0,0.25,0.15")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help="comma-separated methods, or 'all' for every registered one")
     parser.add_argument("--new-tokens", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
@@ -58,7 +62,8 @@ def main() -> None:
     args = parser.parse_args()
 
     ratios = parse_floats(args.ratios, "--ratios")
-    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    methods = (list(METHODS) if args.methods == "all"
+               else [name.strip() for name in args.methods.split(",") if name.strip()])
     generation = GenerationOptions(max_new_tokens=args.new_tokens,
                                    min_new_tokens=args.new_tokens)
     lines = ["| model | method | R | visual tokens sent | kept share | merged | in-LLM stages "
@@ -101,13 +106,13 @@ def main() -> None:
             print(lines[-1], flush=True)
         results.append({"model": model, "machine": machine(engine.device),
                         "rows": [vars(row) for row in rows]})
+        if args.json is not None:  # after each model: a run stopped later keeps this one
+            args.json.write_text(json.dumps(results, indent=2, default=str))
         del engine, prepared
         gc.collect()
         torch.cuda.empty_cache()
     print()
     print("\n".join(lines))
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
 
 
 def _stages(stages: list[dict]) -> str:

@@ -466,9 +466,12 @@ def test_bench_rows_report_each_stage_and_the_decoding_kv(engines):
     (stage,) = prune.llm_stages
     assert stage["stage"] == "kv-prune@3" and stage["steps"] == STEPS - 1
     assert prune.visual_kv_cached == prune.visual_kept > prune.visual_kv_attended
-    console = Console(width=240, record=True)
-    console.print(render_bench(rows, "bench"))
-    assert f"({merge.visual_kv_attended:,.0f} KV)" in console.export_text()
+    console = Console(width=80, record=True)
+    console.print(render_bench(rows, "bench", 80))
+    text = console.export_text()
+    assert f"merge@18: {merge.llm_stages[0]['visual']:,.0f}" in text
+    assert f"kv-prune@3: {stage['visual']:,.0f} ({stage['pruned_steps']}/{STEPS - 1})" in text
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80 and "…" not in text
     json.dumps(bench_rows_to_json(rows))
 
 

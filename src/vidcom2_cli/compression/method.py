@@ -16,6 +16,8 @@ PROFILES = ("onevision", "llava_video", "qwen")
 ``onevision`` (LLaVA-OneVision: SigLIP, 2x2 bilinear pooling, one newline per video),
 ``llava_video`` (LLaVA-Video/NeXT-Video style pooled grids) and ``qwen`` (merged patch grids
 with (t, h, w) positions: Qwen2/2.5/3-VL, Qwen3.5, GLM-4V, and InternVL by default)."""
+PROFILE_LABELS = {"onevision": "LLaVA-OneVision", "llava_video": "LLaVA-NeXT-Video",
+                  "qwen": "the Qwen, InternVL and GLM families"}
 
 SIGNALS = {
     "received": "attention each token receives in the vision tower's last feature layer "

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import did_you_mean
 from .baselines import RANDOM, UNIFORM
 from .checks import check_features, check_ratio
 from .dycoke import DYCOKE
 from .fastvid import FASTVID
 from .holitom import HOLITOM
 from .inllm import InLLMStage
-from .method import PROFILES, MethodInput, MethodSpec, VisionSignals
+from .method import PROFILE_LABELS, PROFILES, MethodInput, MethodSpec, VisionSignals
 from .plan import KeepPlan
 from .vidcom2 import DEFAULT_TAU, VIDCOM2, fca_counts, similarity
 from .visionzip import VISIONZIP
@@ -71,8 +72,8 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        known = ", ".join(METHODS)
-        raise ValueError(f"unknown compression method {name!r}; choose one of: {known}") from None
+        raise ValueError(f"unknown compression method {name!r}{did_you_mean(name, METHODS)}; "
+                         f"choose one of: {', '.join(METHODS)}") from None
 
 
 def method_options(method: str, profile: str, overrides: Mapping[str, float] | None = None
@@ -83,8 +84,16 @@ def method_options(method: str, profile: str, overrides: Mapping[str, float] | N
     options = spec.options_for(profile)
     for name, value in (overrides or {}).items():
         if name not in options:
+            elsewhere = [other for other in PROFILES if other != profile
+                         and name in spec.options_for(other)]
+            if elsewhere:
+                raise ValueError(
+                    f"method {method!r}: option {name!r} exists only for "
+                    f"{' and '.join(PROFILE_LABELS[other] for other in elsewhere)}, not for "
+                    f"{PROFILE_LABELS[profile]} (`vidcom2 methods {method}` lists each family's)")
             known = ", ".join(options) or "none"
-            raise ValueError(f"method {method!r} has no option {name!r} (options: {known})")
+            raise ValueError(f"method {method!r} has no option {name!r}"
+                             f"{did_you_mean(name, options)} (options: {known})")
         options[name] = float(value)
     for name, (low, high) in spec.option_bounds.items():
         if name in options and not low <= options[name] <= high:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import Qwen3VLVideoProcessor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -21,7 +22,7 @@ from transformers.vision_utils import get_vision_window_index
 
 from ..compression import KeepPlan
 from .base import EncodedVideo, PreparedItem, VideoAdapter
-from .sizing import DEFAULT_PIXEL_BOUNDS, PixelBounds
+from .sizing import DEFAULT_PIXEL_BOUNDS, PixelBounds, within_aspect
 from .vision_signals import SignalLayer
 
 
@@ -35,6 +36,12 @@ class VideoEncoderOutput(BaseModelOutputWithPooling):
 
 
 class QwenVLAdapter(VideoAdapter):
+    def preprocess(self, frames: np.ndarray, metadata: dict[str, Any], question: str,
+                   bounds: PixelBounds | None = None) -> PreparedItem:
+        """The shared preprocessing, on frames letterboxed to the 200:1 the processor takes
+        (``sizing.within_aspect``)."""
+        return super().preprocess(within_aspect(frames), metadata, question, bounds)
+
     @property
     def frames_multiple(self) -> int:
         return int(self.model.config.vision_config.temporal_patch_size)
