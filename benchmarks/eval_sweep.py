@@ -5,7 +5,7 @@ setting on its own, on a Video-MME-layout fixture task with a real-size random-w
         [--questions 3] [--frames 4] [--ratios 0.5,0.25,0.15] [--methods vidcom2,random]
         [--max-new-tokens 4] [--device auto] [--dtype auto]
 
-The fixture is a Video-MME folder as lmms-lab/Video-MME ships it (``videomme/test-*.parquet``
+The fixture is a Video-MME folder as lmms-eval/Video-MME ships it (``videomme/test-*.parquet``
 and ``data/<videoID>.mp4``), ``--videos`` videos of ``--questions`` questions each (Video-MME
 asks 3), made from the sample clips (byte-altered copies fill up, so that every video is its
 own file). After one unmeasured warm-up, the whole sweep runs twice in one process with the
@@ -30,14 +30,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from vidcom2_cli.batch import BatchOptions, ResultWriter, run_batch
-from vidcom2_cli.engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.evaluation import TASKS, read_questions
 from vidcom2_cli.evaluation.common import EvalQuestion
 from vidcom2_cli.evaluation.sweep import ScoringSink, Setting, settings, sweep_items
 from vidcom2_cli.evaluation.videomme import COLUMNS
 from vidcom2_cli.models import LoadOptions
 from vidcom2_cli.models.base import VideoAdapter
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -189,3 +189,75 @@ def every_packet_broken(path: Path) -> Path:
         data[pos : pos + size] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
     return path
+
+
+def size_change_h264(path: Path, first: tuple[int, int, int] = (64, 48, 4),
+                     second: tuple[int, int, int] = (96, 64, 2)) -> Path:
+    """A raw H.264 (Annex B) stream whose pictures change size mid-way: two encodes, (width,
+    height, frames) each, one after the other; frame ``i`` is ``picture(i)`` throughout."""
+    parts = []
+    start = 0
+    for width, height, count in (first, second):
+        part = path.with_name(f"part{start}_{path.name}")
+        with av.open(str(part), "w", format="h264") as container:
+            stream = container.add_stream(H264, rate=12)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for i in range(start, start + count):
+                frame = av.VideoFrame.from_ndarray(picture(i, width, height), format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        parts.append(part.read_bytes())
+        part.unlink()
+        start += count
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+# --- FLIC (Autodesk Animator), written by hand: FFmpeg decodes it but has no encoder ---------
+# A 128-byte header, then one chunk per frame (magic 0xF1FA) holding sub-chunks: COLOR_256
+# (type 4: the palette), BYTE_RUN (type 15: run-length rows) and FLI_COPY (type 16: raw rows).
+
+FLC_MAGIC, FLI_MAGIC, _FRAME_MAGIC = 0xAF12, 0xAF11, 0xF1FA
+_COLOR_256, _BYTE_RUN, _FLI_COPY = 4, 15, 16
+
+
+def _chunk(kind: int, payload: bytes) -> bytes:
+    if len(payload) % 2:  # chunks are padded to an even size
+        payload += b"\0"
+    return struct.pack("<IH", 6 + len(payload), kind) + payload
+
+
+def _byte_run(indices: np.ndarray) -> bytes:
+    """Each row: a (legacy) packet count, then literal packets (a negative count, then the
+    bytes), at most 127 bytes each."""
+    out = bytearray()
+    for row in indices:
+        data = bytes(row)
+        packets = [data[i:i + 127] for i in range(0, len(data), 127)]
+        out.append(len(packets) & 0xFF)
+        for packet in packets:
+            out += struct.pack("<b", -len(packet)) + packet
+    return bytes(out)
+
+
+def flic(path: Path, n: int = 3, size: tuple[int, int] = (64, 48), speed: int = 0,
+         magic: int = FLC_MAGIC) -> Path:
+    """A FLIC animation of ``picture(0..n-1)`` (grey, so a grey-ramp palette holds it
+    exactly): the first frame a BYTE_RUN chunk after the palette, the others FLI_COPY chunks.
+    ``speed`` 0 states no frame delay (as files in the wild do)."""
+    width, height = size
+    palette = struct.pack("<HBB", 1, 0, 0) + bytes(np.repeat(np.arange(256, dtype=np.uint8), 3))
+    frames = []
+    for i in range(n):
+        grey = picture(i, width, height)[..., 0]
+        chunks = ([_chunk(_COLOR_256, palette), _chunk(_BYTE_RUN, _byte_run(grey))] if i == 0
+                  else [_chunk(_FLI_COPY, grey.tobytes())])
+        body = b"".join(chunks)
+        frames.append(struct.pack("<IHH8x", 16 + len(body), _FRAME_MAGIC, len(chunks)) + body)
+    header = bytearray(128)
+    size_bytes = 128 + sum(len(frame) for frame in frames)
+    struct.pack_into("<IHHHHHHI", header, 0, size_bytes, magic, n, width, height, 8, 0, speed)
+    if magic == FLC_MAGIC:  # offsets of the first two frames
+        struct.pack_into("<II", header, 80, 128, 128 + len(frames[0]))
+    path.write_bytes(bytes(header) + b"".join(frames))
+    return path

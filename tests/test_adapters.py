@@ -10,15 +10,11 @@ import pytest
 import torch
 
 from vidcom2_cli.compression import METHODS, get_method, select
-from vidcom2_cli.engine import (
-    CompressionOptions,
-    Engine,
-    GenerationOptions,
-    Request,
-    SamplingOptions,
-)
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.models import LoadOptions, ModelLoadError, load_adapter, load_model, loading
 from vidcom2_cli.models.loading import resolve_attention, resolve_dtype
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
+from vidcom2_cli.work import Request
 
 FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
             "qwen3_5_moe", "llava_next_video", "internvl", "glm4v", "glm46v"]

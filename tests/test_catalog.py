@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from vidcom2_cli import catalog, video
 from vidcom2_cli.compression import METHODS
-from vidcom2_cli.engine import CompressionOptions, GenerationOptions, SamplingOptions
 from vidcom2_cli.models import DEFAULT_MODEL, SUPPORTED_MODEL_TYPES, presets
 from vidcom2_cli.models.registry import ADAPTERS
 from vidcom2_cli.models.sizing import PUBLISHED_PIXEL_BOUNDS
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 
 
 def test_catalog_matches_its_owners() -> None:
@@ -23,6 +23,15 @@ def test_catalog_matches_its_owners() -> None:
     assert GenerationOptions.max_new_tokens == catalog.DEFAULT_MAX_NEW_TOKENS
     assert catalog.DEFAULT_NUM_FRAMES == SamplingOptions.frames == video.DEFAULT_NUM_FRAMES
     assert catalog.DEFAULT_MAX_FRAMES == SamplingOptions.max_frames == video.DEFAULT_MAX_FRAMES
+    assert list(catalog.METHOD_NAMES) == list(METHODS)
+    for name in catalog.preset_names():
+        assert catalog.preset_model_type(name) == presets.checkpoint_model_type(f"random:{name}")
+
+
+def test_the_light_family_profiles_are_the_adapters() -> None:
+    for model_type, adapter in ADAPTERS.items():
+        profile = catalog.PROFILE_OF_MODEL_TYPE.get(model_type, "qwen")
+        assert adapter.compression_profile.fget(None) == profile, model_type
 
 
 def test_family_notes_give_the_pixel_bounds_the_adapters_use() -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vidcom2_cli.cli import app
-from vidcom2_cli.cli_support import sigterm_as_interrupt
+from vidcom2_cli.cli.checks import sigterm_as_interrupt
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
 CLIP = SAMPLES / "color_change.mp4"
@@ -184,8 +184,12 @@ def test_resumed_batch_summarises_the_whole_output(tiny_checkpoints, tmp_path):
     ["ask", str(CLIP), "q", "--frames", "0"], ["bench", str(CLIP), "--ratios", "2"],
     ["ask", str(CLIP), "q", "--device", "gpu"], ["batch", "in.jsonl", "--out", "o", "--batch-size",
                                                  "0"],
+    ["ask", str(CLIP), "q", "--method", "vidcom3"], ["bench", str(CLIP), "--methods", "fastvd"],
+    ["ask", str(CLIP), "q", "--model", "random:llava-ov-7b"], ["ask", "/no/such.mp4", "q"],
+    ["chat", str(SAMPLES)], ["models", "qwen9"], ["methods", "vidcom3"],
 ], ids=["help", "version", "models", "info", "ask bad option", "bench bad option", "device",
-        "batch bad option"])
+        "batch bad option", "unknown method", "unknown bench method", "unknown preset",
+        "missing video", "a folder as video", "unknown family", "unknown method name"])
 def test_commands_without_a_model_never_import_torch(argv):
     code = ("import sys; from vidcom2_cli.cli import main; sys.argv[0] = 'vidcom2'\n"
             "try:\n    main()\nexcept SystemExit as done:\n    code = done.code\n"
@@ -196,19 +200,77 @@ def test_commands_without_a_model_never_import_torch(argv):
     assert done.stdout.strip().splitlines()[-1].startswith("[]"), done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["ask", str(CLIP), "q", "--method", "vidcom3"], "--method: unknown compression method "
+     "'vidcom3' (did you mean 'vidcom2'?)"),
+    (["bench", str(CLIP), "--methods", "vidcom2,fastvd"], "--methods: unknown compression method "
+     "'fastvd' (did you mean 'fastvid'?)"),
+    (["ask", str(CLIP), "q", "-m", "random:llava-ov-7b"], "--model: no random-weight preset "
+     "'llava-ov-7b' (did you mean 'llava-onevision-7b'?)"),
+    (["ask", "/no/such.mp4", "q"], "/no/such.mp4: no such file"),
+    (["ask", str(SAMPLES), "q"], f"{SAMPLES}: is a directory, not a video file"),
+    (["cache", "info", "--feature-cache", "/no/such/cache"],
+     "--feature-cache: /no/such/cache does not exist"),
+    (["cache", "clear", "--feature-cache", "/no/such/cache"],
+     "--feature-cache: /no/such/cache does not exist"),
+    (["models", "qwen2.5vl"], None), (["methods", "fastvid"], None),
+])
+def test_refusals_suggest_the_nearest_name(argv, expected):
+    result = invoke(*argv)
+    if expected is None:  # the name is known: the command answers
+        assert result.exit_code == 0, result.stderr
+        return
+    assert result.exit_code == 2
+    assert one_line(result).startswith(f"error: {expected}")
+
+
+def test_a_value_from_the_environment_is_named_as_set(monkeypatch):
+    monkeypatch.setenv("VIDCOM2_RATIO", "2")
+    result = invoke("ask", CLIP, "q")
+    assert result.exit_code == 2
+    assert one_line(result).startswith("error: VIDCOM2_RATIO (from the environment): ratio "
+                                       "must be in (0, 1]")
+    typed = invoke("ask", CLIP, "q", "--ratio", "2")  # typed, it is the option
+    assert one_line(typed).startswith("error: --ratio: ratio must be in (0, 1]")
+
+
+def test_an_option_of_another_family_is_refused_before_the_model_loads(tiny_checkpoints,
+                                                                         monkeypatch):
+    from vidcom2_cli.engine import Engine
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Engine, "load", no_load)
+    result = invoke("ask", CLIP, "q", "-m", tiny_checkpoints("llava_onevision"), *FAST,
+                    "--method", "fastvid", "--method-option", "ignore=0.9")
+    assert result.exit_code == 2
+    line = one_line(result)
+    assert "--method-option" in line and "'ignore' exists only for the Qwen" in line
+    assert "not for LLaVA-OneVision" in line
+
+
 def test_version_and_completion():
     result = invoke("--version")
     assert result.exit_code == 0
     from vidcom2_cli import __version__
 
-    assert result.stdout.strip() == f"vidcom2-cli {__version__}"
+    first, libraries = result.stdout.strip().splitlines()
+    assert first == f"vidcom2-cli {__version__}"
+    import torch
+    import transformers
+
+    cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA"
+    assert libraries.startswith(f"torch {torch.__version__.split('+')[0]} ({cuda}), transformers "
+                                f"{transformers.__version__}, Python ")
     assert "--install-completion" in invoke("--help").stdout
 
 
 def test_environment_defaults_and_the_command_line_wins(offline_hub, monkeypatch):
     monkeypatch.setenv("VIDCOM2_FRAMES", "0")
     from_env = invoke("ask", CLIP, "What?", "--model", "nobody/no-such-model")
-    assert from_env.exit_code == 2 and "--frames" in one_line(from_env)
+    # named as the user set it: the variable, not an option they never typed
+    assert from_env.exit_code == 2 and "VIDCOM2_FRAMES" in one_line(from_env)
     monkeypatch.setenv("VIDCOM2_MODEL", "nobody/from-the-environment")
     given = invoke("ask", CLIP, "What?", "--frames", "4")  # --frames wins; the model is env's
     assert given.exit_code == 2
@@ -284,10 +346,39 @@ def test_in_a_terminal_the_answer_streams_then_the_report(tiny_checkpoints, monk
 
     model = ["--model", tiny_checkpoints("qwen2_vl"), *FAST]
     expected = json.loads(invoke("ask", CLIP, "What?", *model, "--json").stdout)["answer"]
-    monkeypatch.setattr(cli, "stdout", Console(force_terminal=True, width=160))
+    monkeypatch.setattr(cli.console, "stdout", Console(force_terminal=True, width=160))
     result = invoke("ask", CLIP, "What?", *model)
     assert result.exit_code == 0, result.stderr
     first, report = result.stdout.split("\n", 1)
     assert first.startswith("answer: ") and first.removeprefix("answer: ").strip() == expected
     assert "Retained tokens" in report and "Timing" in report
     assert "╭" not in report  # the answer is not printed again in a panel
+
+
+@pytest.mark.slow
+def test_several_questions_show_the_status_line_while_each_is_worked_out(tiny_checkpoints,
+                                                                         monkeypatch):
+    """Not only one question: with three, the stage line is up while each answer is being
+    worked out (the shared work with the first), and down while an answer prints."""
+    from contextlib import contextmanager
+
+    from vidcom2_cli.cli import runtime
+
+    shown: list[str] = []
+    real = runtime.stage_status
+
+    @contextmanager
+    def recorded(show):
+        shown.append("up" if show else "off")
+        with real(False) as stop:
+            yield stop
+        shown.append("down")
+
+    monkeypatch.setattr(runtime, "stage_status", recorded)
+    model = ["--model", tiny_checkpoints("qwen2_vl"), *FAST]
+    result = invoke("ask", CLIP, "What?", "Why?", "Where?", *model)
+    assert result.exit_code == 0, result.stderr
+    assert shown.count("up") >= 3 and shown[-2:] == ["up", "down"]
+    before = len(shown)
+    quiet = invoke("ask", CLIP, "What?", "Why?", *model, "--json")  # no status line with JSON
+    assert quiet.exit_code == 0 and len(shown) > before and "up" not in shown[before:]

@@ -8,6 +8,8 @@ against the index it claims to be.
 
 from __future__ import annotations
 
+import io
+import json
 import math
 from collections.abc import Callable
 from fractions import Fraction
@@ -17,23 +19,26 @@ import av
 import numpy as np
 import pytest
 from odd_videos import (
+    FLI_MAGIC,
     H264,
     animated_image,
     corrupt_one_packet,
     encode,
     every_packet_broken,
+    flic,
     fragmented_wrong_duration,
     frame_index,
     init_segment_only,
     is_upright,
     packets,
     picture,
+    size_change_h264,
     ts_cut_mid_gop,
 )
 from PIL import Image
 from typer.testing import CliRunner
 
-from vidcom2_cli.decoders import orientation
+from vidcom2_cli.decoders import orientation, same_size
 from vidcom2_cli.video import VideoError, load_video, probe, sample_indices
 
 N = 24  # frames in every clip
@@ -117,6 +122,9 @@ ANSWERED: dict[str, tuple[Callable[[Path], Path], int, int, str | None]] = {
     "h263.3gp": (lambda p: encode(p, codec="h263", size=(128, 96)), N, 0, None),
     "mpeg4.avi": (lambda p: encode(p, codec="mpeg4"), N, 0, None),
     "mjpeg.avi": (lambda p: encode(p, codec="mjpeg", pix_fmt="yuvj420p"), N, 0, None),
+    # JPEG pictures back to back, no container, no timing (IP cameras, `ffmpeg -f mjpeg`)
+    "motion jpeg stream.mjpeg": (lambda p: encode(p, codec="mjpeg", fmt="mjpeg",
+                                                  pix_fmt="yuvj420p"), N, 0, "pyav"),
     "animated.gif": (lambda p: animated_image(p, 12, "GIF"), 12, 0, "pillow"),
     "animated.png": (lambda p: animated_image(p, 12, "PNG"), 12, 0, "pillow"),
     "animated.webp": (lambda p: animated_image(p, 12, "WEBP"), 12, 0, "pillow"),
@@ -301,3 +309,163 @@ def test_file_cut_inside_a_group_of_pictures_gives_the_frames_it_holds(tmp_path:
     video = load_video(path, num_frames=15)
     assert video.info.frame_count == 15
     assert [frame_index(f) for f in video.frames] == held
+
+
+# --- streams without keyframe flags, and streams that change size (issue 27) -------------------
+
+
+def _plain_decode(path: Path) -> list[np.ndarray]:
+    """What FFmpeg gives decoding the video stream from its start, every frame."""
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+# Files whose demuxer flags no keyframe packet (RoQ) or whose decoder flags no key frame (the
+# rest): they were refused as "holds no decodable frames" (RoQ: "no video packets"), or, with
+# every packet claiming to be a keyframe (RPZA), seeking gave frames built on missing ones.
+UNFLAGGED: dict[str, Callable[[Path], Path]] = {
+    "one 4096x3 frame, no rate.flc": lambda p: flic(p, n=1, size=(4096, 3)),
+    "three frames.flc": lambda p: flic(p, n=3),
+    "three frames.fli": lambda p: flic(p, n=3, magic=FLI_MAGIC),
+    "qtrle.mov": lambda p: encode(p, n=12, codec="qtrle", pix_fmt="rgb24", gop=4),
+    "rpza.mov": lambda p: encode(p, n=12, codec="rpza", pix_fmt="rgb555le", gop=4),
+    "svq1.mov": lambda p: encode(p, n=12, codec="svq1", pix_fmt="yuv410p", gop=4),
+    "msvideo1.avi": lambda p: encode(p, n=12, codec="msvideo1", pix_fmt="rgb555le", gop=4),
+    "flashsv.flv": lambda p: encode(p, n=12, codec="flashsv", pix_fmt="bgr24", gop=4),
+    "flashsv2.flv": lambda p: encode(p, n=12, codec="flashsv2", pix_fmt="bgr24", gop=4),
+    "roq.roq": lambda p: encode(p, n=12, codec="roqvideo", pix_fmt="yuvj444p", fps=25),
+}
+
+
+@pytest.mark.parametrize("name", UNFLAGGED)
+def test_streams_without_keyframe_flags_give_what_a_plain_decode_gives(tmp_path: Path,
+                                                                       name: str) -> None:
+    path = UNFLAGGED[name](tmp_path / name)
+    plain = _plain_decode(path)
+    info = probe(path)
+    assert info.frame_count == len(plain) and info.decoder == "pyav"
+    assert info.fps > 0 and info.duration_s > 0
+    for count in (len(plain), 2, 1):  # every frame; the first and the last; the first
+        video = load_video(path, num_frames=count)
+        assert video.indices == sample_indices(len(plain), num_frames=count)
+        assert all(np.array_equal(plain[index], frame)
+                   for index, frame in zip(video.indices, video.frames, strict=True))
+    late = load_video(path, num_frames=len(plain), fps=info.fps / max(len(plain) - 1, 1))
+    assert all(np.array_equal(plain[index], frame)
+               for index, frame in zip(late.indices, late.frames, strict=True))
+
+
+def test_flic_frames_are_the_pictures_drawn(tmp_path: Path) -> None:
+    video = load_video(flic(tmp_path / "clip.flc", n=3), num_frames=3)
+    assert [frame_index(frame) for frame in video.frames] == [0, 1, 2]
+    assert all(is_upright(frame) for frame in video.frames)
+
+
+@pytest.mark.parametrize(("counts", "size"), [((4, 2), (64, 48)), ((2, 4), (96, 64)),
+                                              ((3, 3), (64, 48))],
+                         ids=["first size more common", "second size more common", "a tie"])
+def test_a_stream_that_changes_size_comes_out_at_its_most_common_size(
+        tmp_path: Path, counts: tuple[int, int], size: tuple[int, int]) -> None:
+    path = size_change_h264(tmp_path / "mixed.h264", (64, 48, counts[0]), (96, 64, counts[1]))
+    assert [frame.shape[:2] for frame in _plain_decode(path)] == (
+        [(48, 64)] * counts[0] + [(64, 96)] * counts[1])
+    info = probe(path)
+    assert (info.width, info.height) == size
+    assert info.frame_sizes == {"64x48": counts[0], "96x64": counts[1]}
+    video = load_video(path, num_frames=6)
+    assert video.frames.shape == (6, size[1], size[0], 3)
+    assert video.resized == (counts[1] if size == (64, 48) else counts[0])
+    assert [frame_index(frame) for frame in video.frames] == list(range(6))
+    assert all(is_upright(frame) for frame in video.frames)
+    assert video.info.frame_sizes == info.frame_sizes
+    # Two sampled frames, one of each size: still the stream's most common size.
+    pair = load_video(path, num_frames=2)
+    assert pair.frames.shape[1:3] == (size[1], size[0]) and pair.resized == 1
+
+
+def test_a_stream_of_one_size_reports_none() -> None:
+    assert probe(Path(__file__).resolve().parents[1] / "sample_videos" /
+                 "color_change.mp4").frame_sizes is None
+
+
+def test_same_size_takes_the_most_common_size_and_counts_what_it_scaled() -> None:
+    small, large = np.zeros((2, 4, 3), np.uint8), np.full((4, 8, 3), 200, np.uint8)
+    frames, resized = same_size([small, large, large])
+    assert frames.shape == (3, 4, 8, 3) and resized == 1
+    assert (frames[0] == 0).all() and (frames[1:] == 200).all()
+    tie, resized = same_size([small, large])
+    assert tie.shape == (2, 2, 4, 3) and resized == 1  # a tie: the first size
+    repeated, resized = same_size([large, small, small], (2, 4))  # a given size wins
+    assert repeated.shape == (3, 2, 4, 3) and resized == 1
+    same, resized = same_size([small, small])
+    assert same.shape == (2, 2, 4, 3) and resized == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_odd_files_through_info_and_ask(tmp_path: Path, tiny_checkpoints, family: str) -> None:
+    """The two real-world files of issue 27 through the commands: a raw H.264 stream that
+    changes size (it ended in a traceback, exit 1) and a FLIC of one 4096x3 frame with no
+    rate (refused, exit 2); Qwen takes the 1365:1 frame letterboxed to 200:1."""
+    from vidcom2_cli.cli import app
+
+    runner = CliRunner()
+    mixed = size_change_h264(tmp_path / "mixed.h264")  # 4 frames of 64x48, then 2 of 96x64
+    wide = flic(tmp_path / "wide.flc", n=1, size=(4096, 3))
+    info = runner.invoke(app, ["info", str(mixed), "--json"])
+    assert info.exit_code == 0, info.stderr
+    assert json.loads(info.stdout)["frame_sizes"] == {"64x48": 4, "96x64": 2}
+    info = runner.invoke(app, ["info", str(wide), "--json"])
+    assert info.exit_code == 0, info.stderr
+    described = json.loads(info.stdout)
+    assert (described["frame_count"], described["width"], described["height"]) == (1, 4096, 3)
+    model = ["--model", str(tiny_checkpoints(family)), "--max-new-tokens", "2", "--device", "cpu"]
+    cache = ["--feature-cache", str(tmp_path / "cache")]
+    for state in ("miss", "hit"):  # the count survives the feature cache
+        asked = runner.invoke(app, ["ask", str(mixed), "What?", "--frames", "6", *model,
+                                    *cache, "--json"])
+        assert asked.exit_code == 0, asked.stderr
+        answer = json.loads(asked.stdout)
+        assert answer["feature_cache"] == state
+        assert answer["frames"]["size"] == [64, 48] and answer["frames"]["resized"] == 2
+        assert answer["frames"]["indices"] == list(range(6))
+    asked = runner.invoke(app, ["ask", str(wide), "What?", "--frames", "4", *model, "--json"])
+    assert asked.exit_code == 0, asked.stderr
+    frames = json.loads(asked.stdout)["frames"]
+    assert frames["size"] == [4096, 3] and frames["source_frames"] == 1
+    assert set(frames["indices"]) == {0} and frames["resized"] == 0
+    shown = runner.invoke(app, ["ask", str(mixed), "What?", "--frames", "6", *model])
+    assert shown.exit_code == 0, shown.stderr
+    assert "the video changes size: 2 of 6 frames scaled to 64x48" in shown.stdout
+
+
+def _photo(path: Path, before_scan: bytes = b"", after: bytes = b"") -> Path:
+    """A JPEG photo, with ``before_scan`` inserted after its SOI and ``after`` appended."""
+    buffer = io.BytesIO()
+    Image.fromarray(picture(3, 96, 64)).save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    path.write_bytes(data[:2] + before_scan + data[2:] + after)
+    return path
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def test_a_photo_stays_a_photo_whatever_it_carries(tmp_path: Path) -> None:
+    """Only pictures of one size back to back make a Motion JPEG stream: a photo with an
+    EXIF thumbnail, or with Multi-Picture Format images after it, is still refused."""
+    thumbnail = io.BytesIO()
+    Image.fromarray(picture(0, 32, 24)).save(thumbnail, format="JPEG")
+    plain = _photo(tmp_path / "plain.jpg")
+    photos = [plain,
+              _photo(tmp_path / "thumb.jpg", _segment(0xE1, b"Exif\0\0" + thumbnail.getvalue())),
+              _photo(tmp_path / "mpf.jpg", _segment(0xE2, b"MPF\0" + bytes(12)),
+                     plain.read_bytes()),
+              _photo(tmp_path / "preview after.jpg", after=thumbnail.getvalue())]
+    for photo in photos:
+        with pytest.raises(VideoError, match="is a JPEG image, not a video"):
+            probe(photo)
+    stream = tmp_path / "two pictures.jpg"
+    stream.write_bytes(plain.read_bytes() * 2)  # the same size twice: a (short) stream
+    assert probe(stream).frame_count == 2

@@ -118,3 +118,24 @@ def test_model_type_is_read_without_loading_weights(tiny_checkpoints):
     assert checkpoint_model_type(str(tiny_checkpoints("qwen3_vl"))) == "qwen3_vl"
     with pytest.raises(ModelLoadError, match="no random-weight preset"):
         checkpoint_model_type("random:no-such-model")
+
+
+@pytest.mark.parametrize(("max_new_tokens", "suggested"), [(128, True), (8, False), (None, False)])
+def test_a_random_model_on_a_cpu_suggests_short_answers(monkeypatch, max_new_tokens, suggested):
+    from types import SimpleNamespace
+
+    import torch
+    from rich.console import Console
+
+    from vidcom2_cli.cli import console, runtime
+    from vidcom2_cli.engine import Engine
+
+    loaded = SimpleNamespace(random_weights=True, device=torch.device("cpu"))
+    monkeypatch.setattr(Engine, "load", classmethod(lambda cls, *args, **kwargs: loaded))
+    screen = Console(record=True, width=300)
+    monkeypatch.setattr(console, "stderr", screen)
+    runtime.load_engine("random:llava-onevision-0.5b", "cpu", "auto", "auto", None, quiet=True,
+                        max_new_tokens=max_new_tokens)
+    note = screen.export_text()
+    assert "random weights" in note
+    assert ("--max-new-tokens 8 is enough" in note) == suggested

@@ -16,18 +16,16 @@ from jsonl_files import jsonl, records
 from typer.testing import CliRunner
 
 from vidcom2_cli import engine as engine_module
-from vidcom2_cli.batch import BatchOptions, ResultWriter, parse_lines, run_batch
+from vidcom2_cli.batch.input import parse_lines
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter
 from vidcom2_cli.cli import app
-from vidcom2_cli.engine import (
-    CompressionOptions,
-    Engine,
-    GenerationOptions,
-    Request,
-    SamplingOptions,
-)
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.feature_cache import SUFFIX, FeatureCache
 from vidcom2_cli.models import LoadOptions
 from vidcom2_cli.models.base import VideoAdapter
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
+from vidcom2_cli.work import Request
 
 pytestmark = pytest.mark.slow
 FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
@@ -255,6 +253,36 @@ def test_ask_with_several_questions_renders_the_summary_once(tiny_checkpoints):
     assert "reused from the cached prefix" in result.stdout
 
 
+def test_each_footer_counts_only_its_own_prefill(tiny_checkpoints, monkeypatch):
+    """The prefix prefilled once is the shared work's, not Q1's too: every footer counts the
+    question's own prompt tokens and names the prefix's."""
+    from rich.console import Console
+
+    from vidcom2_cli.cli import console
+
+    monkeypatch.setattr(console, "stdout", Console(width=200))  # one footer, one line
+    args = ["ask", SCENE, *QUESTIONS, "-m", str(tiny_checkpoints("qwen2_vl")), *FAST]
+    lines = [json.loads(line) for line in runner.invoke(app, [*args, "--json"]).stdout.splitlines()]
+    human = runner.invoke(app, args)
+    assert human.exit_code == 0, human.output
+    footers = [line for line in human.stdout.splitlines() if line.startswith("prefill ")]
+    assert len(footers) == len(QUESTIONS)
+    prefix = lines[1]["tokens"]["prefix_reused"]
+    assert prefix > 0 and all(line["tokens"]["prefix_tokens"] == prefix for line in lines)
+    for footer, line in zip(footers, lines, strict=True):
+        own = line["tokens"]["prompt_kept"] - prefix
+        assert f"({own} prompt tokens; {prefix} " in footer
+    assert "in the shared prefix" in footers[0]
+    assert all("reused from the cached prefix" in footer for footer in footers[1:])
+    from vidcom2_cli.report import question_footer
+
+    engine = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"))
+    first = next(iter(engine.ask_many(SCENE, QUESTIONS, SAMPLING, COMPRESSION, GENERATION)))
+    shown = question_footer(first).split(" ms")[0].removeprefix("prefill ").replace(",", "")
+    own = first.timing_ms["prefill"] - first.timing_ms["prefix_prefill"]
+    assert first.timing_ms["prefix_prefill"] > 0 and float(shown) == pytest.approx(own, abs=0.06)
+
+
 def test_chat_from_stdin_answers_like_ask(tiny_checkpoints, encoder_calls):
     model = str(tiny_checkpoints("qwen2_5_vl"))
     asked = runner.invoke(app, ["ask", SCENE, *QUESTIONS, "-m", model, *FAST, "--json"])
@@ -360,7 +388,7 @@ def test_batch_reuse_interrupted_then_resumed_gives_every_id_once(tiny_checkpoin
     first = records(out.read_text())
     assert [row["id"] for row in first] == ["s1", "s2", "s3"]  # the first video's group
     monkeypatch.setattr(engine, "ask_contexts", real)
-    from vidcom2_cli.batch import existing_ids
+    from vidcom2_cli.batch.output import existing_ids
 
     final = run(engine, batch_input, out, reuse=True, done=existing_ids(out))
     assert Counter(row["id"] for row in final) == Counter(
@@ -564,7 +592,7 @@ def test_interactive_chat_streams_each_answer(tiny_checkpoints, monkeypatch, cap
         return real_write(text)
 
     monkeypatch.setattr(sys.stdout, "write", write)
-    cli._chat_loop(engine, context, prefix, GENERATION)
+    cli.chat.chat_loop(engine, context, prefix, GENERATION)
     streamed = "".join(pieces).split("\n")
     assert [line.strip() for line in streamed if line.strip()] == [
         answer for answer in expected if answer]
@@ -616,7 +644,7 @@ def test_a_missing_video_with_a_cache_gets_the_decoders_message(tiny_checkpoints
 def test_a_question_holding_a_special_token_is_refused_in_both_paths(tiny_checkpoints):
     """Read as the token, not as text, it would break the prompt (the processor's layout or
     the reused prefix): one InputError naming it, whether asked alone or with others."""
-    from vidcom2_cli.engine import InputError
+    from vidcom2_cli.errors import InputError
 
     engine = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"))
     bad = "Is <|video_pad|> a token? What colour is the car?"

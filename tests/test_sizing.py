@@ -12,9 +12,12 @@ from reference_sizing import reference_smart_resize
 from typer.testing import CliRunner
 
 from vidcom2_cli.cli import app
-from vidcom2_cli.engine import Engine, InputError, Request, SamplingOptions, check_sampling
+from vidcom2_cli.engine import Engine
+from vidcom2_cli.errors import InputError
 from vidcom2_cli.models import LoadOptions, load_adapter, sizing
 from vidcom2_cli.models.sizing import PUBLISHED_PIXEL_BOUNDS, PixelBounds
+from vidcom2_cli.options import SamplingOptions, check_sampling
+from vidcom2_cli.work import Request
 
 pytestmark = pytest.mark.slow
 SCENE = str(Path(__file__).resolve().parents[1] / "sample_videos" / "scene_cut.mp4")
@@ -144,3 +147,22 @@ def test_every_command_takes_the_pixel_options(tiny_checkpoints, tmp_path, comma
     height, width = reference_smart_resize(180, 320, 16, 1024, 2304)
     visual = record["tokens"]["visual_full"]
     assert visual == 2 * (height // 16) * (width // 16)
+
+
+@pytest.mark.parametrize(("shape", "expected"), [
+    ((2, 3, 4096, 3), (2, 21, 4096, 3)),  # 4096 / 21 = 195: within 200:1
+    ((1, 4096, 3, 3), (1, 4096, 21, 3)),
+    ((1, 2, 400, 3), (1, 2, 400, 3)),  # exactly 200:1 is allowed
+    ((1, 48, 64, 3), (1, 48, 64, 3)),
+])
+def test_frames_beyond_200_to_1_are_letterboxed_for_the_qwen_processors(shape, expected):
+    frames = np.full(shape, 255, np.uint8)
+    boxed = sizing.within_aspect(frames)
+    assert boxed.shape == expected
+    height, width = boxed.shape[1:3]
+    assert max(height, width) <= sizing.MAX_ASPECT * min(height, width)
+    assert int(boxed.sum()) == int(frames.sum())  # the picture is all there, the rest black
+    if boxed.shape != frames.shape:  # centred: black on both sides
+        edges = (boxed[:, 0], boxed[:, -1]) if expected[1] > shape[1] else (
+            boxed[:, :, 0], boxed[:, :, -1])
+        assert all(int(edge.max()) == 0 for edge in edges)

@@ -96,6 +96,16 @@ SUPPORTED_MODEL_TYPES: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
 }
 
+# Families whose compression methods take other defaults than the qwen profile's (each
+# adapter's compression_profile); the profile decides which --method-option names exist.
+PROFILE_OF_MODEL_TYPE = {"llava_onevision": "onevision", "llava_next_video": "llava_video"}
+
+# The registered compression methods (compression/methods.py builds them from their modules),
+# so that an unknown --method is refused before torch is imported.
+METHOD_NAMES = ("vidcom2", "vidcom2+flat", "fastvid", "fastvid+fca", "holitom", "holitom+fca",
+                "visionzip", "visionzip+fca", "dycoke", "dycoke+fca", "flashvid", "flashvid+fca",
+                "random", "random+fca", "uniform", "uniform+fca")
+
 DEFAULT_NUM_FRAMES = 32
 DEFAULT_MAX_FRAMES = 64
 DEFAULT_RATIO = 0.25
@@ -112,5 +122,13 @@ def preset_names() -> list[str]:
 
 def preset_source(name: str) -> str:
     """The hub checkpoint whose architecture a random-weight preset reproduces."""
+    return _preset(name)["_source"]
+
+
+def preset_model_type(name: str) -> str:
+    return _preset(name)["model_type"]
+
+
+def _preset(name: str) -> dict:
     text = (resources.files("vidcom2_cli") / "presets" / f"{name}.json").read_text()
-    return json.loads(text)["_source"]
+    return json.loads(text)

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["Mp4", "Mp4Video", "image_kind", "inspect_mp4"]
+from .errors import VideoError
+
+__all__ = ["Mp4", "Mp4Video", "image_kind", "inspect_mp4", "is_jpeg_stream", "read_head"]
 
 # Top-level box types an ISO BMFF (MP4, MOV, M4V, 3GP) file may start with.
 _MP4_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp"}
@@ -78,6 +80,81 @@ def image_kind(head: bytes) -> str | None:
     if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"avif"):
         return "HEIF/AVIF"
     return None
+
+
+# --- JPEG: one picture, or a Motion JPEG stream (pictures back to back, as IP cameras and
+# `ffmpeg -f mjpeg` write them) -------------------------------------------------------------
+
+_JPEG_READ = 64 << 20  # bytes read to find a second picture; a larger first one: a still
+_JPEG_NO_LENGTH = {0x01, *range(0xD0, 0xD9)}  # TEM, RST0-7, SOI: markers without a length
+_JPEG_SOF = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}  # start of frame (not DHT, JPG, DAC)
+
+
+@dataclass(frozen=True)
+class _JpegPicture:
+    end: int  # offset just past its EOI
+    size: tuple[int, int] | None  # (width, height) of its frame header
+    multi_picture: bool  # an APP2 "MPF" segment: a photo with more pictures after it
+
+
+def _jpeg_picture(data: bytes, start: int) -> _JpegPicture | None:
+    """The JPEG picture at ``start``, walked marker by marker (segments skipped by their
+    length, so an EXIF thumbnail inside one is not taken for a picture), or None when there
+    is no whole one."""
+    if data[start:start + 2] != b"\xff\xd8":
+        return None
+    pos, size, multi = start + 2, None, False
+    while pos < len(data):
+        if data[pos] != 0xFF:
+            return None
+        while pos < len(data) and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= len(data):
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:
+            return _JpegPicture(pos, size, multi)
+        if marker in _JPEG_NO_LENGTH:
+            continue
+        length = int.from_bytes(data[pos:pos + 2], "big")
+        if length < 2 or pos + length > len(data):
+            return None
+        segment = data[pos + 2:pos + length]
+        if marker in _JPEG_SOF and len(segment) >= 5:
+            size = (int.from_bytes(segment[3:5], "big"), int.from_bytes(segment[1:3], "big"))
+        multi = multi or (marker == 0xE2 and segment.startswith(b"MPF\x00"))
+        pos += length
+        if marker == 0xDA:  # entropy-coded data, up to the next marker
+            while True:
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= len(data):
+                    return None
+                following = data[pos + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:  # stuffing, restart
+                    pos += 2
+                elif following == 0xFF:
+                    pos += 1
+                else:
+                    break
+    return None
+
+
+def is_jpeg_stream(path: Path) -> bool:
+    """Whether a file that starts as a JPEG holds a second picture of the same size right
+    after the first (a Motion JPEG stream), rather than one photo. A photo's extra pictures
+    (a camera's Multi-Picture Format previews, gain maps) are declared in its APP2 "MPF"
+    segment, and an EXIF thumbnail lies inside a segment: neither makes it a stream."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(_JPEG_READ)
+    except OSError:
+        return False
+    first = _jpeg_picture(data, 0)
+    if first is None or first.multi_picture or first.size is None:
+        return False
+    second = _jpeg_picture(data, first.end)
+    return second is not None and second.size == first.size
 
 
 def inspect_mp4(path: Path, head: bytes) -> Mp4 | None:
@@ -239,3 +316,22 @@ def _sample_entry(stsd: bytes) -> tuple[str, str | None, tuple[int, int] | None]
     if protected and scheme is None:
         scheme = "unknown" if kind != b"drmi" else "FairPlay"
     return fourcc.decode("latin-1").strip(), scheme, coded
+
+
+def read_head(path: Path) -> bytes:
+    """The first bytes of a video file; VideoError naming the file when it is missing, a
+    folder, unreadable or empty (cheap: the CLI checks this before importing torch)."""
+    try:
+        if path.is_dir():
+            raise VideoError(f"{path}: is a directory, not a video file")
+        with path.open("rb") as fh:
+            head = fh.read(32)
+    except (FileNotFoundError, NotADirectoryError):
+        raise VideoError(f"{path}: no such file") from None
+    except PermissionError:
+        raise VideoError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise VideoError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if not head:
+        raise VideoError(f"{path}: file is empty")
+    return head

@@ -29,7 +29,8 @@ from safetensors.torch import save_file
 from .models.base import PreparedItem
 from .video import VideoInfo
 
-FORMAT = "vidcom2-feature-cache/1"
+# 2: the probe signal of Qwen-style towers attends to merge units (entries of 1 hold the old one)
+FORMAT = "vidcom2-feature-cache/2"
 SUFFIX = ".safetensors"
 # Only files named as this cache names them are its entries: a folder given by mistake (a
 # model's, holding its own *.safetensors weights) loses nothing to `cache clear`.
@@ -48,6 +49,7 @@ class CachedEncoding:
     info: VideoInfo
     padded: int
     substituted: dict[int, int]  # sampled frames that were undecodable -> the ones used
+    resized: int = 0  # frames scaled to the common size (a stream that changes size)
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,8 @@ class FeatureCache:
                     positions=tensors["positions"]),
                 indices=[int(index) for index in video["indices"]],
                 info=VideoInfo(**video["info"]), padded=int(video["padded"]),
-                substituted={int(k): int(v) for k, v in video["substituted"].items()})
+                substituted={int(k): int(v) for k, v in video["substituted"].items()},
+                resized=int(video.get("resized", 0)))
         except Exception as error:  # a truncated, altered or foreign file: recompute
             self._notice(key, f"feature cache: entry {path.name} is unusable ({error}); "
                               "recomputing it")
@@ -149,6 +152,7 @@ class FeatureCache:
         metadata = {"format": FORMAT, "key": key, "checksum": _checksum(tensors),
                     "video": json.dumps({"indices": entry.indices, "padded": entry.padded,
                                          "substituted": entry.substituted,
+                                         "resized": entry.resized,
                                          "info": dataclasses.asdict(entry.info)})}
         temporary = self.directory / f".{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import DEFAULT_MAX_FRAMES, DEFAULT_NUM_FRAMES
-from .containers import image_kind, inspect_mp4
+from .containers import image_kind, inspect_mp4, is_jpeg_stream, read_head
 from .decoders import Clip, Decoded, pyav_backend
 from .decoders.decord_backend import DecordClip, suits
 from .decoders.images import ANIMATED_KINDS, ImageClip
@@ -40,7 +40,10 @@ class VideoInfo:
     before the first keyframe of a cut stream and frames an index promises but the file
     lacks are not included. ``decoder`` names the backend that decodes the file ("decord",
     "pyav" or "pillow") and ``stream_index`` the container stream it decodes (None for an
-    animated image).
+    animated image). ``frame_sizes`` counts the frames of each coded size ("WxH") of a
+    stream that changes size mid-way, where that is known without decoding more (a stream
+    without timestamps is decoded whole on opening); frames of another size than
+    ``width`` x ``height`` are scaled to it.
     """
 
     path: str
@@ -54,6 +57,7 @@ class VideoInfo:
     mirrored: bool = False
     decoder: str = "decord"
     stream_index: int | None = None
+    frame_sizes: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing/hashing the frame array is meaningless
@@ -61,7 +65,9 @@ class SampledVideo:
     """Decoded frames (T x H x W x 3, uint8 RGB) and the source index of each one.
 
     ``substituted_frames`` maps each sampled index that could not be decoded (a corrupt
-    packet, data cut short) to the index of the nearest decodable frame used in its place.
+    packet, data cut short) to the index of the nearest decodable frame used in its place;
+    ``resized`` counts the frames that were scaled to the common size (a stream that changes
+    size mid-way, see ``decoders.same_size``).
     """
 
     frames: np.ndarray
@@ -69,6 +75,7 @@ class SampledVideo:
     info: VideoInfo
     padded: int = 0
     substituted_frames: dict[int, int] = field(default_factory=dict)
+    resized: int = 0
 
     def metadata(self) -> dict[str, Any]:
         """Keyword metadata for a Hugging Face video processor (``VideoMetadata`` fields)."""
@@ -177,6 +184,7 @@ def load_video(
         info=_describe(path, clip, decoded),
         padded=len(indices) - len(set(indices)),
         substituted_frames=dict(decoded.substituted),
+        resized=decoded.resized,
     )
 
 
@@ -191,6 +199,7 @@ def _check_sampling(num_frames: int | None, fps: float | None, max_frames: int) 
 
 def _describe(path: Path, clip: Clip, decoded: Decoded) -> VideoInfo:
     frames = decoded.frames
+    sizes = clip.frame_sizes
     return VideoInfo(
         path=str(path),
         frame_count=clip.frame_count,
@@ -203,6 +212,8 @@ def _describe(path: Path, clip: Clip, decoded: Decoded) -> VideoInfo:
         mirrored=clip.mirrored,
         decoder=clip.decoder,
         stream_index=clip.stream_index,
+        frame_sizes={f"{width}x{height}": count for (width, height), count in sizes.items()}
+        if sizes and len(sizes) > 1 else None,
     )
 
 
@@ -239,11 +250,12 @@ def _open(path: Path) -> tuple[Clip, pyav_backend.Look | None]:
     from the file's bytes first, because decoders report them as bare or misleading errors
     (or decode garbage from an encrypted stream).
     """
-    head = _read_head(path)
+    head = read_head(path)
     image = image_kind(head)
     if image in ANIMATED_KINDS:
         return ImageClip(path, image), None
-    if image is not None:
+    stream = image == "JPEG" and is_jpeg_stream(path)  # Motion JPEG: pictures back to back
+    if image is not None and not stream:
         raise VideoError(f"{path}: is a {image} image, not a video")
     mp4 = inspect_mp4(path, head)
     video = mp4.video if mp4 is not None else None
@@ -259,27 +271,10 @@ def _open(path: Path) -> tuple[Clip, pyav_backend.Look | None]:
             )
         if video.samples == 0 and not mp4.fragmented:
             raise VideoError(f"{path}: holds no decodable frames (its video track is empty)")
-    look = pyav_backend.look(path)
+    look = pyav_backend.look(path, "mjpeg" if stream else None)
     if look.decodable and suits(look):
         try:
             return DecordClip(path, mp4, look), look
         except VideoError:
             pass  # e.g. broken metadata: PyAV indexes the packets itself
     return pyav_backend.open_clip(path, look), look
-
-
-def _read_head(path: Path) -> bytes:
-    try:
-        if path.is_dir():
-            raise VideoError(f"{path}: is a directory, not a video file")
-        with path.open("rb") as fh:
-            head = fh.read(32)
-    except (FileNotFoundError, NotADirectoryError):
-        raise VideoError(f"{path}: no such file") from None
-    except PermissionError:
-        raise VideoError(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise VideoError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    if not head:
-        raise VideoError(f"{path}: file is empty")
-    return head

@@ -13,17 +13,21 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import did_you_mean
 from .baselines import RANDOM, UNIFORM
 from .checks import check_features, check_ratio
 from .dycoke import DYCOKE
 from .fastvid import FASTVID
+from .flashvid import FLASHVID
 from .holitom import HOLITOM
-from .method import PROFILES, MethodInput, MethodSpec, VisionSignals
+from .inllm import InLLMStage
+from .method import PROFILE_LABELS, PROFILES, MethodInput, MethodSpec, VisionSignals
 from .plan import KeepPlan
 from .vidcom2 import DEFAULT_TAU, VIDCOM2, fca_counts, similarity
 from .visionzip import VISIONZIP
 
-_SPECS: tuple[MethodSpec, ...] = (VIDCOM2, FASTVID, HOLITOM, VISIONZIP, DYCOKE, RANDOM, UNIFORM)
+_SPECS: tuple[MethodSpec, ...] = (VIDCOM2, FASTVID, HOLITOM, VISIONZIP, DYCOKE, FLASHVID, RANDOM,
+                                  UNIFORM)
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,8 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        known = ", ".join(METHODS)
-        raise ValueError(f"unknown compression method {name!r}; choose one of: {known}") from None
+        raise ValueError(f"unknown compression method {name!r}{did_you_mean(name, METHODS)}; "
+                         f"choose one of: {', '.join(METHODS)}") from None
 
 
 def method_options(method: str, profile: str, overrides: Mapping[str, float] | None = None
@@ -82,12 +86,25 @@ def method_options(method: str, profile: str, overrides: Mapping[str, float] | N
     options = spec.options_for(profile)
     for name, value in (overrides or {}).items():
         if name not in options:
+            elsewhere = [other for other in PROFILES if other != profile
+                         and name in spec.options_for(other)]
+            if elsewhere:
+                raise ValueError(
+                    f"method {method!r}: option {name!r} exists only for "
+                    f"{' and '.join(PROFILE_LABELS[other] for other in elsewhere)}, not for "
+                    f"{PROFILE_LABELS[profile]} (`vidcom2 methods {method}` lists each family's)")
             known = ", ".join(options) or "none"
-            raise ValueError(f"method {method!r} has no option {name!r} (options: {known})")
+            raise ValueError(f"method {method!r} has no option {name!r}"
+                             f"{did_you_mean(name, options)} (options: {known})")
         options[name] = float(value)
     for name, (low, high) in spec.option_bounds.items():
         if name in options and not low <= options[name] <= high:
             raise ValueError(f"method {method!r}: {name} must be in [{low:g}, {high:g}], got "
+                             f"{options[name]:g}")
+    for name, choices in spec.option_choices.items():
+        if name in options and options[name] not in choices:
+            allowed = " or ".join(f"{choice:g}" for choice in choices)
+            raise ValueError(f"method {method!r}: {name} must be {allowed}, got "
                              f"{options[name]:g}")
     return options
 
@@ -156,7 +173,14 @@ def select(features: torch.Tensor, ratio: float, method: str = "vidcom2", *, see
         features=features, ratio=ratio, grid=grid, profile=profile, options=resolved,
         signals=signals or VisionSignals(), budgets=budgets, seed=seed))
     return KeepPlan(mask=chosen.mask, method=spec_method.name, ratio=ratio, grid=grid,
-                    merges=chosen.merges)
+                    merges=chosen.merges, stages=spec_method.spec.stages_for(resolved))
+
+
+def llm_stages(method: str, profile: str, overrides: Mapping[str, float] | None = None
+               ) -> tuple[InLLMStage, ...]:
+    """The stages a method runs inside the language model below R = 1.0 on a family profile
+    (none when its options turn them off); ValueError as ``method_options``."""
+    return get_method(method).spec.stages_for(method_options(method, profile, overrides))
 
 
 def vidcom2_select(features: torch.Tensor, ratio: float) -> list[torch.Tensor]:

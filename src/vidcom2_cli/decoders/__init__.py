@@ -15,6 +15,7 @@ indices) stays in ``video``; the backends only decode.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Protocol
@@ -24,11 +25,13 @@ import numpy as np
 
 @dataclass
 class Decoded:
-    """Frames (T x H x W x 3 uint8 RGB, upright) for the requested indices, and for each
-    index that could not be decoded, the index of the frame used instead."""
+    """Frames (T x H x W x 3 uint8 RGB, upright) for the requested indices, for each index
+    that could not be decoded the index of the frame used instead, and how many of the T
+    frames were scaled to the common size (a stream that changes size mid-way)."""
 
     frames: np.ndarray
     substituted: dict[int, int] = field(default_factory=dict)
+    resized: int = 0
 
 
 class Clip(Protocol):
@@ -40,6 +43,9 @@ class Clip(Protocol):
     mirrored: bool  # a mirror in the display matrix was applied too
     stream_index: int | None  # the container's stream that was decoded
     sample_aspect: Fraction | None  # pixel aspect ratio (width / height of one pixel)
+    # Frames per coded (width, height) over the whole stream, in order of first appearance,
+    # where every frame was decoded on opening (a stream without timestamps); else None.
+    frame_sizes: dict[tuple[int, int], int] | None
 
     def timestamps(self) -> np.ndarray:
         """Presentation time of every displayed frame, seconds from the first one."""
@@ -48,6 +54,48 @@ class Clip(Protocol):
     def read(self, indices: list[int]) -> Decoded:
         """Decode these displayed-frame indices (increasing, repeats allowed)."""
         ...
+
+
+# --- one size for every frame -----------------------------------------------------------------
+
+
+def most_common(sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The size that occurs most often; among equals, the one that comes first."""
+    counts: dict[tuple[int, int], int] = {}
+    for size in sizes:
+        counts[size] = counts.get(size, 0) + 1
+    return max(counts, key=lambda size: counts[size])  # max keeps the first of equals
+
+
+def same_size(frames: Sequence[np.ndarray], size: tuple[int, int] | None = None
+              ) -> tuple[np.ndarray, int]:
+    """Stack frames (H x W x 3), scaling those of another size to ``size`` (height, width;
+    default: the most common among them), and say how many were scaled.
+
+    A stream may change resolution mid-way (a raw H.264 stream spliced from two encodes, a
+    broadcast switching formats); a model takes one size, so the others are stretched to it,
+    as FFmpeg's own tools do when the size changes under a fixed output.
+    """
+    if size is None:
+        size = most_common([frame.shape[:2] for frame in frames])
+    if all(frame.shape[:2] == size for frame in frames):
+        return np.stack(frames), 0
+    from PIL import Image
+
+    height, width = size
+    scaled: dict[int, np.ndarray] = {}  # by id: a repeated frame is scaled once
+    out = np.empty((len(frames), height, width, 3), np.uint8)
+    resized = 0
+    for i, frame in enumerate(frames):
+        if frame.shape[:2] == size:
+            out[i] = frame
+            continue
+        if id(frame) not in scaled:
+            scaled[id(frame)] = np.asarray(
+                Image.fromarray(frame).resize((width, height), Image.BILINEAR))
+        out[i] = scaled[id(frame)]
+        resized += 1
+    return out, resized
 
 
 # --- display matrix --------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class DecordClip:
         self.stream_index: int | None = look.stream_index
         self.mirrored = False
         self.sample_aspect = look.sample_aspect
+        self.frame_sizes: dict[tuple[int, int], int] | None = None  # not decoded whole
         if video is not None:
             self.rotation: int | None = video.rotation
             self._coded_size = video.coded_size

@@ -27,6 +27,7 @@ class ImageClip:
     mirrored = False
     stream_index: int | None = None
     sample_aspect = None
+    frame_sizes = None  # Pillow hands out every frame at the canvas size
 
     def __init__(self, path: Path, kind: str) -> None:
         self.path = path

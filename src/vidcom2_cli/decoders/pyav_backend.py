@@ -8,6 +8,14 @@ forward to it (or keeps decoding when the next wanted frame lies in the same gro
 pictures). A wanted frame that does not come out of the decoder (a corrupt packet, a
 truncated file) is replaced by the nearest frame that does, and reported. Streams without
 timestamps (raw H.264/HEVC Annex B) are counted by decoding and read front to back.
+
+Keyframes are what the demuxer and the decoder flag, where they flag any. Where the demuxer
+flags no packet (RoQ), the stream is read front to back as a plain decode gives it. Where the
+decoder flags no frame (FLIC, QuickTime Animation and RPZA, Sorenson Video, Flash Screen Video,
+Microsoft Video 1), the demuxer's keyframes are sought to when they are some of the packets
+(an index), and the stream is read front to back when every packet claims to be one (FFmpeg's
+RPZA: seeking there gives frames built on missing ones). A stream whose frames change size is
+handed out at one size (``same_size``).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import av
 import numpy as np
 
 from ..errors import VideoError, first_line
-from . import Decoded, display_aspect, make_upright, orientation
+from . import Decoded, display_aspect, make_upright, most_common, orientation, same_size
 
 __all__ = ["Look", "PyAVClip", "look", "open_clip"]
 
@@ -52,6 +60,12 @@ class Look:
     sample_aspect: Fraction | None
     decodable: bool  # a first frame decoded
     video_streams: int  # video streams besides cover pictures
+    # The decoder flags key frames (most do; FLIC, QuickTime Animation and a few other old
+    # codecs flag none, and then the stream is read front to back).
+    frame_keys: bool = True
+    # The demuxer named to FFmpeg, where the file's name would mislead its choice (a Motion
+    # JPEG stream named .jpg is otherwise read as one image); None: FFmpeg's own choice.
+    demuxer: str | None = None
 
 
 def _videos(container: Any) -> list[Any]:
@@ -74,9 +88,9 @@ def _best_video(container: Any) -> Any:
     return max(videos, key=rank)
 
 
-def _open_container(path: Path) -> Any:
+def _open_container(path: Path, demuxer: str | None = None) -> Any:
     try:
-        return av.open(str(path), metadata_errors="ignore")
+        return av.open(str(path), format=demuxer, metadata_errors="ignore")
     except av.FFmpegError as exc:
         raise VideoError(
             f"{path}: not a readable video (unknown format, or a corrupt/truncated file: "
@@ -111,19 +125,23 @@ def _matrix(frame: Any) -> bytes | None:
     return None
 
 
-def look(path: Path) -> Look:
-    """Open the file with FFmpeg, pick the video stream and decode its first frame."""
-    container = _open_container(path)
+def look(path: Path, demuxer: str | None = None) -> Look:
+    """Open the file with FFmpeg (with ``demuxer``, or the one FFmpeg picks), pick the video
+    stream and decode its first frame."""
+    container = _open_container(path, demuxer)
     with container:
         stream = _best_video(container)
         if stream is None:
             raise _no_stream(path)
         ctx = stream.codec_context
         size = (ctx.width, ctx.height) if ctx.width > 0 and ctx.height > 0 else None
-        matrix, decodable = None, False
+        matrix, decodable, frame_keys = None, False, False
         for frame in _limited(_frames(container, stream, need_key=False), _LOOK_PACKETS):
-            matrix, decodable = _matrix(frame), True
-            break
+            if not decodable:
+                matrix, decodable = _matrix(frame), True
+            if frame.key_frame:  # the usual case: the first frame, and the look ends there
+                frame_keys = True
+                break
         rotation, mirrored = orientation(matrix)
         return Look(
             format=container.format.name,
@@ -136,6 +154,8 @@ def look(path: Path) -> Look:
             sample_aspect=_sample_aspect(stream),
             decodable=decodable,
             video_streams=len(_videos(container)),
+            frame_keys=frame_keys or not decodable,
+            demuxer=demuxer,
         )
 
 
@@ -154,16 +174,17 @@ def _packets(container: Any, stream: Any) -> Iterator[Any]:
         return
 
 
-def _frames(container: Any, stream: Any, need_key: bool) -> Iterator[Any]:
+def _frames(container: Any, stream: Any, need_key: bool, frame_keys: bool = True
+            ) -> Iterator[Any]:
     """Decoded frames; packets that fail to decode are skipped, and with ``need_key`` so is
     everything before the first keyframe (after a seek, or at the start of a cut stream).
 
-    The keyframe must be one by the decoder's account too: some demuxers (MPEG program
-    streams) flag predicted pictures as keyframes, and decoding from one of those gives
-    frames built on missing references.
+    The keyframe must be one by the decoder's account too (unless ``frame_keys`` is False: a
+    decoder that flags none): some demuxers (MPEG program streams) flag predicted pictures as
+    keyframes, and decoding from one of those gives frames built on missing references.
     """
     ctx = stream.codec_context
-    key_seen = not need_key
+    key_seen = not (need_key and frame_keys)
     for packet in _packets(container, stream):
         if packet.size == 0:
             break  # the demuxer's flush packet: drained below
@@ -191,25 +212,42 @@ def _frames(container: Any, stream: Any, need_key: bool) -> Iterator[Any]:
             yield frame
 
 
+@dataclass(frozen=True)
+class _Index:
+    """How a stream's frames are found: what ``open_clip`` learnt from its packets."""
+
+    pts: list[int]  # display order; without timestamps the output ordinals
+    keys: list[int]  # keyframe pts, increasing
+    time_base: Fraction
+    rate: float | None  # the container's nominal frame rate
+    stamped: bool  # pts are timestamps (else output ordinals)
+    in_order: bool  # read by decoding from the start, counting frames
+    need_key: bool = True  # decoding starts at a keyframe (False: the demuxer flags none)
+    sizes: dict[tuple[int, int], int] | None = None  # (width, height) -> frames, when counted
+
+
 class PyAVClip:
     """A video stream indexed by its packets' timestamps (or, without any, by decoding)."""
 
     decoder = "pyav"
 
-    def __init__(self, path: Path, info: Look, pts: list[int], keys: list[int],
-                 time_base: Fraction, rate: float | None, stamped: bool,
-                 in_order: bool) -> None:
+    def __init__(self, path: Path, info: Look, index: _Index) -> None:
         self.path = path
         self.codec = info.codec
         self.rotation: int | None = info.rotation
         self.mirrored = info.mirrored
         self.stream_index: int | None = info.stream_index
         self.sample_aspect = info.sample_aspect
-        self._pts = pts  # display order; in sequential mode the output ordinals
-        self._keys = keys  # keyframe pts, increasing
+        self.frame_sizes = index.sizes
+        pts, rate, stamped, time_base = index.pts, index.rate, index.stamped, index.time_base
+        self._pts = pts
+        self._keys = index.keys
         self._time_base = time_base
-        self._stamped = stamped  # pts are timestamps (else output ordinals)
-        self._in_order = in_order  # read by decoding from the start, counting frames
+        self._stamped = stamped
+        self._in_order = index.in_order
+        self._need_key = index.need_key
+        self._frame_keys = info.frame_keys
+        self._demuxer = info.demuxer
         self.frame_count = len(pts)
         self._where = {stamp: i for i, stamp in enumerate(pts)}
         span = float((pts[-1] - pts[0]) * time_base) if len(pts) > 1 else 0.0
@@ -230,7 +268,7 @@ class PyAVClip:
 
     def read(self, indices: list[int]) -> Decoded:
         wanted = sorted(set(indices))
-        container = _open_container(self.path)
+        container = _open_container(self.path, self._demuxer)
         with container:
             stream = container.streams[self.stream_index]
             stream.codec_context.thread_count = _THREADS
@@ -241,17 +279,23 @@ class PyAVClip:
         if not got:
             raise VideoError(f"{self.path}: holds no decodable frames (every frame failed to "
                              "decode)")
-        frames = np.stack([got[i] for i in indices])
+        common = None
+        if self.frame_sizes:  # every frame's size is known: the stream's most common one
+            width, height = most_common(
+                [size for size, count in self.frame_sizes.items() for _ in range(count)])
+            common = (height, width)
+        frames, resized = same_size([got[i] for i in indices], common)
         frames = make_upright(frames, self.rotation or 0, self.mirrored)
         frames = display_aspect(frames, self.sample_aspect)
-        return Decoded(frames, {i: used[i] for i in indices if used[i] != i})
+        return Decoded(frames, {i: used[i] for i in indices if used[i] != i}, resized)
 
     def _read_in_order(self, container: Any, stream: Any, wanted: list[int]
                        ) -> tuple[dict[int, np.ndarray], dict[int, int]]:
         got: dict[int, np.ndarray] = {}
         todo = set(wanted)
         last = None
-        for ordinal, frame in enumerate(_frames(container, stream, need_key=True)):
+        frames = _frames(container, stream, self._need_key, self._frame_keys)
+        for ordinal, frame in enumerate(frames):
             if ordinal in todo:
                 got[ordinal] = _rgb(frame)
                 todo.discard(ordinal)
@@ -316,7 +360,8 @@ class _Seeker:
         else:
             self.container.seek(key, stream=self.stream, backward=True, any_frame=False)
         self.stream.codec_context.flush_buffers()
-        self.frames = _frames(self.container, self.stream, need_key=True)
+        self.frames = _frames(self.container, self.stream, need_key=True,
+                              frame_keys=self.clip._frame_keys)
 
     def _frame_at(self, target: int) -> tuple[int, Any] | None:
         key = self._key_before(target)
@@ -382,44 +427,64 @@ def open_clip(path: Path, info: Look | None = None) -> PyAVClip:
     info = info or look(path)
     if not info.decodable:
         raise VideoError(f"{path}: holds no decodable frames (frame data missing or corrupt)")
-    container = _open_container(path)
+    container = _open_container(path, info.demuxer)
     with container:
         stream = container.streams[info.stream_index]
         time_base = stream.time_base or Fraction(1, 90000)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         rate_f = float(rate) if rate else None
-        pts: set[int] = set()
-        keys: list[int] = []
-        started = missing = False
+        stamps: list[tuple[int | None, bool]] = []  # (pts, keyframe) of each packet
+        keyed = missing = False
         for packet in _packets(container, stream):
             if packet.size == 0 or packet.is_discard:
                 continue
-            if not started:
-                if not packet.is_keyframe:
-                    continue  # a cut stream: frames before its first keyframe never show
-                started = True
-            if packet.pts is None:
+            keyed = keyed or bool(packet.is_keyframe)
+            if packet.pts is None and keyed:
                 missing = True
                 break
-            pts.add(packet.pts)
-            if packet.is_keyframe:
-                keys.append(packet.pts)
-    if missing:
-        count = _count_by_decoding(path, info.stream_index)
-        if count == 0:
-            raise VideoError(f"{path}: holds no decodable frames (frame data missing or "
-                             "corrupt)")
-        return PyAVClip(path, info, list(range(count)), [0], Fraction(1), rate_f,
-                        stamped=False, in_order=True)
-    if not pts:
+            stamps.append((packet.pts, bool(packet.is_keyframe)))
+    # A cut stream: frames before its first keyframe never show. A demuxer that flags no
+    # keyframe at all (RoQ): every packet, decoded from the start as a player would.
+    first = next((i for i, (_, key) in enumerate(stamps) if key), 0)
+    if missing or any(stamp is None for stamp, _ in stamps[first:]):
+        return _counted(path, info, rate_f)
+    if not stamps:
         raise VideoError(f"{path}: holds no decodable frames (no video packets)")
-    return PyAVClip(path, info, sorted(pts), sorted(keys), Fraction(time_base), rate_f,
-                    stamped=True, in_order=info.format in _READ_IN_ORDER)
+    pts = sorted({int(stamp) for stamp, _ in stamps[first:] if stamp is not None})
+    keys = sorted(int(stamp) for stamp, key in stamps[first:] if key and stamp is not None)
+    # Where the decoder flags no key frame, the demuxer's keyframes are all there is to seek
+    # to: trusted where they are some packets (an index: QuickTime Animation's sync samples),
+    # not where every packet claims to be one (FFmpeg's RPZA encoder writes deltas so).
+    unchecked = not info.frame_keys and all(key for _, key in stamps[first:])
+    return PyAVClip(path, info, _Index(
+        pts, keys or pts[:1], Fraction(time_base), rate_f, stamped=True,
+        in_order=info.format in _READ_IN_ORDER or not keyed or unchecked, need_key=keyed))
 
 
-def _count_by_decoding(path: Path, stream_index: int) -> int:
-    container = _open_container(path)
+def _counted(path: Path, info: Look, rate: float | None) -> PyAVClip:
+    """A stream without timestamps, its frames counted (and their sizes noted) by decoding:
+    from its first keyframe, or from its first packet where nothing is flagged a keyframe."""
+    need_key = True
+    sizes = _sizes_by_decoding(path, info, need_key)
+    if not sizes:
+        need_key = False
+        sizes = _sizes_by_decoding(path, info, need_key)
+    count = sum(sizes.values())
+    if count == 0:
+        raise VideoError(f"{path}: holds no decodable frames (frame data missing or corrupt)")
+    return PyAVClip(path, info, _Index(list(range(count)), [0], Fraction(1), rate,
+                                       stamped=False, in_order=True, need_key=need_key,
+                                       sizes=sizes))
+
+
+def _sizes_by_decoding(path: Path, info: Look, need_key: bool) -> dict[tuple[int, int], int]:
+    """Frames per (width, height), in order of first appearance, of a whole decode."""
+    sizes: dict[tuple[int, int], int] = {}
+    container = _open_container(path, info.demuxer)
     with container:
-        stream = container.streams[stream_index]
+        stream = container.streams[info.stream_index]
         stream.codec_context.thread_count = _THREADS
-        return sum(1 for _ in _frames(container, stream, need_key=True))
+        for frame in _frames(container, stream, need_key, info.frame_keys):
+            size = (frame.width, frame.height)
+            sizes[size] = sizes.get(size, 0) + 1
+    return sizes

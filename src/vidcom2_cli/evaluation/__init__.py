@@ -11,7 +11,7 @@ imports torch: the batch runner answers the items.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import longvideobench, mlvu, mvbench, videomme
@@ -32,15 +32,18 @@ class Task:
     breakdowns: tuple[str, ...]
     max_new_tokens: int  # the generation length of the task's yaml
     macro: bool = False
+    # The natural order of each breakdown's values (the summary's row order); values not
+    # listed follow, in numeric order where they are numbers (LongVideoBench's durations).
+    orders: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 TASKS = {
     "videomme": Task("videomme", tuple(videomme.VARIANTS), videomme.score, ("duration",),
-                     videomme.MAX_NEW_TOKENS),
+                     videomme.MAX_NEW_TOKENS, orders={"duration": videomme.DURATIONS}),
     "mvbench": Task("mvbench", ("default",), mvbench.score, ("subtask",),
-                    mvbench.MAX_NEW_TOKENS, macro=True),
+                    mvbench.MAX_NEW_TOKENS, macro=True, orders={"subtask": mvbench.SUBTASKS}),
     "mlvu": Task("mlvu", tuple(mlvu.VARIANTS), mlvu.score, ("task_type",),
-                 mlvu.MAX_NEW_TOKENS, macro=True),
+                 mlvu.MAX_NEW_TOKENS, macro=True, orders={"task_type": mlvu.TASK_TYPES}),
     "longvideobench": Task("longvideobench", ("default",), longvideobench.score,
                            ("duration_group", "question_category"),
                            longvideobench.MAX_NEW_TOKENS),

@@ -3,22 +3,32 @@ subtasks, MLVU's task types, LongVideoBench's duration groups and question categ
 method and ratio.
 
 Accuracy is over the answered questions that count (MVBench leaves empty answers out, as
-lmms-eval does); errors are reported apart. The task's score is that accuracy, except MLVU's
-(the mean of its task types' accuracies, as lmms-eval's ``mlvu_aggregate_results_dev``; over
-the task types present, which is all 7 unless ``--limit`` cut some) and MVBench's (the mean of
-the subtasks' accuracies, the number the papers report; lmms-eval prints only the 20).
-``of_full`` is the score as a percentage of the ratio-1.0 score of the same rows when 1.0 is in
-the sweep (the papers' "avg of full"). Time per question is the end-to-end time of each record
-(a video's first question per setting carries its decoding, encoding and prefix prefill, as it
-would alone), averaged.
+lmms-eval does, and a subset whose every answer is empty scores 0 as there: ``... if
+total_answered > 0 else 0``); errors are reported apart, and a subset with no answer at all
+(every video missing) has no score. Rows come in the task's order: all, then each breakdown's
+values in their natural order (``Task.orders``: short/medium/long, MVBench's subtasks as
+lmms-eval's ``mvbench.yaml`` lists them, MLVU's task types as MLVU numbers them,
+LongVideoBench's duration groups by length and its question categories alphabetically).
+
+The task's score is that accuracy, except MLVU's (the mean of its task types' accuracies, as
+lmms-eval's ``mlvu_aggregate_results_dev``; over the task types present, which is all 7 unless
+``--limit`` cut some) and MVBench's (the mean of the subtasks' accuracies, the number the
+papers report; lmms-eval prints only the 20). ``of_full`` is the score as a percentage of the
+ratio-1.0 score of the same rows when 1.0 is in the sweep (the papers' "avg of full"). Time
+per question is the end-to-end time of each record (a video's first question per setting
+carries its decoding, encoding and prefix prefill, as it would alone), averaged.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
+from rich import box
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from . import TASKS
 
@@ -28,7 +38,7 @@ ALL = "all"
 class _Tally:
     def __init__(self) -> None:
         self.questions = self.errors = self.counted = self.correct = 0
-        self.tokens = self.prefill_ms = self.seconds = 0.0
+        self.tokens = self.prefill_ms = self.seconds = self.kv_attended = 0.0
         self.answered = 0
 
     def add(self, record: dict[str, Any]) -> None:
@@ -38,6 +48,9 @@ class _Tally:
             return
         self.answered += 1
         self.tokens += record["tokens"]["visual_kept"]
+        llm = record["tokens"].get("llm")
+        self.kv_attended += (record["tokens"]["visual_kept"] if llm is None
+                             else llm["visual_kv_attended"])
         self.prefill_ms += record["timing_ms"]["prefill"]
         self.seconds += record["timing_ms"]["total"] / 1000.0
         if record.get("counted", True):
@@ -46,7 +59,9 @@ class _Tally:
 
     @property
     def accuracy(self) -> float | None:
-        return 100.0 * self.correct / self.counted if self.counted else None
+        if self.counted:
+            return 100.0 * self.correct / self.counted
+        return 0.0 if self.answered else None  # answers, none of them counting: lmms-eval's 0
 
     def mean(self, total: float) -> float | None:
         return total / self.answered if self.answered else None
@@ -63,7 +78,7 @@ def summarize(records: Iterable[dict[str, Any]], task: str, order: list[str]) ->
         groups = record.get("groups", {})
         for subset in (ALL, *(f"{name}={groups.get(name, '?')}" for name in breakdowns)):
             tallies.setdefault((subset, setting), _Tally()).add(record)
-    subsets = sorted({subset for subset, _ in tallies}, key=lambda name: (name != ALL, name))
+    subsets = sorted({subset for subset, _ in tallies}, key=lambda name: _rank(task, name))
     rows = []
     for subset in subsets:
         for setting in [label for label in order if label in methods]:
@@ -82,6 +97,8 @@ def summarize(records: Iterable[dict[str, Any]], task: str, order: list[str]) ->
                          "counted": tally.counted, "correct": tally.correct,
                          "accuracy": tally.accuracy, "score": score,
                          "visual_tokens": tally.mean(tally.tokens),
+                         # visual KV entries a decoding step attends per layer (in-LLM stages)
+                         "visual_kv_attended": tally.mean(tally.kv_attended),
                          "prefill_ms": tally.mean(tally.prefill_ms),
                          "seconds_per_question": tally.mean(tally.seconds)})
     for row in rows:
@@ -89,6 +106,29 @@ def summarize(records: Iterable[dict[str, Any]], task: str, order: list[str]) ->
     return {"task": task,
             "score": f"mean over {breakdowns[0]}s" if TASKS[task].macro else "accuracy",
             "settings": [label for label in order if label in methods], "rows": rows}
+
+
+def _rank(task: str, subset: str) -> tuple[int, int, float, str]:
+    """Where a subset's rows go: all first, then the breakdowns in the task's order, each
+    one's values in their natural order, then the unlisted ones (numbers by value), "?"
+    last."""
+    if subset == ALL:
+        return (-1, 0, 0.0, "")
+    name, _, value = subset.partition("=")
+    breakdowns = TASKS[task].breakdowns
+    position = breakdowns.index(name) if name in breakdowns else len(breakdowns)
+    order = TASKS[task].orders.get(name, ())
+    if value in order:
+        return (position, order.index(value), 0.0, "")
+    if value == "?":
+        return (position, len(order) + 2, 0.0, "")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if math.isfinite(number):
+        return (position, len(order), number, "")
+    return (position, len(order) + 1, 0.0, value)
 
 
 def _of_full(row: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
@@ -105,20 +145,38 @@ def _number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def render(summary: dict[str, Any]) -> Table:
-    table = Table(title=f"{summary['task']} ({summary['score']})", title_justify="left")
-    for name, justify in (("subset", "left"), ("method", "left"), ("ratio", "right"),
-                          ("questions", "right"), ("errors", "right"), ("score %", "right"),
-                          ("% of full", "right"), ("visual tokens", "right"),
-                          ("prefill ms", "right"), ("s / question", "right")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    previous = None
-    for row in summary["rows"]:
-        if previous is not None and row["subset"] != previous:
-            table.add_section()
-        previous = row["subset"]
-        table.add_row(row["subset"], row["method"], f"{row['ratio']:g}", str(row["questions"]),
-                      str(row["errors"]), _number(row["score"]), _number(row["of_full"]),
-                      _number(row["visual_tokens"], 0), _number(row["prefill_ms"]),
-                      _number(row["seconds_per_question"], 2))
-    return table
+EVAL_CAPTION = ("n = questions, err = errors (not scored), score = accuracy %, % full = "
+                "score as % of R=1's, tokens = mean visual tokens, prefill = mean prefill ms, "
+                "s/q = seconds per question end to end")
+_COLUMNS = (("method", "left"), ("R", "right"), ("n", "right"), ("err", "right"),
+            ("score", "right"), ("% full", "right"), ("tokens", "right"),
+            ("prefill", "right"), ("s/q", "right"))
+
+
+def render(summary: dict[str, Any]) -> Group:
+    """The summary in 80 columns: each subset's name on its own line (MVBench's subtask names
+    are long), then its rows, in one column layout for all subsets."""
+    cells = {id(row): _cells(row) for row in summary["rows"]}
+    widths = [max([len(name)] + [len(cells[id(row)][index]) for row in summary["rows"]])
+              for index, (name, _) in enumerate(_COLUMNS)]
+    subsets = list(dict.fromkeys(row["subset"] for row in summary["rows"]))
+    parts: list[RenderableType] = [Text(f"{summary['task']} ({summary['score']})",
+                                        style="bold")]
+    for number, subset in enumerate(subsets):
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0, 0, 1),
+                      show_header=number == 0)
+        for (name, justify), width in zip(_COLUMNS, widths, strict=True):
+            table.add_column(name, justify=justify, no_wrap=True,  # type: ignore[arg-type]
+                             min_width=width)
+        for row in summary["rows"]:
+            if row["subset"] == subset:
+                table.add_row(*(Text(cell) for cell in cells[id(row)]))
+        parts += [Text(subset, style="bold"), table]
+    parts.append(Text(EVAL_CAPTION, style="dim"))
+    return Group(*parts)
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    return [row["method"], f"{row['ratio']:g}", str(row["questions"]), str(row["errors"]),
+            _number(row["score"]), _number(row["of_full"]), _number(row["visual_tokens"], 0),
+            _number(row["prefill_ms"]), _number(row["seconds_per_question"], 2)]

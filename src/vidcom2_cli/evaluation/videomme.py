@@ -1,5 +1,7 @@
 """Video-MME (``videomme``, no subtitles) as lmms-eval runs it, read from the files of the
-hub dataset ``lmms-lab/Video-MME``: ``videomme/test-00000-of-00001.parquet`` (columns
+hub dataset ``lmms-eval/Video-MME`` (the ``dataset_path`` of ``videomme.yaml`` since lmms-eval
+moved its video datasets there from ``lmms-lab/Video-MME``, whose files are the same):
+``videomme/test-00000-of-00001.parquet`` (columns
 video_id, duration, domain, sub_category, url, videoID, question_id, task_type, question,
 options, answer) and the videos ``data/<videoID>.mp4`` (unzipped from the archives).
 
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import DatasetError, EvalQuestion, find_video, mcq_letter
+from ..multiple_choice import mcq_letter
+from .common import DatasetError, EvalQuestion, find_video
 
 NAME = "videomme"
 MAX_NEW_TOKENS = 16
+DURATIONS = ("short", "medium", "long")  # lmms-eval's VIDEO_TYPE, the summary's row order
 INSTRUCTION = ("Select the best answer to the following multiple-choice question based on the "
                "video and the subtitles. Respond with only the letter (A, B, C, or D) of the "
                "correct option.")
@@ -34,7 +38,7 @@ VARIANTS = {
 COLUMNS = ("video_id", "duration", "domain", "sub_category", "url", "videoID", "question_id",
            "task_type", "question", "options", "answer")
 EXPECTED = ("videomme/test-00000-of-00001.parquet (columns " + ", ".join(COLUMNS)
-            + ") and the videos in data/, as in the hub dataset lmms-lab/Video-MME")
+            + ") and the videos in data/, as in the hub dataset lmms-eval/Video-MME")
 
 
 def prompt(question: str, options: list[str], variant: str = "default") -> str:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import Qwen3VLVideoProcessor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -21,7 +22,7 @@ from transformers.vision_utils import get_vision_window_index
 
 from ..compression import KeepPlan
 from .base import EncodedVideo, PreparedItem, VideoAdapter
-from .sizing import DEFAULT_PIXEL_BOUNDS, PixelBounds
+from .sizing import DEFAULT_PIXEL_BOUNDS, PixelBounds, within_aspect
 from .vision_signals import SignalLayer
 
 
@@ -35,6 +36,12 @@ class VideoEncoderOutput(BaseModelOutputWithPooling):
 
 
 class QwenVLAdapter(VideoAdapter):
+    def preprocess(self, frames: np.ndarray, metadata: dict[str, Any], question: str,
+                   bounds: PixelBounds | None = None) -> PreparedItem:
+        """The shared preprocessing, on frames letterboxed to the 200:1 the processor takes
+        (``sizing.within_aspect``)."""
+        return super().preprocess(within_aspect(frames), metadata, question, bounds)
+
     @property
     def frames_multiple(self) -> int:
         return int(self.model.config.vision_config.temporal_patch_size)
@@ -98,10 +105,12 @@ class QwenVLAdapter(VideoAdapter):
 
     def signal_layer(self) -> SignalLayer:
         """The last block that attends over whole temporal units (Qwen2.5-VL's other blocks
-        attend within windows)."""
+        attend within windows); its merge units are runs of merge_size**2 patches."""
         visual = self.model.model.visual
         full_attention = getattr(visual, "fullatt_block_indexes", None)
-        return SignalLayer(visual.blocks[full_attention[-1] if full_attention else -1].attn)
+        unit = int(self.model.config.vision_config.spatial_merge_size) ** 2
+        return SignalLayer(visual.blocks[full_attention[-1] if full_attention else -1].attn,
+                           merge_unit=unit)
 
     def pool_signals(self, values: torch.Tensor, inputs: dict[str, torch.Tensor]
                      ) -> torch.Tensor:

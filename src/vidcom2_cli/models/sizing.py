@@ -10,7 +10,14 @@ has no such bounds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import numpy as np
+
+# smart_resize (transformers, qwen-vl-utils) refuses a frame more than 200 times as wide as it
+# is high, or as high as it is wide.
+MAX_ASPECT = 200
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,22 @@ PUBLISHED_PIXEL_BOUNDS: dict[str, PixelBounds] = {
 }
 # What the adapters read (the tests point it at their tiny checkpoints' bounds).
 DEFAULT_PIXEL_BOUNDS: dict[str, PixelBounds] = dict(PUBLISHED_PIXEL_BOUNDS)
+
+
+def within_aspect(frames: np.ndarray, limit: int = MAX_ASPECT) -> np.ndarray:
+    """Frames (T x H x W x C) letterboxed with black, centred, to at most ``limit``:1 (a
+    4096x3 animation frame becomes 4096x21), the way a player shows them in a window of that
+    shape; other frames unchanged."""
+    height, width = frames.shape[1:3]
+    if max(height, width) <= limit * min(height, width):
+        return frames
+    if width > height:
+        extra = math.ceil(width / limit) - height
+        pad = ((0, 0), (extra // 2, extra - extra // 2), (0, 0), (0, 0))
+    else:
+        extra = math.ceil(height / limit) - width
+        pad = ((0, 0), (0, 0), (extra // 2, extra - extra // 2), (0, 0))
+    return np.pad(frames, pad)
 
 
 def resolve_bounds(default: PixelBounds | None, min_pixels: int | None,

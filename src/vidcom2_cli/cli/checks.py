@@ -7,19 +7,30 @@ one line on stderr.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import signal
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..catalog import (
+    METHOD_NAMES,
+    PROFILE_OF_MODEL_TYPE,
+    RANDOM_PREFIX,
+    SUPPORTED_MODEL_TYPES,
+    preset_model_type,
+    preset_names,
+)
+from ..errors import did_you_mean
+from ..wording import counted
+
 HUB_TIMEOUT_S = 3.0
-_RAY_ADDRESS = re.compile(r"(local|auto|ray://\S+|[\w.\-]+:\d+)")
 _DEVICE = re.compile(r"(auto|cpu|mps|cuda|cuda:\d+|xpu|xpu:\d+)")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*")
 _QUIET_ENV = {
@@ -63,12 +74,6 @@ def check_batch_numbers(batch_size: int, prefetch: int | None) -> None:
         raise OptionError(f"--batch-size: must be at least 1, got {batch_size}")
     if prefetch is not None and prefetch < 0:
         raise OptionError(f"--prefetch: must be at least 0, got {prefetch}")
-
-
-def looks_like_address(text: str) -> bool:
-    """Whether a word after ``--ray`` is its address (local, auto, ray://HOST:PORT,
-    HOST:PORT) rather than the next argument."""
-    return _RAY_ADDRESS.fullmatch(text) is not None
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -167,11 +172,53 @@ def _looks_like_a_path(reference: str) -> bool:
             or "\\" in reference or not _HUB_ID.fullmatch(reference))
 
 
-def check_model_source(reference: str, random_prefix: str) -> None:
-    """Fail fast when the model cannot be had: a folder that does not exist, or a hub id that
-    is neither in the local cache nor reachable within a few seconds (instead of the hub
-    client's half minute of retries). A cached model is then loaded offline."""
-    if reference.startswith(random_prefix):
+def check_method_names(names: Iterable[str], option: str = "--method") -> None:
+    """An unknown method name, refused before torch is imported (the registry's own check
+    says the same once it is)."""
+    for name in names:
+        if name not in METHOD_NAMES:
+            raise OptionError(f"{option}: {unknown_method_text(name)}")
+
+
+def unknown_method_text(name: str) -> str:
+    return (f"unknown compression method {name!r}{did_you_mean(name, METHOD_NAMES)}; choose "
+            f"one of: {', '.join(METHOD_NAMES)}")
+
+
+def known_model_type(reference: str) -> str | None:
+    """``config.model_type`` of a random preset or a local checkpoint folder, read without
+    loading anything; None where it is not known before loading (a hub id)."""
+    if reference.startswith(RANDOM_PREFIX):
+        name = reference.removeprefix(RANDOM_PREFIX)
+        return preset_model_type(name) if name in preset_names() else None
+    config = Path(reference).expanduser() / "config.json"
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model_type if isinstance(model_type, str) else None
+
+
+def compression_profile_of(reference: str) -> str | None:
+    """The compression methods' family profile of a model, where it is known before loading
+    (so that a --method-option of another family is refused before the load)."""
+    model_type = known_model_type(reference)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return None
+    return PROFILE_OF_MODEL_TYPE.get(model_type, "qwen")
+
+
+def check_model_source(reference: str) -> None:
+    """Fail fast when the model cannot be had: a random-weight preset that does not exist, a
+    folder that does not exist, or a hub id that is neither in the local cache nor reachable
+    within a few seconds (instead of the hub client's half minute of retries). A cached model
+    is then loaded offline."""
+    if reference.startswith(RANDOM_PREFIX):
+        name = reference.removeprefix(RANDOM_PREFIX)
+        names = preset_names()
+        if name not in names:
+            raise OptionError(f"--model: no random-weight preset {name!r}"
+                              f"{did_you_mean(name, names)}; presets: {', '.join(names)}")
         return
     if Path(reference).expanduser().exists():
         return
@@ -251,7 +298,7 @@ def library_logs(show: bool, progress: bool | None = None) -> None:
         # HF_HUB_DISABLE_PROGRESS_BARS, when set before the hub client was imported, wins
         (enable_progress_bars if progress else disable_progress_bars)()
     if show or "av" in sys.modules or "decord" in sys.modules:
-        from .decoders import library_logs as decoder_logs
+        from ..decoders import library_logs as decoder_logs
 
         decoder_logs(show)
 
@@ -298,8 +345,8 @@ def output_records(path: str) -> Iterator[dict[str, Any]]:
 def whole_output_line(summary: Any) -> str:
     """A BatchSummary filled from every record of an output file, as one line."""
     values = summary.as_dict()
-    line = (f"{values['processed']} records ({values['answered']} answered, "
-            f"{values['errors']} errors)")
+    line = (f"{counted(values['processed'], 'record')} ({values['answered']:,} answered, "
+            f"{counted(values['errors'], 'error')})")
     if values["mean_kept_ratio"] is not None:
         line += f", mean kept ratio {values['mean_kept_ratio']:.3f}"
     if values["accuracy"] is not None:
