@@ -160,6 +160,9 @@ class TokensView:
     generated: int
     prefix_reused: int = 0
     prefix_tokens: int = 0
+    # the in-LLM stages' counts (report's token table reads them) are not rebuilt here: the
+    # human output of `ask --server` shows the tokens before the language model
+    llm: None = None
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ def answer_view(fields: dict[str, Any], video: str) -> AnswerView:
             {int(index): used for index, used in frames["substituted"].items()}),
         frames_per_unit=frames["per_unit"],
         tokens=TokensView(**{key: tokens[key] for key in TokensView.__dataclass_fields__
-                             if key in tokens}),
+                             if key in tokens and key != "llm"}),
         timing_ms=dict(fields["timing_ms"]),
         memory=MemoryView(fields["memory"]["peak_bytes"], fields["memory"]["source"]),
         random_weights=fields["random_weights"], feature_cache=fields["feature_cache"],
