@@ -82,11 +82,12 @@ def chat(url: str, video: str, question: str, key: str | None = KEY, **fields) -
 
 
 def shared(payload: dict) -> dict:
-    """A response's statistics as a local run has them too (prefix reuse depends on what the
-    server had cached)."""
+    """A response's statistics as a local run has them too: the prefix counts depend on what
+    the server had cached, and on whether the prefix was prefilled apart (a one-question local
+    ask prefills the whole prompt at once)."""
     kept = {key: value for key, value in payload.items() if key not in UNSHARED}
     kept["tokens"] = {key: value for key, value in payload["tokens"].items()
-                      if key != "prefix_reused"}
+                      if key not in ("prefix_reused", "prefix_tokens")}
     return kept
 
 
