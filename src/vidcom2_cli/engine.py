@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .compression import KeepPlan, VisionSignals, get_method, select
+from .compression import KeepPlan, VisionSignals, get_method, llm_stages, select
 from .errors import InputError, first_line
 from .feature_cache import CachedEncoding, FeatureCache
 from .models import LoadedModel, LoadOptions, VideoAdapter, load_adapter
@@ -35,6 +35,7 @@ from .models.base import (
     TextCallbacks,
 )
 from .models.conversation import head_key
+from .models.decoder_loop import LLMTokens
 from .models.sizing import PixelBounds
 from .options import (
     CompressionOptions,
@@ -90,7 +91,13 @@ class Engine:
     def accept(self, compression: CompressionOptions) -> None:
         """Check compression options against this model (InputError naming the option) and
         expect the vision signals its method needs."""
-        check_compression(compression, self.adapter.compression_profile)
+        profile = self.adapter.compression_profile
+        check_compression(compression, profile)
+        try:
+            self.adapter.check_llm_stages(llm_stages(compression.method, profile,
+                                                     dict(compression.method_options)))
+        except ValueError as error:
+            raise InputError(f"--method {compression.method}: {error}") from None
         self.expect_methods([compression.method])
 
     def expect_methods(self, methods: Iterable[str]) -> None:
@@ -308,7 +315,8 @@ class Engine:
             method=plan.method, ratio=plan.ratio, plan=plan, video=encoded.video,
             frames_per_unit=self.adapter.frames_multiple,
             tokens=token_counts(item, plan, compressed, len(result.token_ids[index]),
-                                prefix_reused, prefix_tokens),
+                                prefix_reused, prefix_tokens,
+                                None if result.llm_tokens is None else result.llm_tokens[index]),
             timing_ms=timing, memory=memory, random_weights=self.random_weights,
             feature_cache=encoded.feature_cache, run=self.run_info())
 
@@ -402,7 +410,8 @@ class Engine:
             input_ids=item.input_ids[:kept],
             mm_token_type_ids=None if item.mm_token_type_ids is None
             else item.mm_token_type_ids[:kept],
-            position_ids=item.position_ids[:, :kept], output=item.output, full_length=split)
+            position_ids=item.position_ids[:, :kept], output=item.output, full_length=split,
+            stages=item.stages)
         return VideoContext(encoded, plan, compress_ms, prefix)
 
     def prefill(self, contexts: list[VideoContext]) -> PrefixCache:
@@ -521,7 +530,8 @@ def _stage_times(timer: StageTimer) -> dict[str, float]:
 
 
 def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
-                 generated: int, prefix_reused: int = 0, prefix_tokens: int = 0) -> TokenCounts:
+                 generated: int, prefix_reused: int = 0, prefix_tokens: int = 0,
+                 llm: LLMTokens | None = None) -> TokenCounts:
     visual_full = int(item.video_token_mask.sum())
     return TokenCounts(
         visual_full=visual_full,
@@ -533,6 +543,7 @@ def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
         generated=generated,
         prefix_reused=prefix_reused,
         prefix_tokens=prefix_tokens,
+        llm=llm,
     )
 
 
