@@ -4,6 +4,7 @@ loopback port for the whole module, asked by the official openai client, plain H
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -82,11 +83,12 @@ def chat(url: str, video: str, question: str, key: str | None = KEY, **fields) -
 
 
 def shared(payload: dict) -> dict:
-    """A response's statistics as a local run has them too (prefix reuse depends on what the
-    server had cached)."""
+    """A response's statistics as a local run has them too: the prefix counts depend on what
+    the server had cached, and on whether the prefix was prefilled apart (a one-question local
+    ask prefills the whole prompt at once)."""
     kept = {key: value for key, value in payload.items() if key not in UNSHARED}
     kept["tokens"] = {key: value for key, value in payload["tokens"].items()
-                      if key != "prefix_reused"}
+                      if key not in ("prefix_reused", "prefix_tokens")}
     return kept
 
 
@@ -507,3 +509,35 @@ def test_ask_server_streams_in_a_terminal_like_a_local_ask(served, monkeypatch):
     first, report = result.stdout.split("\n", 1)
     assert first.startswith("answer: ") and first.removeprefix("answer: ").strip() == expected
     assert "Retained tokens" in report and "Timing" in report and "╭" not in report
+
+
+def test_a_request_past_its_time_limit_is_504(served):
+    url, server, _, _ = served
+    settings = server.settings
+    server.settings = dataclasses.replace(settings, request_timeout_s=0.0)
+    try:
+        status, _, body = chat(url, "counting.mp4", "Too late?")
+    finally:
+        server.settings = settings
+    assert status == 504 and body["error"]["code"] == "timeout"
+    assert chat(url, "counting.mp4", "In time?")[0] == 200
+
+
+def test_ask_server_reports_in_llm_stages_as_a_local_ask(served, monkeypatch):
+    """A method working inside the language model (DyCoKe) reports its stages through the
+    server as it does locally: the JSON and the human token table."""
+    url, _, media, checkpoint = served
+    monkeypatch.setenv("VIDCOM2_API_KEY", KEY)
+    video = media / "color_change.mp4"
+    extra = ("--method", "dycoke")
+    local = local_ask(checkpoint, video, "What?", extra=extra)[0]
+    assert local["tokens"]["llm"] is not None
+    remote = runner.invoke(app, ["ask", str(video), "What?", "--server", url, *FAST, *extra,
+                                 "--json"])
+    assert remote.exit_code == 0, remote.stderr
+    assert shared(records(remote.stdout)[0]) == shared(local)
+    human = [runner.invoke(app, ["ask", str(video), "What?", *FAST, *extra, *where])
+             for where in (["--server", url], ["--model", str(checkpoint), "--device", "cpu"])]
+    assert human[0].exit_code == human[1].exit_code == 0, human[0].stderr
+    assert human[0].stdout.split("Timing")[0] == human[1].stdout.split("Timing")[0]
+    assert "visual KV per layer" in human[0].stdout

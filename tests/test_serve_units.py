@@ -316,3 +316,35 @@ def test_the_media_root_is_compared_after_resolving(tmp_path):
     files = TemporaryFiles(tmp_path / "up")
     rules = MediaRules(Path(os.path.realpath(alias)))
     assert resolve_video(str(alias / "a.mp4"), "v", rules, files).path == real / "a.mp4"
+
+
+@pytest.fixture
+def web(tmp_path):
+    """A loopback HTTP server of tmp_path's files."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_remote_videos_are_downloaded_within_the_limits(media, web, tmp_path):
+    rules, files, _ = media
+    (tmp_path / "small.mp4").write_bytes(b"v" * 50)
+    (tmp_path / "large.mp4").write_bytes(b"v" * 500)
+    allowed = MediaRules(rules.root, allow_remote=True, max_bytes=64, download_timeout_s=30)
+    video = resolve_video(f"{web}/small.mp4", "v", allowed, files)
+    assert video.temporary and video.path.read_bytes() == b"v" * 50
+    assert video.label == f"{web}/small.mp4"
+    for url, status, code in ((f"{web}/large.mp4", 413, "media_too_large"),
+                              (f"{web}/missing.mp4", 400, "download_failed")):
+        with pytest.raises(APIError) as caught:
+            resolve_video(url, "v", allowed, files)
+        assert (caught.value.status, caught.value.code) == (status, code)
+    assert not list(files.directory.glob("*.part"))  # nothing half-written is left

@@ -294,15 +294,15 @@ def _with_retries(call: Callable[[], Reply], video: str) -> Reply | str:
     run."""
     from ..serve.client import ServerError, ServerUnreachable
 
-    for attempt in range(QUEUE_RETRIES + 1):
+    waited = 0
+    while True:
         try:
             return call()
         except ServerUnreachable:
             raise
         except ServerError as error:
-            if error.status == 503 and attempt < QUEUE_RETRIES:
-                time.sleep(error.retry_after or 1.0)
-                continue
-            return error_line(error, video)
-    raise AssertionError("unreachable")  # pragma: no cover
+            if error.status != 503 or waited == QUEUE_RETRIES:
+                return error_line(error, video)
+            waited += 1
+            time.sleep(error.retry_after or 1.0)
 

@@ -5,7 +5,8 @@ chunks; media.py turns a request's video URL into a local file under the rules o
 scheduler.py queues requests into engine batches and keeps compressed prefixes in a bounded
 LRU cache; app.py holds the HTTP routes; metrics.py the Prometheus counters; wire.py the
 answer's statistics as JSON (and back, on the client, without torch); client.py is what
-``ask --server`` and ``batch --server`` use; ray.py runs the same app on Ray Serve.
+``ask --server`` and ``batch --server`` use; runner.py binds the address and runs uvicorn;
+ray.py runs the same app on Ray Serve.
 """
 
 from __future__ import annotations

@@ -150,6 +150,24 @@ class VideoView:
 
 
 @dataclass(frozen=True)
+class StageTokensView:
+    stage: str
+    layer: int
+    visual: float
+    steps: int | None = None
+    pruned_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class LLMTokensView:
+    """What the language model held of the visual tokens (methods with in-LLM stages)."""
+
+    stages: tuple[StageTokensView, ...]
+    visual_kv_cached: float
+    visual_kv_attended: float
+
+
+@dataclass(frozen=True)
 class TokensView:
     visual_full: int
     visual_kept: int
@@ -160,9 +178,7 @@ class TokensView:
     generated: int
     prefix_reused: int = 0
     prefix_tokens: int = 0
-    # the in-LLM stages' counts (report's token table reads them) are not rebuilt here: the
-    # human output of `ask --server` shows the tokens before the language model
-    llm: None = None
+    llm: LLMTokensView | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +215,14 @@ class AnswerView:
     sampling: SamplingView
 
 
+def _llm_view(tokens: dict[str, Any]) -> LLMTokensView | None:
+    llm = tokens.get("llm")
+    if llm is None:
+        return None
+    return LLMTokensView(tuple(StageTokensView(**stage) for stage in llm["stages"]),
+                         llm["visual_kv_cached"], llm["visual_kv_attended"])
+
+
 def answer_view(fields: dict[str, Any], video: str) -> AnswerView:
     """The answer a response's ``vidcom2`` field describes (``video``: the path as typed)."""
     plan = fields["plan"]
@@ -219,7 +243,7 @@ def answer_view(fields: dict[str, Any], video: str) -> AnswerView:
             {int(index): used for index, used in frames["substituted"].items()}),
         frames_per_unit=frames["per_unit"],
         tokens=TokensView(**{key: tokens[key] for key in TokensView.__dataclass_fields__
-                             if key in tokens and key != "llm"}),
+                             if key in tokens and key != "llm"}, llm=_llm_view(tokens)),
         timing_ms=dict(fields["timing_ms"]),
         memory=MemoryView(fields["memory"]["peak_bytes"], fields["memory"]["source"]),
         random_weights=fields["random_weights"], feature_cache=fields["feature_cache"],
