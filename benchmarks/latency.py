@@ -30,10 +30,12 @@ import torch
 import transformers
 
 from vidcom2_cli.bench import BenchRow, parse_floats, run_bench
-from vidcom2_cli.engine import Engine, GenerationOptions, Request, SamplingOptions
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.options import GenerationOptions, SamplingOptions
 from vidcom2_cli.report import bench_rows_to_json, megabytes
 from vidcom2_cli.timing import synchronize
+from vidcom2_cli.work import Request
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_videos" / "scene_cut.mp4"
 TARGET_RATIO = 0.25

@@ -29,9 +29,11 @@ from latency import machine
 
 from vidcom2_cli.bench import parse_floats, run_bench
 from vidcom2_cli.compression import METHODS
-from vidcom2_cli.engine import Engine, GenerationOptions, Request, SamplingOptions
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.options import GenerationOptions, SamplingOptions
 from vidcom2_cli.report import megabytes
+from vidcom2_cli.work import Request
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_videos" / "scene_cut.mp4"
 DEFAULT_METHODS = [name for name in METHODS if not name.startswith(("random", "uniform"))

@@ -33,10 +33,13 @@ from pathlib import Path
 
 import torch
 
-from vidcom2_cli.batch import BatchOptions, ResultWriter, parse_lines, run_batch
-from vidcom2_cli.engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
+from vidcom2_cli.batch.input import parse_lines
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.feature_cache import FeatureCache
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_VIDEO = ROOT.parent / "shared" / "videos" / "big_buck_bunny.mp4"

@@ -118,6 +118,9 @@ def test_unreachable_hub_fails_at_once_with_what_to_do(monkeypatch, tmp_path):
     assert result.exit_code == 1 and result.stdout == ""
     line = one_line(result)
     assert "cannot be reached" in line and "random:" in line and "--model" in line
+    # huggingface_hub 1.0 replaced the huggingface-cli command with hf
+    assert "(hf download nobody/no-such-model --local-dir FOLDER)" in line
+    assert "huggingface-cli" not in line
     assert "Retrying" not in result.stderr
 
 
@@ -278,13 +281,17 @@ def test_environment_defaults_and_the_command_line_wins(offline_hub, monkeypatch
 
 @pytest.mark.slow
 def test_output_says_what_ran(tiny_checkpoints):
+    import torch
+
     from vidcom2_cli import __version__
+    from vidcom2_cli.models.loading import resolve_dtype
 
     model = ["--model", tiny_checkpoints("llava_onevision"), *FAST]
     payload = json.loads(invoke("ask", CLIP, "What?", *model, "--json").stdout)
     run = payload["run"]
     assert run["version"] == __version__ and run["device"] == "cpu"
-    assert run["dtype"] == "float32" and run["attention"] in ("sdpa", "eager")
+    auto = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+    assert run["dtype"] == auto and run["attention"] in ("sdpa", "eager")
     assert run["model_load_s"] > 0
     assert payload["frames"]["decoder"] == "decord" and payload["frames"]["substituted"] == {}
     human = invoke("ask", CLIP, "What?", *model)

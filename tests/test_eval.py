@@ -22,15 +22,11 @@ from jsonl_files import records
 from odd_videos import encode
 from typer.testing import CliRunner
 
-from vidcom2_cli.batch import BatchOptions, ResultWriter, existing_ids, run_batch
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter, existing_ids
 from vidcom2_cli.cli import app
-from vidcom2_cli.engine import (
-    CompressionOptions,
-    Engine,
-    GenerationOptions,
-    InputError,
-    SamplingOptions,
-)
+from vidcom2_cli.engine import Engine
+from vidcom2_cli.errors import InputError
 from vidcom2_cli.evaluation import (
     TASKS,
     DatasetError,
@@ -42,7 +38,6 @@ from vidcom2_cli.evaluation import (
     videomme,
 )
 from vidcom2_cli.evaluation import longvideobench as lvb
-from vidcom2_cli.evaluation.common import lvb_letter, mcq_letter, mvbench_normal_form
 from vidcom2_cli.evaluation.summary import summarize
 from vidcom2_cli.evaluation.sweep import (
     ScoringSink,
@@ -53,6 +48,8 @@ from vidcom2_cli.evaluation.sweep import (
 )
 from vidcom2_cli.models import LoadOptions
 from vidcom2_cli.models.base import VideoAdapter
+from vidcom2_cli.multiple_choice import lvb_letter, mcq_letter, mvbench_normal_form
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 
 runner = CliRunner()
 FAST = ["--frames", "4", "--device", "cpu", "--max-new-tokens", "2"]

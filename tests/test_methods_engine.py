@@ -9,15 +9,11 @@ import pytest
 import torch
 from test_adapters import FAMILIES
 
-from vidcom2_cli.engine import (
-    CompressionOptions,
-    Engine,
-    GenerationOptions,
-    Request,
-    SamplingOptions,
-)
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.feature_cache import FeatureCache
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
+from vidcom2_cli.work import Request
 
 pytestmark = pytest.mark.slow
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"

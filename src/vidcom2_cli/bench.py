@@ -6,16 +6,11 @@ import statistics
 from dataclasses import dataclass, field
 
 from .compression import spread_method_options
-from .engine import (
-    CompressionOptions,
-    EncodedRequest,
-    Engine,
-    GenerationOptions,
-    InputError,
-    PreparedRequest,
-    check_options,
-)
+from .engine import Engine
+from .errors import InputError
+from .options import CompressionOptions, GenerationOptions, check_options
 from .timing import PeakMemory, peak_memory, reset_peak_memory
+from .work import EncodedRequest, PreparedRequest
 
 
 @dataclass(frozen=True)

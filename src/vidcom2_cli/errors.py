@@ -1,4 +1,5 @@
-"""Turning library exceptions into the one-line messages the CLI prints."""
+"""The errors a user is shown (one line naming the input and what is wrong), and turning
+library exceptions into such lines."""
 
 from __future__ import annotations
 

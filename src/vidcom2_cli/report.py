@@ -13,9 +13,12 @@ from rich.table import Table
 from rich.text import Text
 
 from .bench import BenchRow
-from .engine import Answer, VideoContext
+from .compression.plan import KeepPlan
 from .heatmap import budget_sparkline, favoured_units, spatial_heatmap
 from .models.base import PrefixCache
+from .sheet_layout import frame_span
+from .wording import counted
+from .work import Answer, VideoContext
 
 RANDOM_WEIGHTS_NOTE = "random weights: the answer is meaningless; timings and shapes are real"
 
@@ -93,16 +96,22 @@ def token_table(answer: Answer) -> Table:
     return table
 
 
-def heatmap_summary(answer: Answer) -> Group:
-    plan = answer.plan
+def heatmap_summary(plan: KeepPlan, frames_per_unit: int) -> Group:
+    """The retained-token summary: the budget of each temporal unit over time, the units that
+    got the most (named by their frames, numbered from 1 as on the contact sheet), merges, and
+    how often each grid position survived. A unit of several frames has one budget for all of
+    them, so nothing here is per frame unless a unit is one frame."""
     counts = plan.counts
-    unit = "frame" if answer.frames_per_unit == 1 else f"{answer.frames_per_unit}-frame unit"
-    favoured = ", ".join(f"#{index} ({counts[index]})" for index in favoured_units(counts))
+    unit = "frame" if frames_per_unit == 1 else f"{frames_per_unit}-frame unit"
+    top = favoured_units(counts)
+    noun = "frame" if len(top) == 1 and frames_per_unit == 1 else "frames"
+    favoured = ", ".join(f"{frame_span(index, frames_per_unit)} ({counts[index]})"
+                         for index in top)
     lines: list[RenderableType] = [
         Text("Retained tokens", style="bold"),
         Text(f"per {unit} over time (█ = {max(counts)} of {plan.tokens_per_unit}): ")
         + Text(budget_sparkline(counts, max(counts), width=64), style="cyan"),
-        Text(f"largest budgets: {favoured}"),
+        Text(f"largest budgets: {noun} {favoured}"),
     ]
     if plan.merges is not None:
         lines.append(Text(f"merged: {plan.total_merged} dropped tokens folded into "
@@ -139,7 +148,7 @@ def timing_table(answer: Answer) -> Table:
 
 def _header(answer: Answer) -> Text:
     count, padded = len(answer.video.indices), answer.video.padded
-    frames = f"{count} frame{'s' if count != 1 else ''}" + (
+    frames = counted(count, "frame") + (
         f" ({padded} padded)" if padded else "")
     return Text(f"{answer.method} R={answer.ratio:g} · {frames} of "
                 f"{answer.video.info.frame_count} · {Path(answer.model).name or answer.model}")
@@ -170,7 +179,8 @@ def render_answer(answer: Answer, with_text: bool = True) -> Group:
                                          title=_header(answer), title_align="left")
                                    if with_text else _header(answer)]
     parts += _notes(answer)
-    parts += [token_table(answer), heatmap_summary(answer), timing_table(answer)]
+    parts += [token_table(answer), heatmap_summary(answer.plan, answer.frames_per_unit),
+              timing_table(answer)]
     return Group(*parts)
 
 
@@ -184,7 +194,7 @@ def render_summary(answer: Answer) -> Group:
         ("prefix_prefill", "prefix prefill")))
     parts: list[RenderableType] = [Text.assemble(("Video ", "bold"), _header(answer))]
     parts += _notes(answer)
-    parts += [token_table(answer), heatmap_summary(answer),
+    parts += [token_table(answer), heatmap_summary(answer.plan, answer.frames_per_unit),
               Text(f"done once for all questions: {shared}"),
               Text(f"peak memory {megabytes(answer.memory.bytes)} ({answer.memory.source})",
                    style="dim")]

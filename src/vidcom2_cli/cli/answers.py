@@ -14,7 +14,9 @@ from .runtime import run_line
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..engine import Answer, Engine, SamplingOptions
+    from ..engine import Engine
+    from ..options import SamplingOptions
+    from ..work import Answer
 
 
 class AnswerStreamer:
@@ -38,8 +40,8 @@ def print_answers(engine: Engine, answers: Iterable[Answer], json_output: bool, 
                   several: bool = False, streamed: bool = False) -> None:
     """Each answer as it comes: a JSON line, the bare answer, or the human report (for
     several questions of one video, the shared summary once and then each answer)."""
-    from ..engine import SamplingOptions
     from ..heatmap import save_contact_sheet
+    from ..options import SamplingOptions
     from ..report import answer_to_json, render_answer, render_question_answer, render_summary
 
     stdout = console.stdout
@@ -60,7 +62,7 @@ def print_answers(engine: Engine, answers: Iterable[Answer], json_output: bool, 
         else:
             stdout.print(render_answer(result, with_text=not streamed))
     if not (json_output or quiet):
-        console.print_plain(run_line(engine))
+        console.print_plain(run_line(engine.run_info()))
         if heatmap is not None:
             console.print_plain(f"heatmap written to {heatmap}")
 

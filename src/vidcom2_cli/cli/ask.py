@@ -63,7 +63,7 @@ from .runtime import (
 )
 
 if TYPE_CHECKING:
-    from ..engine import Answer
+    from ..work import Answer
 
 
 @app.command()
@@ -110,7 +110,8 @@ def ask(
             raise OptionError("question: a question is empty")
         method_settings = parse_method_options(method_option)
         preflight(model, [method], video)
-        from ..engine import Request, check_options, check_sampling
+        from ..options import check_options, check_sampling
+        from ..work import Request
 
         compression = compression_options(ratio, method, seed, method_settings)
         generation = answer_options(max_new_tokens, sample, temperature, top_p, seed)

@@ -13,7 +13,7 @@ from ..catalog import DEFAULT_MAX_FRAMES, DEFAULT_METHOD, DEFAULT_MODEL, DEFAULT
 from ..errors import InputError
 from . import console
 from .app import app
-from .batch import check_ray, fail_if_all_failed, on_ray
+from .batch import check_ray, fail_if_all_failed, on_ray, print_ray_run_line
 from .checks import (
     OptionError,
     check_batch_numbers,
@@ -125,21 +125,15 @@ def eval_(
         missing = missing_videos_line(questions, data, out)
         if missing:  # named now, before the model loads; each becomes an error record
             console.print_plain(missing, to_stderr=True)
-        from ..batch import (
-            BatchOptions,
-            ResultWriter,
-            check_batch_options,
-            pending_items,
-            prepare_output,
-            progress_bar,
-            run_batch,
-        )
-        from ..engine import CompressionOptions, GenerationOptions, check_options
+        from ..batch.local import BatchOptions, check_batch_options, run_batch
+        from ..batch.output import ResultWriter, pending_items, prepare_output
+        from ..batch.progress import progress_bar
+        from ..batch.ray_options import RayOptions
         from ..evaluation.summary import render as render_eval
         from ..evaluation.summary import summarize
         from ..evaluation.sweep import ScoringSink, settings, sweep_items, with_method_options
         from ..models import LoadOptions
-        from ..ray_batch import RayOptions
+        from ..options import CompressionOptions, GenerationOptions, check_options
 
         for name in method_list:  # any name of the registry; an unknown one lists them
             try:
@@ -184,6 +178,8 @@ def eval_(
                                  LoadOptions(device=device, dtype=dtype, attention=attn,
                                              device_map=device_map), feature_cache, todo)
         console.stderr.print(summary.render(), highlight=False, markup=False)
+        if engine is None:
+            print_ray_run_line(summary)
         records = sink.records
         if out != "-":  # the whole file: earlier runs' records too (--resume)
             records = [record for record in output_records(out)

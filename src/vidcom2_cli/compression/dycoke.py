@@ -7,14 +7,15 @@ dropped. Its keep count is floor((1-K) N) per pruned frame with the pivots alway
 cannot go below about R = 0.25 (and keeps about 49% at K = 0.7).
 
 Here the structure and the criterion stay, and the counts come from R so the tokens sent reach
-it (an equal-token comparison):
-- total budget B = max(1, round(R T N));
-- when the pivots fit (P N <= B): pivots whole, the rest B - P N split evenly over the pruned
-  frames (remainder to the earliest), i.e. K = 1 - keep/N is derived from R, not an option;
-- otherwise pruned frames keep 0 and B is split evenly over the pivots (remainder to the
-  earliest), each keeping its positions least similar to the next frame (the previous frame for
-  a last pivot; a lone frame keeps evenly spaced positions) -- the same temporal-redundancy
-  criterion.
+it (an equal-token comparison), with at least one token in every frame (as every method here):
+- total budget B = max(T, round(R T N));
+- when the pivots fit beside one token for every pruned frame (P N + T - P <= B): pivots whole,
+  the rest B - P N split evenly over the pruned frames (remainder to the earliest), i.e.
+  K = 1 - keep/N is derived from R, not an option;
+- otherwise every pruned frame keeps its one least similar position and the pivots share the
+  rest B - (T - P) evenly (remainder to the earliest), each keeping its positions least similar
+  to the next frame (the previous frame for a last pivot; a lone frame keeps evenly spaced
+  positions) -- the same temporal-redundancy criterion.
 Fixes of the official quirks: every frame takes part (an odd F's last frame is not dropped, and
 the last window is pruned like the others, so frame i+2 of it is not kept whole); kept tokens
 keep spatial order. Stage 2 (decode-time KV pruning) is not part of a token selection.
@@ -64,17 +65,19 @@ def split_even(total: int, parts: int) -> list[int]:
 
 
 def ttm_counts(units: int, tokens: int, ratio: float) -> torch.Tensor:
-    """Per-frame kept counts reaching round(R T N): pivots whole while they fit."""
-    budget = max(1, round(ratio * units * tokens))
+    """Per-frame kept counts reaching max(T, round(R T N)), at least one per frame: pivots
+    whole while they fit beside one token for every pruned frame."""
+    budget = max(units, round(ratio * units * tokens))
     pivots = [t for t in range(units) if reference_frame(t) is None]
     pruned = [t for t in range(units) if reference_frame(t) is not None]
-    counts = torch.zeros(units, dtype=torch.long)
-    if len(pivots) * tokens <= budget and pruned:
+    counts = torch.ones(units, dtype=torch.long)
+    if pruned and len(pivots) * tokens + len(pruned) <= budget:
         counts[pivots] = tokens
         shares = split_even(budget - len(pivots) * tokens, len(pruned))
         counts[pruned] = torch.tensor(shares).clamp(max=tokens)
     else:
-        counts[pivots] = torch.tensor(split_even(budget, len(pivots))).clamp(max=tokens)
+        shares = split_even(budget - len(pruned), len(pivots))
+        counts[pivots] = torch.tensor(shares).clamp(max=tokens)
     return counts
 
 
@@ -92,13 +95,14 @@ DYCOKE = MethodSpec(
     name="dycoke",
     keeps="tokens least like the same position in the window's reference frame (TTM; drops "
           "only)",
-    budget="round(R*T*N) in all: pivot frames whole while they fit, the rest over the pruned "
-           "frames",
+    budget="round(R*T*N) in all, at least 1 per frame: pivot frames whole while they fit, "
+           "the rest over the pruned frames",
     run=_run,
     fca="VidCom2 FCA budgets per frame, chosen by TTM's temporal redundancy",
     notes="TTM only (no decode-time KV pruning). K is derived from R so that the tokens sent "
-          "reach R: pivots stay whole while round(R*T*N) allows, otherwise pruned frames keep "
-          "none and pivots keep their share of the positions least similar to the next frame. "
+          "reach R: pivots stay whole while round(R*T*N) allows (with one token left for every "
+          "pruned frame), otherwise pruned frames keep one token each and pivots share the "
+          "rest, keeping the positions least similar to the next frame. "
           "Every frame takes part (the official code drops an odd F's last frame and skips the "
           "last window); kept tokens keep spatial order.",
 )

@@ -10,9 +10,9 @@
    its static token is the window MEAN at that position. Everything else is dynamic.
 5. Dynamic tokens, per frame: m = ceil(n_dyn * r'); dominant = round(m * (1 - D)) by attention
    received; contextual = m - dominant (D = 0, the default and the published setting: none).
-   Static tokens, per window: round(n_static * r') DPC-kNN centres (k = min(K, #centres)); every
-   other static token joins its nearest centre (Euclidean); merged = beta*centre +
-   (1-beta)*mean(members); a centre with no members stays the plain window mean.
+   Static tokens, per window: max(1, round(n_static * r')) DPC-kNN centres (k = min(K,
+   #centres)); every other static token joins its nearest centre (Euclidean); merged =
+   beta*centre + (1-beta)*mean(members); a centre with no members stays the plain window mean.
 
 Every static token is a window mean, so a merged static token is a fixed linear combination of
 original tokens: the weights are composed down to them (centre frames beta/L each, member frames
@@ -22,7 +22,11 @@ OneVision order (per window, static tokens first, contiguous positions) is not r
 
 Assumptions where the description stops: the contextual share (D > 0) reuses VisionZip's
 contextual step on the frame's remaining dynamic tokens with feature cosine as the metric;
-round() is Python's half-to-even; a window whose round(n_static * r') is 0 keeps no static token.
+round() is Python's half-to-even. One deviation: a window with static positions keeps at least
+one centre, where the official code keeps none when round(n_static * r') is 0; there, a window
+whose positions are all static (tiny grids, low R) vanished from the video, and a video made of
+such windows kept no token at all. So every frame keeps a token or folds whole into its window's
+static tokens.
 
 ``holitom+fca``: HoliTom's budget is global (r'), so VidCom2's per-frame counts k_t cannot replace
 it one for one; the variant keeps r' and the static stage and scales each frame's dynamic budget
@@ -145,6 +149,12 @@ def dynamic_keep(unit: int, dynamic: torch.Tensor, inp: MethodInput, budget: int
     return torch.cat([unit * tokens + top, extra]), merges
 
 
+def static_centres(static: int, rescaled: float) -> int:
+    """Step 5's cluster count of a window's static positions: round(n_static * r'), at least
+    one where there is any (the deviation described above)."""
+    return max(1, round(static * rescaled)) if static else 0
+
+
 def _windows(static_pairs: torch.Tensor, max_window: int) -> tuple[list[Window], int]:
     spans, reduced = segment(static_pairs, max_window)
     windows = []
@@ -177,7 +187,7 @@ def _run(inp: MethodInput) -> Selection:
     kept, parts = [], []
     for window in windows:
         positions = window.static.nonzero().squeeze(1)
-        centres = round(positions.numel() * rescaled)
+        centres = static_centres(positions.numel(), rescaled)
         if centres > 0:
             means = features[window.first:window.last + 1, positions].float().mean(dim=0)
             k = min(int(options["K"]), centres)
