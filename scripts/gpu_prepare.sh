@@ -55,6 +55,7 @@ awk -v tree="$tree_bytes" -v carried="$carried_bytes" 'BEGIN {
     printf "tree %.1f MiB + .whl and .carry %.1f MiB = %.1f MiB (the device tool sends at most 64)\n",
         tree / 1048576, carried / 1048576, (tree + carried) / 1048576 }'
 if ((total > LIMIT_BYTES)); then
-    echo "error: over the device tool's 64 MiB" >&2
+    echo "error: over the device tool's 64 MiB; a shorter excerpt (--seconds) or no .carry" \
+        "(and no --video in the device command) makes room" >&2
     exit 1
 fi
