@@ -29,6 +29,8 @@ rm -rf .whl .carry
 mkdir -p .whl .carry
 
 echo "building the project's wheel ..."
+# setuptools reuses build/: a module deleted or moved since the last build would ride along.
+rm -rf build src/*.egg-info
 "$python" -m pip wheel --quiet --no-deps --wheel-dir .whl .
 
 echo "downloading PyAV $AV_VERSION, decord $DECORD_VERSION and transformers" \
