@@ -11,9 +11,12 @@ vision signal any method reads, which gives the signals' overhead; the latter en
 (the encoder time is not part of a method's cost); then each method runs
 at each ratio: compression ms and its share of end to end (decode + preprocess + vision +
 compression + LLM generation), the visual tokens sent to the language model (kept / full, and
-how many dropped tokens were merged into kept ones), prefill ms and peak memory. Ratio 1.0 is
-the shared baseline. Random-weight presets have the real architectures and sizes: the timings
-and token counts are real, the answers are not.
+how many dropped tokens were merged into kept ones), the visual tokens left inside the
+language model after each in-LLM stage (HoliTom's merge at layer K, DyCoke's decode-time KV
+pruning) and the visual KV entries a decoding step attends per layer, prefill ms, LLM ms
+(prefill + decode) and peak memory. Ratio 1.0 is the shared baseline. Random-weight presets
+have the real architectures and sizes: the timings and token counts are real, the answers are
+not.
 """
 
 from __future__ import annotations
@@ -63,9 +66,10 @@ def main() -> None:
                else [name.strip() for name in args.methods.split(",") if name.strip()])
     generation = GenerationOptions(max_new_tokens=args.new_tokens,
                                    min_new_tokens=args.new_tokens)
-    lines = ["| model | method | R | visual tokens sent | kept share | merged | compress ms "
-             "| compress share | prefill ms | prefill vs R=1 | end to end ms | peak memory |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | method | R | visual tokens sent | kept share | merged | in-LLM stages "
+             "| decode visual KV | compress ms | compress share | prefill ms | prefill vs R=1 "
+             "| LLM ms | LLM vs R=1 | end to end ms | peak memory |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     results = []
     for model in (name.strip() for name in args.models.split(",") if name.strip()):
         engine = Engine.load(model, LoadOptions(device=args.device, dtype=args.dtype,
@@ -93,8 +97,11 @@ def main() -> None:
                 f"| {model} | {'(full)' if row.ratio == 1.0 else row.method} | {row.ratio:g} "
                 f"| {row.visual_kept}/{row.visual_full} "
                 f"| {100.0 * row.visual_kept / row.visual_full:.1f}% | {row.merged_tokens} "
+                f"| {_stages(row.llm_stages)} | {row.visual_kv_attended:.0f} "
                 f"| {row.compress_ms:.2f} | {share:.2f}% | {row.prefill_ms:.0f} "
                 f"| {100.0 * (row.prefill_ms / full.prefill_ms - 1.0):+.0f}% "
+                f"| {row.generation_ms:.0f} "
+                f"| {100.0 * (row.generation_ms / full.generation_ms - 1.0):+.0f}% "
                 f"| {row.end_to_end_ms:.0f} | {megabytes(row.peak_memory_bytes)} |")
             print(lines[-1], flush=True)
         results.append({"model": model, "machine": machine(engine.device),
@@ -106,6 +113,17 @@ def main() -> None:
         torch.cuda.empty_cache()
     print()
     print("\n".join(lines))
+
+
+def _stages(stages: list[dict]) -> str:
+    """``merge@18: 633`` (visual tokens left), ``kv-prune@3: 126 (4/31 steps)`` (visual KV
+    entries a pruned step attends, and how many steps pruned); ``-`` for none."""
+    parts = []
+    for stage in stages:
+        steps = "" if stage["steps"] is None else (
+            f" ({stage['pruned_steps']}/{stage['steps']} steps)")
+        parts.append(f"{stage['stage']}: {stage['visual']:.0f}{steps}")
+    return ", ".join(parts) or "-"
 
 
 if __name__ == "__main__":

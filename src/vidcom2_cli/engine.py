@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .compression import KeepPlan, VisionSignals, get_method, select
+from .compression import KeepPlan, VisionSignals, get_method, llm_stages, select
 from .errors import InputError, first_line
 from .feature_cache import CachedEncoding, FeatureCache
 from .models import LoadedModel, LoadOptions, VideoAdapter, load_adapter
@@ -32,7 +32,10 @@ from .models.base import (
     PrefixCache,
     PreparedItem,
     QuestionError,
+    TextCallbacks,
 )
+from .models.conversation import head_key
+from .models.decoder_loop import LLMTokens
 from .models.sizing import PixelBounds
 from .options import (
     CompressionOptions,
@@ -68,6 +71,10 @@ STAGES = ("feature_cache", "video_decode", "preprocess", "vision", "compress", "
           "decode")
 
 
+# Per item of a generate call, whether to end its generation now (see VideoAdapter.generate).
+StopChecks = Sequence[Callable[[], bool] | None] | None
+
+
 class Engine:
     """A loaded model and its adapter, answering requests."""
 
@@ -84,7 +91,13 @@ class Engine:
     def accept(self, compression: CompressionOptions) -> None:
         """Check compression options against this model (InputError naming the option) and
         expect the vision signals its method needs."""
-        check_compression(compression, self.adapter.compression_profile)
+        profile = self.adapter.compression_profile
+        check_compression(compression, profile)
+        try:
+            self.adapter.check_llm_stages(llm_stages(compression.method, profile,
+                                                     dict(compression.method_options)))
+        except ValueError as error:
+            raise InputError(f"--method {compression.method}: {error}") from None
         self.expect_methods([compression.method])
 
     def expect_methods(self, methods: Iterable[str]) -> None:
@@ -139,9 +152,12 @@ class Engine:
         # pipe is not read to its end before decoding.
         if self.feature_cache is not None and Path(request.video).is_file():
             with timer.stage("feature_cache"):
+                # a cached item's prompt keeps the messages before its video (with_question
+                # replaces only what follows it), so they are part of the key
                 key = self.feature_cache.key(
                     Path(request.video), self.fingerprint,
-                    sampling_key(sampling, self.adapter.frames_multiple, self.vision_signals))
+                    sampling_key(sampling, self.adapter.frames_multiple, self.vision_signals)
+                    + head_key(request.question))
                 cached = self.feature_cache.load(key)
             if cached is not None:
                 with timer.stage("preprocess"), _as_input_error(QuestionError):
@@ -254,13 +270,14 @@ class Engine:
 
     def generate(self, items: list[CompressedItem], options: GenerationOptions,
                  prefix: PrefixCache | None = None, rows: list[int] | None = None,
-                 on_text: Callable[[str], None] | None = None) -> GenerationResult:
+                 on_text: TextCallbacks = None, stop: StopChecks = None) -> GenerationResult:
+        """One generate call (``on_text`` and ``stop``: see ``VideoAdapter.generate``)."""
         if options.do_sample:
             torch.manual_seed(options.seed)
         return self.adapter.generate(items, max_new_tokens=options.max_new_tokens,
                                      min_new_tokens=options.min_new_tokens,
                                      do_sample=options.do_sample, prefix=prefix, rows=rows,
-                                     on_text=on_text, **options.sampling_kwargs())
+                                     on_text=on_text, stop=stop, **options.sampling_kwargs())
 
     def answer(self, encoded: list[EncodedRequest], compression: CompressionOptions,
                generation: GenerationOptions,
@@ -298,7 +315,8 @@ class Engine:
             method=plan.method, ratio=plan.ratio, plan=plan, video=encoded.video,
             frames_per_unit=self.adapter.frames_multiple,
             tokens=token_counts(item, plan, compressed, len(result.token_ids[index]),
-                                prefix_reused, prefix_tokens),
+                                prefix_reused, prefix_tokens,
+                                None if result.llm_tokens is None else result.llm_tokens[index]),
             timing_ms=timing, memory=memory, random_weights=self.random_weights,
             feature_cache=encoded.feature_cache, run=self.run_info())
 
@@ -392,7 +410,8 @@ class Engine:
             input_ids=item.input_ids[:kept],
             mm_token_type_ids=None if item.mm_token_type_ids is None
             else item.mm_token_type_ids[:kept],
-            position_ids=item.position_ids[:, :kept], output=item.output, full_length=split)
+            position_ids=item.position_ids[:, :kept], output=item.output, full_length=split,
+            stages=item.stages)
         return VideoContext(encoded, plan, compress_ms, prefix)
 
     def prefill(self, contexts: list[VideoContext]) -> PrefixCache:
@@ -401,9 +420,11 @@ class Engine:
 
     def ask_contexts(self, contexts: list[VideoContext], prefix: PrefixCache,
                      asked: list[tuple[int, Request]], generation: GenerationOptions,
-                     on_text: Callable[[str], None] | None = None) -> list[Answer]:
+                     on_text: TextCallbacks = None, stop: StopChecks = None) -> list[Answer]:
         """Answer questions in one generate call, each on a copy of its video's prefilled
-        prefix: ``asked`` pairs a row of ``contexts`` (and of ``prefix``) with a question.
+        prefix: ``asked`` pairs a row of ``contexts`` (and of ``prefix``) with a question
+        (``on_text`` and ``stop``, one callback or one per question: see
+        ``VideoAdapter.generate``).
 
         A video's first answer carries the times of the work shared by all its questions
         (decoding, encoding, compression, the prefix prefill); later ones carry only their own
@@ -423,7 +444,8 @@ class Engine:
             self.check_context(encoded, compressed, generation)
             built.append((row, encoded, item, compressed, timer.stages_ms))
         result = self.generate([compressed for *_, compressed, _ in built], generation,
-                               prefix=prefix, rows=[row for row, *_ in built], on_text=on_text)
+                               prefix=prefix, rows=[row for row, *_ in built], on_text=on_text,
+                               stop=stop)
         memory = peak_memory(self.devices)
         answers = []
         for index, (row, encoded, item, compressed, own_ms) in enumerate(built):
@@ -508,7 +530,8 @@ def _stage_times(timer: StageTimer) -> dict[str, float]:
 
 
 def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
-                 generated: int, prefix_reused: int = 0, prefix_tokens: int = 0) -> TokenCounts:
+                 generated: int, prefix_reused: int = 0, prefix_tokens: int = 0,
+                 llm: LLMTokens | None = None) -> TokenCounts:
     visual_full = int(item.video_token_mask.sum())
     return TokenCounts(
         visual_full=visual_full,
@@ -520,6 +543,7 @@ def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
         generated=generated,
         prefix_reused=prefix_reused,
         prefix_tokens=prefix_tokens,
+        llm=llm,
     )
 
 

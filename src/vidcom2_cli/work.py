@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from .compression import KeepPlan
 from .feature_cache import CachedEncoding
 from .models.base import CompressedItem, EncodedVideo, PreparedItem
+from .models.decoder_loop import LLMTokens
 from .options import CompressionOptions
 from .timing import PeakMemory
 from .video import SampledVideo
@@ -94,6 +95,8 @@ class TokenCounts:
     # prompt tokens of the video's prefix when it was prefilled apart, once for several
     # questions (the first question's answer carries that prefill: timing_ms.prefix_prefill)
     prefix_tokens: int = 0
+    # with in-LLM stages: visual tokens after each stage and the decoding KV sizes
+    llm: LLMTokens | None = None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from .app import app
 from .checks import (
     check_batch_numbers,
     check_device,
+    check_method_names,
     check_numbers,
     check_sampling_options,
     output_records,
@@ -50,6 +51,7 @@ from .options import (
     ModelOption,
     RatioOption,
     SelectionSeedOption,
+    ServerOption,
 )
 from .runtime import (
     compression_options,
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
 
 @app.command()
 def batch(
+    context: typer.Context,
     input_path: Annotated[str, typer.Argument(
         metavar="input", help='JSON lines {"id", "video", "question"}, optionally '
         '"options" (multiple choice) and "answer" (expected); - reads stdin.')],
@@ -116,6 +119,9 @@ def batch(
                                        "stay together).")] = 16,
     ordered: Annotated[bool, typer.Option(help="With --ray: write records in input order "
                                           "(finished ones wait for earlier ones).")] = False,
+    server: ServerOption = None,
+    concurrency: Annotated[int, typer.Option(help="With --server: items in flight (the server "
+                                             "batches them).")] = 8,
     debug: DebugOption = False,
 ) -> None:
     """Answer the questions of a JSONL file with one model load, writing JSON lines."""
@@ -125,6 +131,13 @@ def batch(
         check_sampling_options(frames, fps, max_frames)
         check_device(device)
         method_settings = parse_method_options(method_option)
+        if server is not None:
+            from .remote import batch_on_server
+
+            check_method_names([method])
+            batch_on_server(server, context, input_path, out, resume, concurrency,
+                            context.params)
+            return
         if ray_address is None and (workers is not None or gpus_per_worker is not None
                                     or ordered):
             raise InputError("--workers/--gpus-per-worker/--ordered: only with --ray")

@@ -36,8 +36,10 @@ def print_error(message: str) -> None:
 
 
 def print_plain(text: str, *, to_stderr: bool = False) -> None:
-    """A line of data (paths, answers, library text): never markup, never highlighted."""
-    (stderr if to_stderr else stdout).print(text, markup=False, highlight=False)
+    """A line of data (paths, answers, library text): never markup, never highlighted, never
+    broken by rich (a long path stays one line for a script to read; a terminal wraps it)."""
+    (stderr if to_stderr else stdout).print(text, markup=False, highlight=False,
+                                            soft_wrap=True)
 
 
 @contextmanager

@@ -38,7 +38,7 @@ ALL = "all"
 class _Tally:
     def __init__(self) -> None:
         self.questions = self.errors = self.counted = self.correct = 0
-        self.tokens = self.prefill_ms = self.seconds = 0.0
+        self.tokens = self.prefill_ms = self.seconds = self.kv_attended = 0.0
         self.answered = 0
 
     def add(self, record: dict[str, Any]) -> None:
@@ -48,6 +48,9 @@ class _Tally:
             return
         self.answered += 1
         self.tokens += record["tokens"]["visual_kept"]
+        llm = record["tokens"].get("llm")
+        self.kv_attended += (record["tokens"]["visual_kept"] if llm is None
+                             else llm["visual_kv_attended"])
         self.prefill_ms += record["timing_ms"]["prefill"]
         self.seconds += record["timing_ms"]["total"] / 1000.0
         if record.get("counted", True):
@@ -94,6 +97,8 @@ def summarize(records: Iterable[dict[str, Any]], task: str, order: list[str]) ->
                          "counted": tally.counted, "correct": tally.correct,
                          "accuracy": tally.accuracy, "score": score,
                          "visual_tokens": tally.mean(tally.tokens),
+                         # visual KV entries a decoding step attends per layer (in-LLM stages)
+                         "visual_kv_attended": tally.mean(tally.kv_attended),
                          "prefill_ms": tally.mean(tally.prefill_ms),
                          "seconds_per_question": tally.mean(tally.seconds)})
     for row in rows:
