@@ -64,7 +64,6 @@ from .runtime import (
 
 if TYPE_CHECKING:
     from ..batch.local import BatchOptions
-    from ..batch.progress import BatchSummary
     from ..batch.ray import RaySummary
     from ..batch.ray_options import RayOptions
     from ..models import LoadOptions
@@ -168,7 +167,7 @@ def batch(
             summary = _ray_batch(input_path, out, done, options, ray_options, model,
                                  LoadOptions(device=device, dtype=dtype, attention=attn,
                                              device_map=device_map), feature_cache)
-            fail_if_all_failed(summary)
+            console.fail_if_all_failed(summary)
             return
         engine = load_engine(model, device, dtype, attn, device_map,
                              feature_cache=feature_cache, max_new_tokens=max_new_tokens)
@@ -184,14 +183,7 @@ def batch(
                 whole.add(record)
             stderr.print(f"whole output {out}: " + whole_output_line(whole), highlight=False,
                          markup=False, soft_wrap=True)
-        fail_if_all_failed(summary)
-
-
-def fail_if_all_failed(summary: BatchSummary) -> None:
-    if summary.processed and summary.answered == 0:
-        console.print_error(f"every one of the {summary.processed} items failed (see the "
-                            "error field of each record)")
-        raise typer.Exit(1)
+        console.fail_if_all_failed(summary)
 
 
 def _has_lines(path: str) -> bool:

@@ -214,7 +214,6 @@ def batch_on_server(server: str, context: typer.Context, input_path: str, out: s
     from ..multiple_choice import is_correct
     from ..serve import client as remote
     from ..serve.wire import ask_json
-    from .batch import fail_if_all_failed
     from .checks import output_records, whole_output_line
     from .runtime import run_line
 
@@ -280,7 +279,7 @@ def batch_on_server(server: str, context: typer.Context, input_path: str, out: s
             whole.add(record)
         stderr.print(f"whole output {out}: " + whole_output_line(whole), highlight=False,
                      markup=False, soft_wrap=True)
-    fail_if_all_failed(summary)
+    console.fail_if_all_failed(summary)
 
 
 def _as_finished(futures: set[Future[Any]]) -> Iterator[Future[Any]]:
