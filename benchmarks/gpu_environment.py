@@ -142,8 +142,9 @@ def check_installed_matches_source(problems: list[str]) -> str:
 
     installed = Path(vidcom2_cli.__file__).resolve().parent
     if installed != SOURCE and SOURCE.is_dir():
-        differing = sorted(name for name, digest in package_digests(SOURCE).items()
-                           if package_digests(installed).get(name) != digest)
+        source, copy = package_digests(SOURCE), package_digests(installed)
+        differing = sorted(name for name in source.keys() | copy.keys()
+                           if source.get(name) != copy.get(name))  # changed, missing or extra
         if differing:
             problems.append(f"the installed vidcom2_cli ({installed}) differs from src/ in "
                             f"{len(differing)} file(s), e.g. {differing[0]}: rebuild the wheel "

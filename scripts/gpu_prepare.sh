@@ -29,6 +29,8 @@ rm -rf .whl .carry
 mkdir -p .whl .carry
 
 echo "building the project's wheel ..."
+# setuptools reuses build/: a module deleted or moved since the last build would ride along.
+rm -rf build src/*.egg-info
 "$python" -m pip wheel --quiet --no-deps --wheel-dir .whl .
 
 echo "downloading PyAV $AV_VERSION, decord $DECORD_VERSION and transformers" \
@@ -55,6 +57,7 @@ awk -v tree="$tree_bytes" -v carried="$carried_bytes" 'BEGIN {
     printf "tree %.1f MiB + .whl and .carry %.1f MiB = %.1f MiB (the device tool sends at most 64)\n",
         tree / 1048576, carried / 1048576, (tree + carried) / 1048576 }'
 if ((total > LIMIT_BYTES)); then
-    echo "error: over the device tool's 64 MiB" >&2
+    echo "error: over the device tool's 64 MiB; a shorter excerpt (--seconds) or no .carry" \
+        "(and no --video in the device command) makes room" >&2
     exit 1
 fi
