@@ -36,6 +36,7 @@ from vidcom2_cli.engine import (
 from vidcom2_cli.evaluation.summary import summarize
 from vidcom2_cli.models import LoadOptions, decoder_loop
 from vidcom2_cli.report import answer_to_json, bench_rows_to_json, render_bench, token_table
+from vidcom2_cli.work import Question, QuestionGroup
 
 pytestmark = pytest.mark.slow
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
@@ -264,8 +265,10 @@ def loop_positions(engine: Engine, items, layer: int) -> list[torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def engines(tiny_checkpoints) -> dict[str, Engine]:
+    """float32 on every machine (``auto`` is bf16 on a CPU that computes it), so the loop and
+    the reference round alike."""
     return {family: Engine.load(str(tiny_checkpoints(family)),
-                                LoadOptions(device="cpu", attention="sdpa"))
+                                LoadOptions(device="cpu", dtype="float32", attention="sdpa"))
             for family in ("llava_onevision", "qwen2_5_vl", "qwen3_vl", "qwen3_5")}
 
 
@@ -501,3 +504,28 @@ def test_the_eval_summary_reports_the_decoding_kv():
             if row["subset"] == "all"}
     assert rows["vidcom2"]["visual_kv_attended"] == 100
     assert rows["dycoke"]["visual_kv_attended"] == 35 and rows["dycoke"]["visual_tokens"] == 90
+
+
+def test_whole_work_batches_never_mix_stage_settings(engines):
+    """``answer_groups`` asks each video under three settings, four parts per batch: the
+    parts are batched only with parts of the same in-LLM stages, and every answer equals the
+    one-part-per-batch run's."""
+    engine = engines["llava_onevision"]
+    settings_ = [CompressionOptions(0.5, method) for method in ("vidcom2", "holitom", "dycoke")]
+    for setting in settings_:
+        engine.accept(setting)
+    videos = [engine.encode(Request(video, "What happens?"), SamplingOptions(frames=4))
+              for video in VIDEOS]
+    groups = [QuestionGroup(video, tuple(Question(Request(video.request.video, question),
+                                                  setting)
+                                         for setting in settings_
+                                         for question in ("What happens?", "Any colours?")))
+              for video in videos]
+    batched = engine.answer_groups(groups, GENERATION, batch_size=4)
+    alone = engine.answer_groups(groups, GENERATION, batch_size=1)
+    for together, single in zip(batched, alone, strict=True):
+        assert all(not isinstance(answer, str) for answer in together), together
+        assert [a.answer for a in together] == [a.answer for a in single]
+        assert [a.tokens.llm for a in together] == [a.tokens.llm for a in single]
+        assert [a.tokens.llm is None for a in together] == [True, True, False, False, False,
+                                                            False]
