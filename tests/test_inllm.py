@@ -529,3 +529,20 @@ def test_whole_work_batches_never_mix_stage_settings(engines):
         assert [a.tokens.llm for a in together] == [a.tokens.llm for a in single]
         assert [a.tokens.llm is None for a in together] == [True, True, False, False, False,
                                                             False]
+
+
+def test_a_row_that_stops_early_counts_only_its_own_decoding_steps():
+    """Steps after a row's end (it rides along the batch) are not its decoding KV."""
+    call = decoder_loop.LoopCall((KVPruning(1, 0.5, 0.9),), torch.ones(2, 4, dtype=torch.bool))
+    sequence = decoder_loop._Sequence(None, torch.arange(4).expand(2, -1),
+                                      torch.ones(2, 4, dtype=torch.bool), None, None)
+    call.groups = [(0, sequence)]
+    for attended, kept in ((3.0, 2), (4.0, None), (1.0, 2)):
+        for counts in call.counts:
+            counts.attended.append(attended)
+            counts.kept.append(kept)
+    early, full = call.report(layers=2, generated=[2, 5])
+    assert (early.stages[0].steps, early.stages[0].pruned_steps) == (2, 1)
+    assert early.visual_kv_attended == 3.5 and early.stages[0].visual == 2
+    assert (full.stages[0].steps, full.stages[0].pruned_steps) == (3, 2)
+    assert full.visual_kv_attended == pytest.approx(8 / 3) and full.visual_kv_cached == 4

@@ -608,7 +608,8 @@ class VideoAdapter(ABC):
         return GenerationResult(
             texts=[text.strip() for text in texts], token_ids=token_ids, timing=clock.result(),
             prompt_lengths=[item.length for item in items],
-            llm_tokens=None if call is None else list(call.report(self._layers)))
+            llm_tokens=None if call is None else call.report(
+                self._layers, [len(row) for row in token_ids]))
 
     @property
     def _layers(self) -> int:
