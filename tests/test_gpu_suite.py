@@ -71,9 +71,15 @@ def test_tiny_suite_runs_every_part_and_records_its_figures(tiny_checkpoints, tm
     compressor = part(summary, "compressor")["figures"]
     assert compressor["device"] == "CPU" and compressor["rows"][0]["shape"] == [4, 16, 64]
 
+    import torch
+
+    from vidcom2_cli.models.loading import resolve_dtype
+
+    # --dtype auto on this CPU: bf16 where it computes bf16 natively, else fp32
+    auto = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
     for family in ASKED:
         asked = part(summary, f"ask-{family}")["figures"]
-        assert (asked["device"], asked["dtype"], asked["attention"]) == ("cpu", "float32", "sdpa")
+        assert (asked["device"], asked["dtype"], asked["attention"]) == ("cpu", auto, "sdpa")
         assert asked["peak_memory_bytes"] > 0 and asked["memory_source"].startswith("process")
         assert 0 < asked["visual_kept"] < asked["visual_full"]
 

@@ -53,7 +53,7 @@ def run(code: str, terminal: bool) -> tuple[str, str]:
 
 def program(call: str, import_first: bool = False) -> str:
     first = "import huggingface_hub.utils, transformers.utils.logging\n" if import_first else ""
-    return first + f"from vidcom2_cli.cli_support import library_logs\n{call}\n" + BAR
+    return first + f"from vidcom2_cli.cli.checks import library_logs\n{call}\n" + BAR
 
 
 @pytest.mark.parametrize("import_first", [False, True])
@@ -81,7 +81,7 @@ def test_json_and_quiet_turn_bars_off_on_a_terminal(import_first):
 
 def test_transformers_loading_bar_follows_the_same_switch():
     code = textwrap.dedent("""
-        from vidcom2_cli.cli_support import library_logs
+        from vidcom2_cli.cli.checks import library_logs
         library_logs(show=False, progress={progress})
         from transformers.utils import logging
         print(logging.is_progress_bar_enabled())

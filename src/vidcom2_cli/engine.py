@@ -32,7 +32,9 @@ from .models.base import (
     PrefixCache,
     PreparedItem,
     QuestionError,
+    TextCallbacks,
 )
+from .models.conversation import head_key
 from .models.decoder_loop import LLMTokens
 from .models.sizing import PixelBounds
 from .options import (
@@ -67,6 +69,10 @@ SIGNAL_PREFIX = "signal."  # feature-cache tensors that hold vision signals, not
 # The stages every answer reports, in pipeline order; their sum is ``total``.
 STAGES = ("feature_cache", "video_decode", "preprocess", "vision", "compress", "prefill",
           "decode")
+
+
+# Per item of a generate call, whether to end its generation now (see VideoAdapter.generate).
+StopChecks = Sequence[Callable[[], bool] | None] | None
 
 
 class Engine:
@@ -157,9 +163,12 @@ class Engine:
         # pipe is not read to its end before decoding.
         if self.feature_cache is not None and Path(request.video).is_file():
             with timer.stage("feature_cache"):
+                # a cached item's prompt keeps the messages before its video (with_question
+                # replaces only what follows it), so they are part of the key
                 key = self.feature_cache.key(
                     Path(request.video), self.fingerprint,
-                    sampling_key(sampling, self.adapter.frames_multiple, self.vision_signals))
+                    sampling_key(sampling, self.adapter.frames_multiple, self.vision_signals)
+                    + head_key(request.question))
                 cached = self.feature_cache.load(key)
             if cached is not None:
                 with timer.stage("preprocess"), _as_input_error(QuestionError):
@@ -272,13 +281,14 @@ class Engine:
 
     def generate(self, items: list[CompressedItem], options: GenerationOptions,
                  prefix: PrefixCache | None = None, rows: list[int] | None = None,
-                 on_text: Callable[[str], None] | None = None) -> GenerationResult:
+                 on_text: TextCallbacks = None, stop: StopChecks = None) -> GenerationResult:
+        """One generate call (``on_text`` and ``stop``: see ``VideoAdapter.generate``)."""
         if options.do_sample:
             torch.manual_seed(options.seed)
         return self.adapter.generate(items, max_new_tokens=options.max_new_tokens,
                                      min_new_tokens=options.min_new_tokens,
                                      do_sample=options.do_sample, prefix=prefix, rows=rows,
-                                     on_text=on_text, **options.sampling_kwargs())
+                                     on_text=on_text, stop=stop, **options.sampling_kwargs())
 
     def answer(self, encoded: list[EncodedRequest], compression: CompressionOptions,
                generation: GenerationOptions,
@@ -421,9 +431,11 @@ class Engine:
 
     def ask_contexts(self, contexts: list[VideoContext], prefix: PrefixCache,
                      asked: list[tuple[int, Request]], generation: GenerationOptions,
-                     on_text: Callable[[str], None] | None = None) -> list[Answer]:
+                     on_text: TextCallbacks = None, stop: StopChecks = None) -> list[Answer]:
         """Answer questions in one generate call, each on a copy of its video's prefilled
-        prefix: ``asked`` pairs a row of ``contexts`` (and of ``prefix``) with a question.
+        prefix: ``asked`` pairs a row of ``contexts`` (and of ``prefix``) with a question
+        (``on_text`` and ``stop``, one callback or one per question: see
+        ``VideoAdapter.generate``).
 
         A video's first answer carries the times of the work shared by all its questions
         (decoding, encoding, compression, the prefix prefill); later ones carry only their own
@@ -443,7 +455,8 @@ class Engine:
             self.check_context(encoded, compressed, generation)
             built.append((row, encoded, item, compressed, timer.stages_ms))
         result = self.generate([compressed for *_, compressed, _ in built], generation,
-                               prefix=prefix, rows=[row for row, *_ in built], on_text=on_text)
+                               prefix=prefix, rows=[row for row, *_ in built], on_text=on_text,
+                               stop=stop)
         memory = peak_memory(self.devices)
         answers = []
         for index, (row, encoded, item, compressed, own_ms) in enumerate(built):

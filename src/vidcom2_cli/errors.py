@@ -29,3 +29,7 @@ class VideoError(ValueError):
 
 class InputError(ValueError):
     """A request or option that cannot be run; the message names it and says why."""
+
+
+class ModelLoadError(ValueError):
+    """The model reference or a load option is unusable; the message says which and why."""

@@ -13,13 +13,11 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
-from torch.nn.functional import adaptive_avg_pool2d
 
-from vidcom2_cli.compression.plan import KeepPlan
 from vidcom2_cli.sheet_layout import (
     BRACKET_HEIGHT,
     CAPTION_PAD,
@@ -28,6 +26,9 @@ from vidcom2_cli.sheet_layout import (
     sheet_layout,
     unit_caption,
 )
+
+if TYPE_CHECKING:  # numpy only at run time: a server's client draws from returned masks
+    from vidcom2_cli.compression.plan import KeepPlan
 
 DROPPED_BRIGHTNESS = 0.25
 # Below this cell size (pixels) an outline would cover most of a kept cell, so none is drawn.
@@ -134,8 +135,8 @@ def contact_sheet(frames: np.ndarray, plan: KeepPlan, frames_per_unit: int = 1,
     sheet = Image.new("RGB", layout.size, _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
 
-    masks = plan.mask.reshape(plan.num_units, *grid).cpu().numpy()
-    merged = plan.merged_mask().reshape(plan.num_units, *grid).cpu().numpy() if merging else None
+    masks = as_array(plan.mask).reshape(plan.num_units, *grid)
+    merged = as_array(plan.merged_mask()).reshape(plan.num_units, *grid) if merging else None
     for index, (frame, corner) in enumerate(zip(frames, layout.tiles, strict=True)):
         unit = index // frames_per_unit
         resized = Image.fromarray(frame).resize((layout.tile_width, layout.tile_height),
@@ -250,14 +251,38 @@ def spatial_heatmap(plan: KeepPlan) -> list[str]:
     """
     if plan.grid is None:
         raise ValueError("the plan has no token grid to draw")
-    frequency = plan.spatial_frequency().float()
+    frequency = as_array(plan.spatial_frequency()).astype(np.float32)
     rows, cols = plan.grid
     if cols > MAX_HEATMAP_COLUMNS:
         shape = (max(1, round(rows * MAX_HEATMAP_COLUMNS / cols)), MAX_HEATMAP_COLUMNS)
-        frequency = adaptive_avg_pool2d(frequency[None, None], shape)[0, 0]
+        frequency = _average_pool(frequency, shape)
     top = len(SHADE_RAMP) - 1
-    levels = torch.round(frequency.clamp(0, 1) * top).long().tolist()
+    levels = np.round(np.clip(frequency, 0, 1) * top).astype(np.int64).tolist()
     return ["".join(SHADE_RAMP[level] for level in line) for line in levels]
+
+
+def _average_pool(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Adaptive average pooling of a 2-D array to ``shape``: output cell i along an axis of
+    ``n`` inputs and ``m`` outputs averages inputs floor(i*n/m) to ceil((i+1)*n/m) - 1 (the
+    bins of torch's adaptive_avg_pool2d)."""
+
+    def bins(inputs: int, outputs: int) -> list[tuple[int, int]]:
+        return [((i * inputs) // outputs, -((-(i + 1) * inputs) // outputs))
+                for i in range(outputs)]
+
+    pooled = np.empty(shape, dtype=np.float32)
+    for row, (top, bottom) in enumerate(bins(values.shape[0], shape[0])):
+        for col, (left, right) in enumerate(bins(values.shape[1], shape[1])):
+            cell = values[top:bottom, left:right]
+            pooled[row, col] = cell.sum(dtype=np.float32) / np.float32(cell.size)
+    return pooled
+
+
+def as_array(values: Any) -> np.ndarray:
+    """A torch tensor (on any device) or an array-like as a numpy array."""
+    if hasattr(values, "detach"):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
 
 
 def favoured_units(counts: list[int], top: int = 3) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -12,13 +12,15 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .bench import BenchRow
-from .compression.plan import KeepPlan
 from .heatmap import budget_sparkline, favoured_units, spatial_heatmap
-from .models.base import PrefixCache
 from .sheet_layout import frame_span
 from .wording import counted
-from .work import Answer, VideoContext
+
+if TYPE_CHECKING:  # no torch at run time: a server's client renders answers it received
+    from .bench import BenchRow
+    from .compression.plan import KeepPlan
+    from .models.base import PrefixCache
+    from .work import Answer, VideoContext
 
 RANDOM_WEIGHTS_NOTE = "random weights: the answer is meaningless; timings and shapes are real"
 

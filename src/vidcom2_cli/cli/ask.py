@@ -24,6 +24,7 @@ from .checks import (
     OptionError,
     check_device,
     check_generation_options,
+    check_method_names,
     check_numbers,
     check_output_modes,
     check_sampling_options,
@@ -49,6 +50,7 @@ from .options import (
     RatioOption,
     SampleOption,
     SeedOption,
+    ServerOption,
     TemperatureOption,
     TopPOption,
 )
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
 
 @app.command()
 def ask(
+    context: typer.Context,
     video: Annotated[Path, typer.Argument(help="Video file.")],
     questions: Annotated[list[str], typer.Argument(
         metavar="QUESTION...", help="One or more questions about the video; several are "
@@ -97,6 +100,7 @@ def ask(
                                                   "with dropped tokens dimmed.")] = None,
     feature_cache: FeatureCacheOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the answers.")] = False,
+    server: ServerOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Answer one or more questions about a video."""
@@ -109,6 +113,13 @@ def ask(
         if not all(question.strip() for question in questions):
             raise OptionError("question: a question is empty")
         method_settings = parse_method_options(method_option)
+        if server is not None:
+            from .remote import ask_on_server
+
+            check_method_names([method])
+            ask_on_server(server, context, video, questions, context.params, json_output,
+                          quiet, heatmap)
+            return
         preflight(model, [method], video)
         from ..options import check_options, check_sampling
         from ..work import Request

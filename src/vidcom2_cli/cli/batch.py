@@ -26,6 +26,7 @@ from .app import app
 from .checks import (
     check_batch_numbers,
     check_device,
+    check_method_names,
     check_numbers,
     check_sampling_options,
     output_records,
@@ -50,6 +51,7 @@ from .options import (
     ModelOption,
     RatioOption,
     SelectionSeedOption,
+    ServerOption,
 )
 from .runtime import (
     compression_options,
@@ -62,7 +64,6 @@ from .runtime import (
 
 if TYPE_CHECKING:
     from ..batch.local import BatchOptions
-    from ..batch.progress import BatchSummary
     from ..batch.ray import RaySummary
     from ..batch.ray_options import RayOptions
     from ..models import LoadOptions
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
 
 @app.command()
 def batch(
+    context: typer.Context,
     input_path: Annotated[str, typer.Argument(
         metavar="input", help='JSON lines {"id", "video", "question"}, optionally '
         '"options" (multiple choice) and "answer" (expected); - reads stdin.')],
@@ -116,6 +118,9 @@ def batch(
                                        "stay together).")] = 16,
     ordered: Annotated[bool, typer.Option(help="With --ray: write records in input order "
                                           "(finished ones wait for earlier ones).")] = False,
+    server: ServerOption = None,
+    concurrency: Annotated[int, typer.Option(help="With --server: items in flight (the server "
+                                             "batches them).")] = 8,
     debug: DebugOption = False,
 ) -> None:
     """Answer the questions of a JSONL file with one model load, writing JSON lines."""
@@ -125,6 +130,13 @@ def batch(
         check_sampling_options(frames, fps, max_frames)
         check_device(device)
         method_settings = parse_method_options(method_option)
+        if server is not None:
+            from .remote import batch_on_server
+
+            check_method_names([method])
+            batch_on_server(server, context, input_path, out, resume, concurrency,
+                            context.params)
+            return
         if ray_address is None and (workers is not None or gpus_per_worker is not None
                                     or ordered):
             raise InputError("--workers/--gpus-per-worker/--ordered: only with --ray")
@@ -155,7 +167,7 @@ def batch(
             summary = _ray_batch(input_path, out, done, options, ray_options, model,
                                  LoadOptions(device=device, dtype=dtype, attention=attn,
                                              device_map=device_map), feature_cache)
-            fail_if_all_failed(summary)
+            console.fail_if_all_failed(summary)
             return
         engine = load_engine(model, device, dtype, attn, device_map,
                              feature_cache=feature_cache, max_new_tokens=max_new_tokens)
@@ -171,14 +183,7 @@ def batch(
                 whole.add(record)
             stderr.print(f"whole output {out}: " + whole_output_line(whole), highlight=False,
                          markup=False, soft_wrap=True)
-        fail_if_all_failed(summary)
-
-
-def fail_if_all_failed(summary: BatchSummary) -> None:
-    if summary.processed and summary.answered == 0:
-        console.print_error(f"every one of the {summary.processed} items failed (see the "
-                            "error field of each record)")
-        raise typer.Exit(1)
+        console.fail_if_all_failed(summary)
 
 
 def _has_lines(path: str) -> bool:

@@ -13,7 +13,7 @@ from ..catalog import DEFAULT_MAX_FRAMES, DEFAULT_METHOD, DEFAULT_MODEL, DEFAULT
 from ..errors import InputError
 from . import console
 from .app import app
-from .batch import check_ray, fail_if_all_failed, on_ray, print_ray_run_line
+from .batch import check_ray, on_ray, print_ray_run_line
 from .checks import (
     OptionError,
     check_batch_numbers,
@@ -193,4 +193,4 @@ def eval_(
                 console.print_json(result)
         else:
             summary_console.print(render_eval(result))
-        fail_if_all_failed(summary)
+        console.fail_if_all_failed(summary)

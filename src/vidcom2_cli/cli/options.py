@@ -59,3 +59,7 @@ FeatureCacheOption = Annotated[Path | None, typer.Option(
 SeedOption = Annotated[int, typer.Option(help="Seed for random selection and sampling.")]
 SelectionSeedOption = Annotated[int, typer.Option(help="Seed for random selection.")]
 JsonOption = Annotated[bool, typer.Option("--json")]
+ServerOption = Annotated[str | None, typer.Option(
+    "--server", envvar="VIDCOM2_SERVER", show_envvar=True, metavar="URL",
+    help="Ask a running `vidcom2 serve` at URL (e.g. http://127.0.0.1:8000) instead of loading "
+    "the model here; VIDCOM2_API_KEY is sent as its key.")]

@@ -18,6 +18,7 @@ from .baselines import RANDOM, UNIFORM
 from .checks import check_features, check_ratio
 from .dycoke import DYCOKE
 from .fastvid import FASTVID
+from .flashvid import FLASHVID
 from .holitom import HOLITOM
 from .inllm import InLLMStage
 from .method import PROFILE_LABELS, PROFILES, MethodInput, MethodSpec, VisionSignals
@@ -25,7 +26,8 @@ from .plan import KeepPlan
 from .vidcom2 import DEFAULT_TAU, VIDCOM2, fca_counts, similarity
 from .visionzip import VISIONZIP
 
-_SPECS: tuple[MethodSpec, ...] = (VIDCOM2, FASTVID, HOLITOM, VISIONZIP, DYCOKE, RANDOM, UNIFORM)
+_SPECS: tuple[MethodSpec, ...] = (VIDCOM2, FASTVID, HOLITOM, VISIONZIP, DYCOKE, FLASHVID, RANDOM,
+                                  UNIFORM)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,11 @@ def method_options(method: str, profile: str, overrides: Mapping[str, float] | N
     for name, (low, high) in spec.option_bounds.items():
         if name in options and not low <= options[name] <= high:
             raise ValueError(f"method {method!r}: {name} must be in [{low:g}, {high:g}], got "
+                             f"{options[name]:g}")
+    for name, choices in spec.option_choices.items():
+        if name in options and options[name] not in choices:
+            allowed = " or ".join(f"{choice:g}" for choice in choices)
+            raise ValueError(f"method {method!r}: {name} must be {allowed}, got "
                              f"{options[name]:g}")
     return options
 

@@ -15,7 +15,7 @@ import functools
 import inspect
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +27,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..compression import InLLMStage, KeepPlan, PrefillStage, VisionSignals
 from ..timing import GenerationTiming, StageTimer, TokenClock
 from . import decoder_loop
+from .conversation import question_texts, template_messages
 from .decoder_loop import LLMTokens, LoopCall, PendingLayers
 from .sizing import PixelBounds, resolve_bounds
 from .vision_signals import SignalLayer, probe
+
+# What receives generated text: one callback for a batch of one, or one per item (None: that
+# item is not streamed).
+TextCallbacks = Callable[[str], None] | Sequence[Callable[[str], None] | None] | None
 
 
 class QuestionError(ValueError):
@@ -319,15 +324,16 @@ class VideoAdapter(ABC):
             token.content for token in added.values() if getattr(token, "special", False))
 
     def prompt(self, question: str) -> str:
-        """The chat template around the video and ``question``; QuestionError when the question
-        holds one of the tokenizer's special tokens (it would be read as that token, not as
-        text: a video placeholder in it would break the prompt's layout)."""
-        for token in self._special_tokens:
-            if token in question:
-                raise QuestionError(f"question: holds {token!r}, one of the model's special "
-                                    "tokens")
-        messages = [{"role": "user", "content": [{"type": "video"},
-                                                 {"type": "text", "text": question}]}]
+        """The chat template around the video and ``question`` (a ``Conversation``: its
+        messages); QuestionError when a text holds one of the tokenizer's special tokens (it
+        would be read as that token, not as text: a video placeholder in it would break the
+        prompt's layout)."""
+        for text in question_texts(question):
+            for token in self._special_tokens:
+                if token in text:
+                    raise QuestionError(f"question: holds {token!r}, one of the model's special "
+                                        "tokens")
+        messages = template_messages(question)
         return self.processor.apply_chat_template(messages, add_generation_prompt=True,
                                                   tokenize=False, **self.chat_template_options)
 
@@ -553,13 +559,16 @@ class VideoAdapter(ABC):
     def generate(self, items: list[CompressedItem], max_new_tokens: int = 64,
                  do_sample: bool = False, min_new_tokens: int | None = None,
                  prefix: PrefixCache | None = None, rows: list[int] | None = None,
-                 on_text: Callable[[str], None] | None = None, **sampling: Any
+                 on_text: TextCallbacks = None,
+                 stop: Sequence[Callable[[], bool] | None] | None = None, **sampling: Any
                  ) -> GenerationResult:
         """Generate for a batch of compressed items in one ``generate`` call.
 
         With ``prefix``, item i continues row ``rows[i]`` of that prefix cache (default: row i)
         on a copy of it, so only its question is prefilled. ``on_text`` receives the answer's
-        text as it is generated (a batch of one).
+        text as it is generated: one callback (a batch of one), or one per item (None: not
+        streamed). ``stop``, one per item, is asked after each token whether that item's
+        generation should end there (a client gone, a time limit); the others go on.
 
         Where padding inside a sequence is not neutral for the model
         (``pads_inside_are_neutral``), questions of different lengths on a prefix go through
@@ -572,7 +581,10 @@ class VideoAdapter(ABC):
             if len(groups) > 1:
                 return _joined([self.generate(
                     [items[index] for index in group], max_new_tokens, do_sample,
-                    min_new_tokens, prefix, [rows[index] for index in group], on_text,
+                    min_new_tokens, prefix, [rows[index] for index in group],
+                    on_text if callable(on_text) or on_text is None
+                    else [on_text[index] for index in group],
+                    None if stop is None else [stop[index] for index in group],
                     **sampling) for group in groups], groups)
         pending = None
         if prefix is None:
@@ -591,13 +603,20 @@ class VideoAdapter(ABC):
             batch[self._cache_argument] = cache
         call = self._loop_call(items, batch, pending=pending)
         clock = TokenClock(self.device)
-        streamer = None if on_text is None else TextStreamer(
-            self.processor.tokenizer, on_text, set(self._eos_ids()) or {self.pad_token_id})
+        stops = set(self._eos_ids()) or {self.pad_token_id}
+        streamer: TextStreamer | RowStreamer | None = None
+        if callable(on_text):
+            streamer = TextStreamer(self.processor.tokenizer, on_text, stops)
+        elif on_text is not None and any(callback is not None for callback in on_text):
+            streamer = RowStreamer(self.processor.tokenizer, on_text, stops)
+        criteria: list[Any] = [clock]
+        if stop is not None and any(check is not None for check in stop):
+            criteria.append(RowStop(stop))
         clock.begin()
         with self._language_model(call):
             sequences = self.model.generate(
                 **batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                do_sample=do_sample, stopping_criteria=[clock], pad_token_id=self.pad_token_id,
+                do_sample=do_sample, stopping_criteria=criteria, pad_token_id=self.pad_token_id,
                 streamer=streamer,
                 **({} if do_sample else {"temperature": None, "top_p": None, "top_k": None}),
                 **sampling,
@@ -694,6 +713,46 @@ class TextStreamer:
         if len(text) > self.sent:
             self.on_text(text[self.sent:])
             self.sent = len(text)
+
+
+class RowStreamer:
+    """A ``generate`` streamer for a batch: each row's text goes to its own callback (None: that
+    row is not streamed), as ``TextStreamer`` does for a batch of one."""
+
+    def __init__(self, tokenizer: Any, callbacks: Sequence[Callable[[str], None] | None],
+                 stops: set[int]) -> None:
+        self.rows = [None if callback is None else TextStreamer(tokenizer, callback, stops)
+                     for callback in callbacks]
+        for row in self.rows:
+            if row is not None:
+                row.prompt_seen = True  # the batch's prompt is skipped here, once
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        tokens = value.reshape(-1)
+        for index, row in enumerate(self.rows):
+            if row is not None:
+                row.put(tokens[index:index + 1])
+
+    def end(self) -> None:
+        for row in self.rows:
+            if row is not None:
+                row.end()
+
+
+class RowStop:
+    """A stopping criterion asking each row's own check after every token (None: never)."""
+
+    def __init__(self, checks: Sequence[Callable[[], bool] | None]) -> None:
+        self.checks = list(checks)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+                 ) -> torch.Tensor:
+        return torch.tensor([check is not None and bool(check()) for check in self.checks],
+                            dtype=torch.bool, device=input_ids.device)
 
 
 def _joined(results: list[GenerationResult], groups: list[list[int]]) -> GenerationResult:

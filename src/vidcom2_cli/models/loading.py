@@ -10,16 +10,12 @@ from pathlib import Path
 import torch
 
 from ..catalog import SUPPORTED_MODEL_TYPES
-from ..errors import first_line
+from ..errors import ModelLoadError, first_line
 
 ATTENTION_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager")
 DTYPE_CHOICES = {"auto": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                  "float16": torch.float16, "fp16": torch.float16,
                  "float32": torch.float32, "fp32": torch.float32}
-
-
-class ModelLoadError(ValueError):
-    """The model reference or a load option is unusable; the message says which and why."""
 
 
 @dataclass(frozen=True)

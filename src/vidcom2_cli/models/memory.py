@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .loading import ModelLoadError
+from ..errors import ModelLoadError
 
 GIB = 1024**3
 SKIP_VARIABLE = "VIDCOM2_NO_MEMORY_CHECK"
