@@ -546,3 +546,24 @@ def test_a_row_that_stops_early_counts_only_its_own_decoding_steps():
     assert early.visual_kv_attended == 3.5 and early.stages[0].visual == 2
     assert (full.stages[0].steps, full.stages[0].pruned_steps) == (3, 2)
     assert full.visual_kv_attended == pytest.approx(8 / 3) and full.visual_kv_cached == 4
+
+
+def test_one_prefill_of_mixed_stage_settings_keeps_each_in_its_own_part(engines):
+    """Prefixes whose plans run different in-LLM stages (a server's or a batch's neighbours)
+    are prefilled as parts of one prefix cache; each question runs with its own part, and
+    the answers equal those on a prefix of its setting alone."""
+    engine = engines["llava_onevision"]
+    settings_ = [CompressionOptions(0.5, method) for method in ("holitom", "vidcom2", "dycoke",
+                                                                "holitom")]
+    for setting in settings_:
+        engine.accept(setting)
+    video = engine.encode(Request(VIDEOS[0], "What happens?"), SamplingOptions(frames=4))
+    contexts = [engine.context(video, setting) for setting in settings_]
+    prefix = engine.prefill(contexts)
+    assert [rows for rows, _ in prefix.parts] == [[0, 3], [1], [2]]
+    asked = [(row, Request(VIDEOS[0], "What colours appear?")) for row in (2, 0, 1, 3)]
+    together = engine.ask_contexts(contexts, prefix, asked, GENERATION)
+    alone = [engine.ask_contexts([contexts[row]], engine.prefill([contexts[row]]),
+                                 [(0, request)], GENERATION)[0] for row, request in asked]
+    assert [a.answer for a in together] == [a.answer for a in alone]
+    assert [a.tokens.llm for a in together] == [a.tokens.llm for a in alone]

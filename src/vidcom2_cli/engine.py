@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .compression import InLLMStage, KeepPlan, VisionSignals, get_method, llm_stages, select
+from .compression import KeepPlan, VisionSignals, get_method, llm_stages, select
 from .errors import InputError, first_line
 from .feature_cache import CachedEncoding, FeatureCache
 from .models import LoadedModel, LoadOptions, VideoAdapter, load_adapter
@@ -99,17 +99,6 @@ class Engine:
         except ValueError as error:
             raise InputError(f"--method {compression.method}: {error}") from None
         self.expect_methods([compression.method])
-
-    def _stage_key(self, compression: CompressionOptions) -> tuple[InLLMStage, ...] | None:
-        """The stages ``compression`` runs inside the language model (none at R = 1.0; None
-        for options the method refuses, which fail where they are used)."""
-        if compression.ratio >= 1.0:
-            return ()
-        try:
-            return llm_stages(compression.method, self.adapter.compression_profile,
-                              dict(compression.method_options))
-        except ValueError:
-            return None
 
     def expect_methods(self, methods: Iterable[str]) -> None:
         """Make every later encoding carry the vision signals ``methods`` need (on top of the
@@ -355,8 +344,8 @@ class Engine:
         parts = [(index, rows, setting) for index, group in enumerate(groups)
                  for setting, rows in _by_setting(group.questions)]
         outcomes: list[list[Answer | str]] = [["" for _ in group.questions] for group in groups]
-        # a batch shares one run of the language model: its parts share their in-LLM stages
-        for chunk in _runs(parts, batch_size, lambda part: self._stage_key(part[2])):
+        for start in range(0, len(parts), batch_size):
+            chunk = parts[start:start + batch_size]
             answered = self._answer_shared(
                 [(groups[index].video, setting, [groups[index].questions[row] for row in rows])
                  for index, rows, setting in chunk], generation, batch_size)
@@ -569,18 +558,6 @@ def _by_setting(questions: Sequence[Question]) -> list[tuple[CompressionOptions,
     for row, question in enumerate(questions):
         settings.setdefault(repr(question.compression), (question.compression, []))[1].append(row)
     return list(settings.values())
-
-
-def _runs(parts: list[Part], size: int, key: Callable[[Part], object]) -> Iterator[list[Part]]:
-    """``parts`` in order, in chunks of at most ``size`` whose parts have one ``key``."""
-    chunk: list[Part] = []
-    for part in parts:
-        if chunk and (len(chunk) == size or key(part) != key(chunk[0])):
-            yield chunk
-            chunk = []
-        chunk.append(part)
-    if chunk:
-        yield chunk
 
 
 def _together_or_alone(run: Callable[[list[Part]], list[Outcome]], parts: list[Part],
