@@ -36,6 +36,7 @@ from vidcom2_cli.engine import (
 from vidcom2_cli.evaluation.summary import summarize
 from vidcom2_cli.models import LoadOptions, decoder_loop
 from vidcom2_cli.report import answer_to_json, bench_rows_to_json, render_bench, token_table
+from vidcom2_cli.work import Question, QuestionGroup
 
 pytestmark = pytest.mark.slow
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
@@ -264,6 +265,8 @@ def loop_positions(engine: Engine, items, layer: int) -> list[torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def engines(tiny_checkpoints) -> dict[str, Engine]:
+    """float32 on every machine (``auto`` is bf16 on a CPU that computes it), so the loop and
+    the reference round alike."""
     return {family: Engine.load(str(tiny_checkpoints(family)),
                                 LoadOptions(device="cpu", dtype="float32", attention="sdpa"))
             for family in ("llava_onevision", "qwen2_5_vl", "qwen3_vl", "qwen3_5")}
@@ -501,3 +504,66 @@ def test_the_eval_summary_reports_the_decoding_kv():
             if row["subset"] == "all"}
     assert rows["vidcom2"]["visual_kv_attended"] == 100
     assert rows["dycoke"]["visual_kv_attended"] == 35 and rows["dycoke"]["visual_tokens"] == 90
+
+
+def test_whole_work_batches_never_mix_stage_settings(engines):
+    """``answer_groups`` asks each video under three settings, four parts per batch: the
+    parts are batched only with parts of the same in-LLM stages, and every answer equals the
+    one-part-per-batch run's."""
+    engine = engines["llava_onevision"]
+    settings_ = [CompressionOptions(0.5, method) for method in ("vidcom2", "holitom", "dycoke")]
+    for setting in settings_:
+        engine.accept(setting)
+    videos = [engine.encode(Request(video, "What happens?"), SamplingOptions(frames=4))
+              for video in VIDEOS]
+    groups = [QuestionGroup(video, tuple(Question(Request(video.request.video, question),
+                                                  setting)
+                                         for setting in settings_
+                                         for question in ("What happens?", "Any colours?")))
+              for video in videos]
+    batched = engine.answer_groups(groups, GENERATION, batch_size=4)
+    alone = engine.answer_groups(groups, GENERATION, batch_size=1)
+    for together, single in zip(batched, alone, strict=True):
+        assert all(not isinstance(answer, str) for answer in together), together
+        assert [a.answer for a in together] == [a.answer for a in single]
+        assert [a.tokens.llm for a in together] == [a.tokens.llm for a in single]
+        assert [a.tokens.llm is None for a in together] == [True, True, False, False, False,
+                                                            False]
+
+
+def test_a_row_that_stops_early_counts_only_its_own_decoding_steps():
+    """Steps after a row's end (it rides along the batch) are not its decoding KV."""
+    call = decoder_loop.LoopCall((KVPruning(1, 0.5, 0.9),), torch.ones(2, 4, dtype=torch.bool))
+    sequence = decoder_loop._Sequence(None, torch.arange(4).expand(2, -1),
+                                      torch.ones(2, 4, dtype=torch.bool), None, None)
+    call.groups = [(0, sequence)]
+    for attended, kept in ((3.0, 2), (4.0, None), (1.0, 2)):
+        for counts in call.counts:
+            counts.attended.append(attended)
+            counts.kept.append(kept)
+    early, full = call.report(layers=2, generated=[2, 5])
+    assert (early.stages[0].steps, early.stages[0].pruned_steps) == (2, 1)
+    assert early.visual_kv_attended == 3.5 and early.stages[0].visual == 2
+    assert (full.stages[0].steps, full.stages[0].pruned_steps) == (3, 2)
+    assert full.visual_kv_attended == pytest.approx(8 / 3) and full.visual_kv_cached == 4
+
+
+def test_one_prefill_of_mixed_stage_settings_keeps_each_in_its_own_part(engines):
+    """Prefixes whose plans run different in-LLM stages (a server's or a batch's neighbours)
+    are prefilled as parts of one prefix cache; each question runs with its own part, and
+    the answers equal those on a prefix of its setting alone."""
+    engine = engines["llava_onevision"]
+    settings_ = [CompressionOptions(0.5, method) for method in ("holitom", "vidcom2", "dycoke",
+                                                                "holitom")]
+    for setting in settings_:
+        engine.accept(setting)
+    video = engine.encode(Request(VIDEOS[0], "What happens?"), SamplingOptions(frames=4))
+    contexts = [engine.context(video, setting) for setting in settings_]
+    prefix = engine.prefill(contexts)
+    assert [rows for rows, _ in prefix.parts] == [[0, 3], [1], [2]]
+    asked = [(row, Request(VIDEOS[0], "What colours appear?")) for row in (2, 0, 1, 3)]
+    together = engine.ask_contexts(contexts, prefix, asked, GENERATION)
+    alone = [engine.ask_contexts([contexts[row]], engine.prefill([contexts[row]]),
+                                 [(0, request)], GENERATION)[0] for row, request in asked]
+    assert [a.answer for a in together] == [a.answer for a in alone]
+    assert [a.tokens.llm for a in together] == [a.tokens.llm for a in alone]

@@ -108,10 +108,20 @@ class PrefixCache:
     # with an in-LLM prefill stage: the prefix ran only the layers before it (the stage reads
     # the question's last token); what enters that layer waits here for the question
     pending: PendingLayers | None = None
+    # prefixes whose plans run different in-LLM stages cannot share one run of the language
+    # model: each such set of rows is a prefix cache of its own (``cache`` is then None)
+    parts: list[tuple[list[int], PrefixCache]] | None = None
 
     @property
     def width(self) -> int:
         return max(self.lengths)
+
+    def part_of(self, row: int) -> tuple[int, int]:
+        """The part holding ``row`` and the row's place in it ((0, row) without parts)."""
+        for index, (rows, _) in enumerate(self.parts or ()):
+            if row in rows:
+                return index, rows.index(row)
+        return 0, row
 
 
 @dataclass(frozen=True)
@@ -535,6 +545,12 @@ class VideoAdapter(ABC):
         keeping the language model's cache: keys and values, and whatever recurrent state
         the model's layers keep. With an in-LLM prefill stage (which reads the question's last
         token), only the layers before it run; the rest wait for the question."""
+        by_stages = _stage_groups(prefixes)
+        if len(by_stages) > 1:
+            parts = [(rows, self.prefill([prefixes[row] for row in rows])) for rows in by_stages]
+            return PrefixCache(cache=None, lengths=[item.length for item in prefixes],
+                               prefill_ms=sum(part.prefill_ms for _, part in parts),
+                               parts=parts)
         timer = StageTimer(self.device)
         batch = self.collate(prefixes)
         layers = [stage.layer for stage in prefixes[0].stages
@@ -577,15 +593,26 @@ class VideoAdapter(ABC):
         """
         if prefix is not None:
             rows = list(range(len(items))) if rows is None else rows
-            groups = self.prefix_call_groups(items, [prefix.lengths[row] for row in rows])
-            if len(groups) > 1:
-                return _joined([self.generate(
-                    [items[index] for index in group], max_new_tokens, do_sample,
-                    min_new_tokens, prefix, [rows[index] for index in group],
-                    on_text if callable(on_text) or on_text is None
-                    else [on_text[index] for index in group],
-                    None if stop is None else [stop[index] for index in group],
-                    **sampling) for group in groups], groups)
+        groups = self._call_groups(items, prefix, rows)
+        if len(groups) > 1:
+            results = []
+            for group in groups:
+                part, part_rows = prefix, None if rows is None else [rows[i] for i in group]
+                if prefix is not None and prefix.parts is not None:
+                    index = prefix.part_of(part_rows[0])[0]
+                    part = prefix.parts[index][1]
+                    part_rows = [prefix.part_of(row)[1] for row in part_rows]
+                results.append(self.generate(
+                    [items[i] for i in group], max_new_tokens, do_sample, min_new_tokens, part,
+                    part_rows, on_text if callable(on_text) or on_text is None
+                    else [on_text[i] for i in group],
+                    None if stop is None else [stop[i] for i in group], **sampling))
+            return _joined(results, groups)
+        if prefix is not None and prefix.parts is not None:  # every row in one part
+            index = prefix.part_of(rows[0])[0]
+            return self.generate(items, max_new_tokens, do_sample, min_new_tokens,
+                                 prefix.parts[index][1], [prefix.part_of(row)[1] for row in rows],
+                                 on_text, stop, **sampling)
         pending = None
         if prefix is None:
             batch = self.collate(items)
@@ -627,7 +654,26 @@ class VideoAdapter(ABC):
         return GenerationResult(
             texts=[text.strip() for text in texts], token_ids=token_ids, timing=clock.result(),
             prompt_lengths=[item.length for item in items],
-            llm_tokens=None if call is None else list(call.report(self._layers)))
+            llm_tokens=None if call is None else call.report(
+                self._layers, [len(row) for row in token_ids]))
+
+    def _call_groups(self, items: list[CompressedItem], prefix: PrefixCache | None,
+                     rows: list[int] | None) -> list[list[int]]:
+        """Which items can share one ``generate`` call: those with the same in-LLM stages (one
+        run of the language model), on the same part of a prefix cache, and with a prefix,
+        as ``prefix_call_groups`` allows."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, item in enumerate(items):
+            part = -1 if prefix is None else prefix.part_of(rows[index])[0]
+            groups.setdefault((item.stages, part), []).append(index)
+        if prefix is None:
+            return list(groups.values())
+        refined = []
+        for group in groups.values():
+            lengths = [prefix.lengths[rows[index]] for index in group]
+            refined += [[group[i] for i in sub] for sub in
+                        self.prefix_call_groups([items[index] for index in group], lengths)]
+        return refined
 
     @property
     def _layers(self) -> int:
@@ -752,6 +798,14 @@ class RowStop:
                  ) -> torch.Tensor:
         return torch.tensor([check is not None and bool(check()) for check in self.checks],
                             dtype=torch.bool, device=input_ids.device)
+
+
+def _stage_groups(items: list[CompressedItem]) -> list[list[int]]:
+    """The items' indices grouped by their in-LLM stages, in order of first appearance."""
+    groups: dict[tuple[InLLMStage, ...], list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(item.stages, []).append(index)
+    return list(groups.values())
 
 
 def _joined(results: list[GenerationResult], groups: list[list[int]]) -> GenerationResult:

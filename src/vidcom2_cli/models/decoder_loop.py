@@ -244,10 +244,8 @@ class LLMTokens:
 @dataclass
 class _RowCounts:
     prefill: dict[int, int] = field(default_factory=dict)  # stage layer -> visual kept
-    steps: int = 0
-    pruned_steps: int = 0
-    kept_sum: float = 0.0
-    attended_sum: float = 0.0  # sum over steps of the mean over layers
+    attended: list[float] = field(default_factory=list)  # per step, mean over the layers
+    kept: list[int | None] = field(default_factory=list)  # per step: decode stage's, or None
 
 
 @dataclass
@@ -273,22 +271,25 @@ class LoopCall:
     def width(self) -> int:
         return self.visual.shape[1]
 
-    def report(self, layers: int) -> list[LLMTokens]:
-        """Per row: visual tokens after each stage and the decoding KV sizes."""
+    def report(self, layers: int, generated: list[int]) -> list[LLMTokens]:
+        """Per row: visual tokens after each stage and the decoding KV sizes, over the
+        decoding steps that fed the row's ``generated`` tokens (a row that stopped early
+        rides along the batch's later steps; those do not count)."""
         reports = []
         for row, counts in enumerate(self.counts):
+            steps = min(generated[row], len(counts.attended))
+            kept = [count for count in counts.kept[:steps] if count is not None]
             stages = []
             for stage in self.stages:
                 if isinstance(stage, PrefillStage) and stage.layer in counts.prefill:
                     stages.append(StageTokens(stage.name, stage.layer,
                                               float(counts.prefill[stage.layer])))
                 elif isinstance(stage, DecodeStage):
-                    kept = (counts.kept_sum / counts.pruned_steps if counts.pruned_steps
+                    mean = (sum(kept) / len(kept) if kept
                             else float(self._visual_in_group(row, stage.layer)))
-                    stages.append(StageTokens(stage.name, stage.layer, kept, counts.steps,
-                                              counts.pruned_steps))
+                    stages.append(StageTokens(stage.name, stage.layer, mean, steps, len(kept)))
             cached = self._visual_per_layer(row, layers)
-            attended = counts.attended_sum / counts.steps if counts.steps else cached
+            attended = sum(counts.attended[:steps]) / steps if steps else cached
             reports.append(LLMTokens(tuple(stages), cached, attended))
         return reports
 
@@ -498,13 +499,14 @@ class DecoderLoop(torch.nn.Module):
         attended = torch.zeros(hidden.shape[0], dtype=torch.float64)
         layers = len(text.layers)
         view, view_mask, view_visual = None, None, None
+        kept: list[int | None] = [None] * hidden.shape[0]
         attention = None
         for index in range(layers):
             group = max(start for start in starts if start <= index)
             layer_mask, layer_cache = group_masks[group], cache
             if decode is not None and index == decode.layer:
-                view, view_mask, view_visual = self._prune(decode, attention, group,
-                                                           generated, hidden, positions, cache)
+                view, view_mask, view_visual, kept = self._prune(
+                    decode, attention, group, generated, hidden, positions, cache)
             if view is not None:
                 layer_mask, layer_cache = view_mask, view
                 attended += view_visual
@@ -516,8 +518,8 @@ class DecoderLoop(torch.nn.Module):
             else:
                 hidden = self._run(index, *args)
         for row, counts in enumerate(call.counts):
-            counts.steps += 1
-            counts.attended_sum += float(attended[row]) / layers
+            counts.attended.append(float(attended[row]) / layers)
+            counts.kept.append(kept[row])
         return hidden
 
     def _group(self, start: int) -> _Sequence:
@@ -530,9 +532,10 @@ class DecoderLoop(torch.nn.Module):
 
     def _prune(self, stage: DecodeStage, attention: torch.Tensor, group: int,
                generated: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor | None,
-               cache: Any) -> tuple[Any, Any, Any]:
+               cache: Any) -> tuple[Any, Any, Any, list[int | None]]:
         """The cache view and mask layers >= ``stage.layer`` use at this step (None when every
-        row attends everything), and each row's visual entries attended."""
+        row attends everything), each row's visual entries attended, and each row's kept
+        count (None where the row attends everything)."""
         call = self.call
         sequence = self._group(group)
         # the layer before the stage reads the same group's cache (no prefill stage between)
@@ -544,7 +547,7 @@ class DecoderLoop(torch.nn.Module):
         keep = torch.ones(hidden.shape[0], entries, dtype=torch.bool, device=hidden.device)
         keep[:, :prompt] = sequence.valid
         keep[:, prompt:] = generated
-        pruned = False
+        kept: list[int | None] = [None] * hidden.shape[0]
         for row in range(hidden.shape[0]):
             span = is_visual[row].nonzero().squeeze(1)
             current = attention[row, span]
@@ -552,15 +555,13 @@ class DecoderLoop(torch.nn.Module):
             call.previous[row] = current
             if chosen is None:
                 continue
-            pruned = True
             dropped = torch.ones(span.numel(), dtype=torch.bool, device=span.device)
             dropped[chosen] = False
             keep[row, span[dropped]] = False
             counts[row] = chosen.numel()
-            call.counts[row].pruned_steps += 1
-            call.counts[row].kept_sum += chosen.numel()
-        if not pruned:
-            return None, None, None
+            kept[row] = chosen.numel()
+        if all(count is None for count in kept):
+            return None, None, None, kept
         width = int(keep.sum(dim=1).max())
         index = torch.zeros(keep.shape[0], width, dtype=torch.long, device=keep.device)
         valid = torch.zeros(keep.shape[0], width, dtype=torch.bool, device=keep.device)
@@ -572,7 +573,7 @@ class DecoderLoop(torch.nn.Module):
         mask = create_causal_mask(config=self.text.config, inputs_embeds=hidden,
                                   attention_mask=valid, cache=view, position_ids=positions,
                                   layer_idx=stage.layer)
-        return view, mask, counts
+        return view, mask, counts, kept
 
 
 def _replace_hidden(sequence: _Sequence, hidden: torch.Tensor) -> _Sequence:
