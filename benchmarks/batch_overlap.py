@@ -33,20 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from tiny_models import make_tiny_checkpoint  # noqa: E402
 
-import vidcom2_cli.batch as batch_module  # noqa: E402
-from vidcom2_cli.batch import (  # noqa: E402
-    BatchOptions,
-    ResultWriter,
-    parse_lines,
-    run_batch,
-)
-from vidcom2_cli.engine import (  # noqa: E402
-    CompressionOptions,
-    Engine,
-    GenerationOptions,
-    SamplingOptions,
-)
+import vidcom2_cli.batch.local as batch_module  # noqa: E402
+from vidcom2_cli.batch.input import parse_lines  # noqa: E402
+from vidcom2_cli.batch.local import BatchOptions, run_batch  # noqa: E402
+from vidcom2_cli.batch.output import ResultWriter  # noqa: E402
+from vidcom2_cli.engine import Engine  # noqa: E402
 from vidcom2_cli.models import LoadOptions  # noqa: E402
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions  # noqa: E402
 
 SHARED_VIDEO = ROOT.parent / "shared" / "videos" / "big_buck_bunny.mp4"
 QUESTIONS = ("What happens in this video?", "What colour is the ball at the end?",

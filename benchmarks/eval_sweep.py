@@ -30,14 +30,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from vidcom2_cli.batch import BatchOptions, ResultWriter, run_batch
-from vidcom2_cli.engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.evaluation import TASKS, read_questions
 from vidcom2_cli.evaluation.common import EvalQuestion
 from vidcom2_cli.evaluation.sweep import ScoringSink, Setting, settings, sweep_items
 from vidcom2_cli.evaluation.videomme import COLUMNS
 from vidcom2_cli.models import LoadOptions
 from vidcom2_cli.models.base import VideoAdapter
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 

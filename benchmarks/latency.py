@@ -13,7 +13,7 @@ encoder, compression, prefill, decode, LLM generation (prefill + decode) and end
 milliseconds (medians) and the peak memory, then checks the targets at R = 0.25: LLM
 generation at least 75% below R = 1.0, compression under 1% of end to end, peak memory not
 above R = 1.0, and how long the model took to be ready (built or loaded). ``--json FILE``
-also writes every row with the machine description.
+also writes every row with the machine description (after each model).
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ import torch
 import transformers
 
 from vidcom2_cli.bench import BenchRow, parse_floats, run_bench
-from vidcom2_cli.engine import Engine, GenerationOptions, Request, SamplingOptions
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.options import GenerationOptions, SamplingOptions
 from vidcom2_cli.report import bench_rows_to_json, megabytes
 from vidcom2_cli.timing import synchronize
+from vidcom2_cli.work import Request
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_videos" / "scene_cut.mp4"
 TARGET_RATIO = 0.25
@@ -174,14 +176,14 @@ def main() -> None:
                         "load_s": load_s,
                         "rows": bench_rows_to_json(rows)})
         print("\n".join(lines[-len(rows):]), flush=True)
+        if args.json is not None:  # after each model: a run stopped later keeps this one
+            args.json.write_text(json.dumps({"machine": header, "results": results}, indent=2))
         del engine, prepared
         gc.collect()
         torch.cuda.empty_cache()
     print()
     print("\n".join(lines))
     print("\n".join(targets))
-    if args.json is not None:
-        args.json.write_text(json.dumps({"machine": header, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -4,15 +4,19 @@
     python benchmarks/methods.py --models random:qwen2-vl-2b --max-pixels 200704
     python benchmarks/methods.py --models random:llava-onevision-7b,random:qwen2.5-vl-7b \
         --frames 32 --device cuda                     # the papers' sizes, on a GPU
+    python benchmarks/methods.py --methods all --ratios 1.0,0.25   # every registered method
 
 For each model the video is encoded without a hook (what VidCom2 runs) and then with every
 vision signal any method reads, which gives the signals' overhead; the latter encoding is shared
 (the encoder time is not part of a method's cost); then each method runs
 at each ratio: compression ms and its share of end to end (decode + preprocess + vision +
 compression + LLM generation), the visual tokens sent to the language model (kept / full, and
-how many dropped tokens were merged into kept ones), prefill ms and peak memory. Ratio 1.0 is
-the shared baseline. Random-weight presets have the real architectures and sizes: the timings
-and token counts are real, the answers are not.
+how many dropped tokens were merged into kept ones), the visual tokens left inside the
+language model after each in-LLM stage (HoliTom's merge at layer K, DyCoke's decode-time KV
+pruning) and the visual KV entries a decoding step attends per layer, prefill ms, LLM ms
+(prefill + decode) and peak memory. Ratio 1.0 is the shared baseline. Random-weight presets
+have the real architectures and sizes: the timings and token counts are real, the answers are
+not.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from latency import machine
 
 from vidcom2_cli.bench import parse_floats, run_bench
 from vidcom2_cli.compression import METHODS
-from vidcom2_cli.engine import Engine, GenerationOptions, Request, SamplingOptions
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.options import GenerationOptions, SamplingOptions
 from vidcom2_cli.report import megabytes
+from vidcom2_cli.work import Request
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_videos" / "scene_cut.mp4"
 DEFAULT_METHODS = [name for name in METHODS if not name.startswith(("random", "uniform"))
@@ -43,7 +49,8 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=SAMPLE)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--ratios", default="1.0,0.25,0.15")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help="comma-separated methods, or 'all' for every registered one")
     parser.add_argument("--new-tokens", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
@@ -55,12 +62,14 @@ def main() -> None:
     args = parser.parse_args()
 
     ratios = parse_floats(args.ratios, "--ratios")
-    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    methods = (list(METHODS) if args.methods == "all"
+               else [name.strip() for name in args.methods.split(",") if name.strip()])
     generation = GenerationOptions(max_new_tokens=args.new_tokens,
                                    min_new_tokens=args.new_tokens)
-    lines = ["| model | method | R | visual tokens sent | kept share | merged | compress ms "
-             "| compress share | prefill ms | prefill vs R=1 | end to end ms | peak memory |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | method | R | visual tokens sent | kept share | merged | in-LLM stages "
+             "| decode visual KV | compress ms | compress share | prefill ms | prefill vs R=1 "
+             "| LLM ms | LLM vs R=1 | end to end ms | peak memory |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     results = []
     for model in (name.strip() for name in args.models.split(",") if name.strip()):
         engine = Engine.load(model, LoadOptions(device=args.device, dtype=args.dtype,
@@ -88,19 +97,33 @@ def main() -> None:
                 f"| {model} | {'(full)' if row.ratio == 1.0 else row.method} | {row.ratio:g} "
                 f"| {row.visual_kept}/{row.visual_full} "
                 f"| {100.0 * row.visual_kept / row.visual_full:.1f}% | {row.merged_tokens} "
+                f"| {_stages(row.llm_stages)} | {row.visual_kv_attended:.0f} "
                 f"| {row.compress_ms:.2f} | {share:.2f}% | {row.prefill_ms:.0f} "
                 f"| {100.0 * (row.prefill_ms / full.prefill_ms - 1.0):+.0f}% "
+                f"| {row.generation_ms:.0f} "
+                f"| {100.0 * (row.generation_ms / full.generation_ms - 1.0):+.0f}% "
                 f"| {row.end_to_end_ms:.0f} | {megabytes(row.peak_memory_bytes)} |")
             print(lines[-1], flush=True)
         results.append({"model": model, "machine": machine(engine.device),
                         "rows": [vars(row) for row in rows]})
+        if args.json is not None:  # after each model: a run stopped later keeps this one
+            args.json.write_text(json.dumps(results, indent=2, default=str))
         del engine, prepared
         gc.collect()
         torch.cuda.empty_cache()
     print()
     print("\n".join(lines))
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+def _stages(stages: list[dict]) -> str:
+    """``merge@18: 633`` (visual tokens left), ``kv-prune@3: 126 (4/31 steps)`` (visual KV
+    entries a pruned step attends, and how many steps pruned); ``-`` for none."""
+    parts = []
+    for stage in stages:
+        steps = "" if stage["steps"] is None else (
+            f" ({stage['pruned_steps']}/{stage['steps']} steps)")
+        parts.append(f"{stage['stage']}: {stage['visual']:.0f}{steps}")
+    return ", ".join(parts) or "-"
 
 
 if __name__ == "__main__":

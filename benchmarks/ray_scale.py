@@ -28,14 +28,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 import ray  # noqa: E402
 from tiny_models import make_tiny_checkpoint  # noqa: E402
 
-from vidcom2_cli.batch import BatchOptions, ResultWriter, stream_input  # noqa: E402
-from vidcom2_cli.engine import (  # noqa: E402
-    CompressionOptions,
-    GenerationOptions,
-    SamplingOptions,
-)
+from vidcom2_cli.batch.input import stream_input  # noqa: E402
+from vidcom2_cli.batch.local import BatchOptions  # noqa: E402
+from vidcom2_cli.batch.output import ResultWriter  # noqa: E402
+from vidcom2_cli.batch.ray import RayOptions, ray_workers, run_ray_batch  # noqa: E402
 from vidcom2_cli.models import LoadOptions  # noqa: E402
-from vidcom2_cli.ray_batch import RayOptions, ray_workers, run_ray_batch  # noqa: E402
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions  # noqa: E402
 
 SHARED_VIDEO = ROOT.parent / "shared" / "videos" / "big_buck_bunny.mp4"
 QUESTIONS = ("What happens in this video?", "What colour is the main object?",

@@ -3,7 +3,7 @@ prefix reuse, and with a warm feature cache; and a ratio sweep with and without 
 
     python benchmarks/reuse.py [--models random:llava-onevision-0.5b,random:qwen2-vl-2b]
         [--videos 4] [--questions 3] [--frames 16] [--ratio 0.25] [--ratios 1.0,0.25,0.15]
-        [--max-new-tokens 8] [--device auto] [--dtype auto]
+        [--max-new-tokens 8] [--device auto] [--dtype auto] [--json FILE]
 
 Each model runs the same batch (``--videos`` x ``--questions`` lines, questions interleaved
 across videos as a benchmark file lists them) side by side in one process, after one unmeasured
@@ -15,12 +15,14 @@ wall time, the speed-ups, and whether the targets (reuse >= 2.5x faster than no 
 sweep >= 2x faster than without) are met. Videos: the sample clips and
 ../shared/videos/big_buck_bunny.mp4 when present; a byte-altered copy of a sample fills up to
 ``--videos`` (other content, so another cache entry). Random-weight presets generate every one
-of ``--max-new-tokens`` (forced), so the decode share is the same in every mode.
+of ``--max-new-tokens`` (forced), so the decode share is the same in every mode. ``--json``
+also writes each model's figures (after each model).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -31,10 +33,13 @@ from pathlib import Path
 
 import torch
 
-from vidcom2_cli.batch import BatchOptions, ResultWriter, parse_lines, run_batch
-from vidcom2_cli.engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
+from vidcom2_cli.batch.input import parse_lines
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.feature_cache import FeatureCache
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_VIDEO = ROOT.parent / "shared" / "videos" / "big_buck_bunny.mp4"
@@ -80,7 +85,8 @@ def timed_run(engine: Engine, source: Path, options: BatchOptions, out: Path) ->
     return wall
 
 
-def bench_model(model: str, args: argparse.Namespace, scratch: Path) -> None:
+def bench_model(model: str, args: argparse.Namespace, scratch: Path) -> dict[str, object]:
+    """Run the batch in every mode and the ratio sweep; print them and return the figures."""
     started = time.perf_counter()
     engine = Engine.load(model, LoadOptions(device=args.device, dtype=args.dtype))
     ready = time.perf_counter() - started
@@ -110,9 +116,9 @@ def bench_model(model: str, args: argparse.Namespace, scratch: Path) -> None:
     print(f"{'mode':<28}{'ms per question':>16}{'vs no reuse':>13}")
     for label, wall in walls.items():
         print(f"{label:<28}{1000 * wall / count:>16,.0f}{walls['no reuse'] / wall:>12.2f}x")
-    speedup = walls["no reuse"] / walls["prefix reuse"]
-    print(f"target: prefix reuse >= {REUSE_TARGET}x faster than no reuse: {speedup:.2f}x "
-          f"{'PASS' if speedup >= REUSE_TARGET else 'MISS'}", flush=True)
+    reuse_speedup = walls["no reuse"] / walls["prefix reuse"]
+    print(f"target: prefix reuse >= {REUSE_TARGET}x faster than no reuse: {reuse_speedup:.2f}x "
+          f"{'PASS' if reuse_speedup >= REUSE_TARGET else 'MISS'}", flush=True)
 
     ratios = [float(ratio) for ratio in args.ratios.split(",")]
     sweeps = {}
@@ -125,9 +131,18 @@ def bench_model(model: str, args: argparse.Namespace, scratch: Path) -> None:
     for label, wall in sweeps.items():
         print(f"{label:<28}{1000 * wall / (count * len(ratios)):>16,.0f}"
               f"{sweeps['sweep, no cache'] / wall:>12.2f}x")
-    speedup = sweeps["sweep, no cache"] / sweeps["sweep, warm cache"]
-    print(f"target: warm-cache sweep >= {SWEEP_TARGET}x faster: {speedup:.2f}x "
-          f"{'PASS' if speedup >= SWEEP_TARGET else 'MISS'}", flush=True)
+    sweep_speedup = sweeps["sweep, no cache"] / sweeps["sweep, warm cache"]
+    print(f"target: warm-cache sweep >= {SWEEP_TARGET}x faster: {sweep_speedup:.2f}x "
+          f"{'PASS' if sweep_speedup >= SWEEP_TARGET else 'MISS'}", flush=True)
+    return {"model": model, "device": name, "dtype": str(engine.loaded.dtype),
+            "ready_s": ready, "videos": args.videos, "questions": args.questions,
+            "frames": args.frames, "ratio": args.ratio, "ratios": ratios,
+            "max_new_tokens": args.max_new_tokens,
+            "ms_per_question": {label: 1000 * wall / count for label, wall in walls.items()},
+            "reuse_speedup": reuse_speedup, "reuse_target": REUSE_TARGET,
+            "sweep_ms_per_question": {label: 1000 * wall / (count * len(ratios))
+                                      for label, wall in sweeps.items()},
+            "sweep_speedup": sweep_speedup, "sweep_target": SWEEP_TARGET}
 
 
 def main() -> None:
@@ -141,14 +156,18 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--json", type=Path, help="also write each model's figures here")
     args = parser.parse_args()
     if not 1 <= args.questions <= len(QUESTIONS):
         parser.error(f"--questions: 1 to {len(QUESTIONS)}")
+    results = []
     with tempfile.TemporaryDirectory() as scratch:
         for model in args.models.split(","):
             folder = Path(scratch) / model.replace(":", "_").replace("/", "_")
             folder.mkdir()
-            bench_model(model, args, folder)
+            results.append(bench_model(model, args, folder))
+            if args.json is not None:
+                args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from tiny_models import TINY_PIXEL_BOUNDS, make_tiny_checkpoint
 
 from vidcom2_cli.models import sizing
+
+# Property tests draw the same examples on every run and every machine (a seed derived from each
+# test's source, no example database), so `python -m pytest` cannot fail at random: in CI or on
+# a fresh clone. To look for new failing examples, draw at random with a seed of your choice:
+# `pytest --hypothesis-seed=N` (which switches to the "explore" profile below), and pin every
+# failing example found as a regular test.
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
+settings.load_profile("deterministic")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--hypothesis-seed", default=None) is not None and not config.getoption(
+            "--hypothesis-profile", default=None):
+        settings.load_profile("explore")
+
 
 # The tiny checkpoints' frames stay tiny: every Qwen family's default bounds become the tiny
 # ones in this process (a CLI test run in a subprocess gets the real defaults). Tests of the

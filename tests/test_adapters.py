@@ -10,15 +10,11 @@ import pytest
 import torch
 
 from vidcom2_cli.compression import METHODS, get_method, select
-from vidcom2_cli.engine import (
-    CompressionOptions,
-    Engine,
-    GenerationOptions,
-    Request,
-    SamplingOptions,
-)
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.models import LoadOptions, ModelLoadError, load_adapter, load_model, loading
 from vidcom2_cli.models.loading import resolve_attention, resolve_dtype
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
+from vidcom2_cli.work import Request
 
 FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
             "qwen3_5_moe", "llava_next_video", "internvl", "glm4v", "glm46v"]
@@ -201,7 +197,8 @@ def test_loading_defaults_on_cpu(tiny_checkpoints):
     loaded = load_model(str(tiny_checkpoints("qwen2_vl")))
     if not torch.cuda.is_available():
         assert loaded.device.type == "cpu"
-        assert loaded.dtype == torch.float32
+        # bf16 where this machine's CPU computes it natively, fp32 elsewhere
+        assert loaded.dtype == resolve_dtype("auto", torch.device("cpu"))
         assert loaded.attention == "sdpa"
     assert loaded.model.dtype == loaded.dtype
 
@@ -219,11 +216,42 @@ CUDA = torch.device("cuda")
 
 
 def test_auto_dtype_is_bf16_only_where_the_gpu_computes_in_it(fake_gpu):
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", CUDA) == torch.bfloat16
     fake_gpu["capability"] = (7, 5)  # a T4
     assert resolve_dtype("auto", CUDA) == torch.float16
     assert resolve_dtype("bf16", CUDA) == torch.bfloat16  # asked for: the user's choice
+
+
+CPU = torch.device("cpu")
+AVX2_ONLY = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma"  # e.g. Skylake, Zen 3
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (AVX2_ONLY, torch.float32),
+    (AVX2_ONLY + " avx512f avx512bw avx512vl", torch.float32),  # AVX-512 without BF16: emulated
+    (AVX2_ONLY + " avx512f avx512_bf16", torch.bfloat16),  # Cooper Lake, Zen 4
+    (AVX2_ONLY + " amx_bf16 amx_tile amx_int8", torch.bfloat16),  # Sapphire Rapids
+    ("", torch.float32),  # no /proc/cpuinfo (macOS, Windows)
+])
+def test_auto_dtype_on_a_cpu_is_bf16_only_where_it_computes_bf16_natively(flags, expected):
+    assert resolve_dtype("auto", CPU, flags=flags.split()) == expected
+    assert resolve_dtype("fp32", CPU, flags=flags.split()) == torch.float32  # asked for: kept
+    assert resolve_dtype("bf16", CPU, flags=flags.split()) == torch.bfloat16
+
+
+def test_cpu_flags_are_read_from_cpuinfo_text():
+    text = ("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512_bf16\n"
+            "bugs\t\t: spectre_v1\n\nprocessor\t: 1\nflags\t\t: fpu avx2 avx512_bf16\n")
+    assert loading.parse_cpu_flags(text) == {"fpu", "avx2", "avx512_bf16"}
+    assert loading.parse_cpu_flags("Features\t: fp asimd bf16\n") == frozenset()  # ARM
+    assert not loading.cpu_computes_bf16(loading.parse_cpu_flags("no flags line"))
+
+
+def test_auto_dtype_reads_this_machines_cpu_flags(monkeypatch):
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert resolve_dtype("auto", CPU) == torch.bfloat16
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert resolve_dtype("auto", CPU) == torch.float32
 
 
 @pytest.mark.parametrize(("gpu", "dtype", "problem"), [

@@ -16,29 +16,20 @@ import pytest
 from jsonl_files import jsonl, records
 from typer.testing import CliRunner
 
-from vidcom2_cli.batch import (
-    BatchOptions,
-    ResultWriter,
-    existing_ids,
+from vidcom2_cli.batch.input import parse_lines, read_input
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter, existing_ids, pending_items, prepare_output
+from vidcom2_cli.cli import app, with_ray_address
+from vidcom2_cli.engine import Engine
+from vidcom2_cli.errors import InputError
+from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.multiple_choice import (
     expected_choice,
     extract_choice,
     is_correct,
     multiple_choice_prompt,
-    parse_lines,
-    pending_items,
-    prepare_output,
-    read_input,
-    run_batch,
 )
-from vidcom2_cli.cli import app
-from vidcom2_cli.engine import (
-    CompressionOptions,
-    Engine,
-    GenerationOptions,
-    InputError,
-    SamplingOptions,
-)
-from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 from vidcom2_cli.video import load_video
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
@@ -180,6 +171,8 @@ def test_output_checks(tmp_path):
 def test_cli_usage_errors_exit_2_before_loading(tmp_path, workdir):
     existing = jsonl(tmp_path / "out.jsonl", [{"id": "x"}])
     good = str(workdir / "good.jsonl")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
     model = ["-m", str(tmp_path / "no-model"), *FAST]  # never loaded: each check comes first
     for args, message in [
         ([good, "--out", str(existing)], "pass --resume"),
@@ -187,8 +180,10 @@ def test_cli_usage_errors_exit_2_before_loading(tmp_path, workdir):
         ([good, "--out", "-", "--batch-size", "0"], "--batch-size"),
         ([good, "--out", "-", "--ratio", "0"], "--ratio"),
         ([good, "--out", "-", "--frames", "0"], "--frames"),
+        ([str(empty), "--out", "-"], "no questions in it"),
+        ([str(empty), "--out", "-", "--ray"], "no questions in it"),
     ]:
-        result = runner.invoke(app, ["batch", *model, *args])  # later options win
+        result = runner.invoke(app, with_ray_address(["batch", *model, *args]))  # later win
         assert result.exit_code == 2, result.output
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
         assert result.stdout == ""
@@ -522,3 +517,28 @@ def test_a_prompt_too_long_for_the_context_is_only_its_items_error(tmp_path, wor
     assert "answer" in written[0] and "answer" in written[2]
     error = written[1]["error"]
     assert error.startswith(str(SCENE)) and "context is 4096 tokens" in error
+
+
+def test_the_eta_follows_the_average_pace_not_the_last_burst():
+    """A video's questions are written at once: rich's estimate from the last updates read
+    0:00:01 with most items left; the run's average pace does not."""
+    from types import SimpleNamespace
+
+    from vidcom2_cli.batch.progress import AverageTimeRemainingColumn
+
+    column = AverageTimeRemainingColumn()
+    burst = SimpleNamespace(completed=4, total=100, elapsed=40.0)  # 4 items in 40 s
+    assert column.render(burst).plain == "0:16:00"  # 96 more at 10 s each
+    assert column.render(SimpleNamespace(completed=0, total=100, elapsed=5.0)).plain == "-:--:--"
+    assert column.render(SimpleNamespace(completed=3, total=None, elapsed=5.0)).plain == "-:--:--"
+
+
+def test_counts_take_the_right_number():
+    from vidcom2_cli.batch.progress import BatchSummary
+    from vidcom2_cli.wording import counted
+
+    assert [counted(n, "entry", "entries") for n in (0, 1, 2)] == [
+        "0 entries", "1 entry", "2 entries"]
+    one = BatchSummary(total=1)
+    one.add({"id": "a", "error": "video not found: x"})
+    assert one.render().startswith("1 item: 1 processed (0 answered, 1 error)")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from vidcom2_cli import catalog, video
 from vidcom2_cli.compression import METHODS
-from vidcom2_cli.engine import CompressionOptions, GenerationOptions, SamplingOptions
 from vidcom2_cli.models import DEFAULT_MODEL, SUPPORTED_MODEL_TYPES, presets
 from vidcom2_cli.models.registry import ADAPTERS
 from vidcom2_cli.models.sizing import PUBLISHED_PIXEL_BOUNDS
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 
 
 def test_catalog_matches_its_owners() -> None:

@@ -83,14 +83,19 @@ def test_ask_quiet_prints_only_the_answer(tiny_checkpoints):
     assert quiet.stdout.strip() == full["answer"]
 
 
-def test_ask_heatmap_writes_a_png_of_the_expected_size(tiny_checkpoints, tmp_path):
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_ask_heatmap_writes_a_png_of_the_expected_size(tiny_checkpoints, tmp_path, family):
+    """Sized for the family's temporal units: Qwen's 2-frame units are captioned once each."""
     target = tmp_path / "sheet.png"
-    result = ask(tiny_checkpoints("llava_onevision"), "--heatmap", target, "--json")
+    result = ask(tiny_checkpoints(family), "--heatmap", target, "--json")
     assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["frames"]["per_unit"] == (2 if family.startswith("qwen") else 1)
     with Image.open(target) as image:
         assert image.format == "PNG"
-        assert image.size == contact_sheet_size(6, 180, 320)
-    assert json.loads(result.stdout)["heatmap"] == str(target)
+        assert image.size == contact_sheet_size(6, 180, 320,
+                                                frames_per_unit=payload["frames"]["per_unit"])
+    assert payload["heatmap"] == str(target)
 
 
 @pytest.mark.parametrize(("args", "needle"), [

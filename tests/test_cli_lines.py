@@ -118,6 +118,9 @@ def test_unreachable_hub_fails_at_once_with_what_to_do(monkeypatch, tmp_path):
     assert result.exit_code == 1 and result.stdout == ""
     line = one_line(result)
     assert "cannot be reached" in line and "random:" in line and "--model" in line
+    # huggingface_hub 1.0 replaced the huggingface-cli command with hf
+    assert "(hf download nobody/no-such-model --local-dir FOLDER)" in line
+    assert "huggingface-cli" not in line
     assert "Retrying" not in result.stderr
 
 
@@ -278,13 +281,17 @@ def test_environment_defaults_and_the_command_line_wins(offline_hub, monkeypatch
 
 @pytest.mark.slow
 def test_output_says_what_ran(tiny_checkpoints):
+    import torch
+
     from vidcom2_cli import __version__
+    from vidcom2_cli.models.loading import resolve_dtype
 
     model = ["--model", tiny_checkpoints("llava_onevision"), *FAST]
     payload = json.loads(invoke("ask", CLIP, "What?", *model, "--json").stdout)
     run = payload["run"]
     assert run["version"] == __version__ and run["device"] == "cpu"
-    assert run["dtype"] == "float32" and run["attention"] in ("sdpa", "eager")
+    auto = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+    assert run["dtype"] == auto and run["attention"] in ("sdpa", "eager")
     assert run["model_load_s"] > 0
     assert payload["frames"]["decoder"] == "decord" and payload["frames"]["substituted"] == {}
     human = invoke("ask", CLIP, "What?", *model)
@@ -346,3 +353,32 @@ def test_in_a_terminal_the_answer_streams_then_the_report(tiny_checkpoints, monk
     assert first.startswith("answer: ") and first.removeprefix("answer: ").strip() == expected
     assert "Retained tokens" in report and "Timing" in report
     assert "╭" not in report  # the answer is not printed again in a panel
+
+
+@pytest.mark.slow
+def test_several_questions_show_the_status_line_while_each_is_worked_out(tiny_checkpoints,
+                                                                         monkeypatch):
+    """Not only one question: with three, the stage line is up while each answer is being
+    worked out (the shared work with the first), and down while an answer prints."""
+    from contextlib import contextmanager
+
+    from vidcom2_cli.cli import runtime
+
+    shown: list[str] = []
+    real = runtime.stage_status
+
+    @contextmanager
+    def recorded(show):
+        shown.append("up" if show else "off")
+        with real(False) as stop:
+            yield stop
+        shown.append("down")
+
+    monkeypatch.setattr(runtime, "stage_status", recorded)
+    model = ["--model", tiny_checkpoints("qwen2_vl"), *FAST]
+    result = invoke("ask", CLIP, "What?", "Why?", "Where?", *model)
+    assert result.exit_code == 0, result.stderr
+    assert shown.count("up") >= 3 and shown[-2:] == ["up", "down"]
+    before = len(shown)
+    quiet = invoke("ask", CLIP, "What?", "Why?", *model, "--json")  # no status line with JSON
+    assert quiet.exit_code == 0 and len(shown) > before and "up" not in shown[before:]

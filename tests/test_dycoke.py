@@ -24,22 +24,24 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def reference_dycoke(features: torch.Tensor, ratio: float) -> list[list[int]]:
     """Windows of 4 frames: i whole, i+1 and i+2 against i, i+3 against i+2 (originals);
-    pivots whole while round(R T N) allows, else pivots share it against their next frame."""
+    pivots whole while max(T, round(R T N)) allows beside one token per pruned frame, else the
+    pruned frames keep one token each and the pivots share the rest against their next frame."""
     units, tokens, _ = features.shape
     x = features.float()
-    budget = max(1, round(ratio * units * tokens))
+    budget = max(units, round(ratio * units * tokens))
     pivots = [t for t in range(units) if t % 4 == 0]
     pruned = [t for t in range(units) if t % 4 != 0]
-    counts = [0] * units
-    if len(pivots) * tokens <= budget and pruned:
+    counts = [1] * units
+    if pruned and len(pivots) * tokens + len(pruned) <= budget:
         rest = budget - len(pivots) * tokens
         for t in pivots:
             counts[t] = tokens
         for i, t in enumerate(pruned):
             counts[t] = min(tokens, rest // len(pruned) + (1 if i < rest % len(pruned) else 0))
     else:
+        rest = budget - len(pruned)
         for i, t in enumerate(pivots):
-            counts[t] = min(tokens, budget // len(pivots) + (1 if i < budget % len(pivots) else 0))
+            counts[t] = min(tokens, rest // len(pivots) + (1 if i < rest % len(pivots) else 0))
     kept = []
     for t in range(units):
         if t % 4 == 0:
@@ -78,8 +80,9 @@ def test_pivot_frames_are_whole_while_the_budget_allows():
     plan = select(features, 0.5, "dycoke")
     assert [plan.counts[t] for t in (0, 4, 8, 12)] == [100] * 4
     assert plan.total_kept == 800
-    low = select(features, 0.15, "dycoke")  # 240 tokens < 4 whole pivots
-    assert [low.counts[t] for t in (0, 4, 8, 12)] == [60] * 4
+    low = select(features, 0.15, "dycoke")  # 240 tokens < 4 whole pivots + 12 pruned frames
+    assert [low.counts[t] for t in (0, 4, 8, 12)] == [57] * 4
+    assert all(low.counts[t] == 1 for t in range(16) if t % 4)
     assert low.total_kept == 240
     sims = torch.nn.functional.cosine_similarity(features[4], features[5], dim=-1)
     assert float(sims[low.mask[4]].max()) <= float(sims[~low.mask[4]].min())
@@ -100,6 +103,16 @@ def test_every_frame_takes_part_odd_count_and_last_window():
     assert 0 < even.counts[6] < 50
     nine = select(drifting_video(9, 50, 16), 0.5, "dycoke")
     assert nine.counts[8] == 50  # the last frame opens a window: a pivot
+
+
+@pytest.mark.parametrize(("shape", "ratio", "counts"), [
+    ((7, 25, 16), 0.05, [2, 1, 1, 1, 2, 1, 1]),  # was [5, 0, 0, 0, 4, 0, 0]: frames dropped whole
+    ((6, 1, 4), 0.5, [1, 1, 1, 1, 1, 1]),  # was [1, 1, 0, 0, 1, 0]
+    ((8, 2, 4), 0.75, [2, 2, 2, 1, 2, 1, 1, 1]),  # pivots whole, the rest over pruned frames
+])
+def test_every_frame_keeps_a_token(shape, ratio, counts):
+    plan = select(drifting_video(*shape), ratio, "dycoke")
+    assert plan.counts == counts
 
 
 def test_single_frame_keeps_evenly_spaced_tokens():

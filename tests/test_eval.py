@@ -22,15 +22,11 @@ from jsonl_files import records
 from odd_videos import encode
 from typer.testing import CliRunner
 
-from vidcom2_cli.batch import BatchOptions, ResultWriter, existing_ids, run_batch
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter, existing_ids
 from vidcom2_cli.cli import app
-from vidcom2_cli.engine import (
-    CompressionOptions,
-    Engine,
-    GenerationOptions,
-    InputError,
-    SamplingOptions,
-)
+from vidcom2_cli.engine import Engine
+from vidcom2_cli.errors import InputError
 from vidcom2_cli.evaluation import (
     TASKS,
     DatasetError,
@@ -42,7 +38,6 @@ from vidcom2_cli.evaluation import (
     videomme,
 )
 from vidcom2_cli.evaluation import longvideobench as lvb
-from vidcom2_cli.evaluation.common import lvb_letter, mcq_letter, mvbench_normal_form
 from vidcom2_cli.evaluation.summary import summarize
 from vidcom2_cli.evaluation.sweep import (
     ScoringSink,
@@ -53,6 +48,8 @@ from vidcom2_cli.evaluation.sweep import (
 )
 from vidcom2_cli.models import LoadOptions
 from vidcom2_cli.models.base import VideoAdapter
+from vidcom2_cli.multiple_choice import lvb_letter, mcq_letter, mvbench_normal_form
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 
 runner = CliRunner()
 FAST = ["--frames", "4", "--device", "cpu", "--max-new-tokens", "2"]
@@ -574,3 +571,20 @@ def test_videomme_on_qwen3_vl_gets_the_qwen3_vl_prompt(tiny_checkpoints, dataset
         "What colour is the square?", ["A. Red.", "B. Green.", "C. Two.", "D. It fades out."],
         "qwen3_vl")
     assert row["question"].startswith("Question: What colour")
+
+
+def test_missing_videos_are_named_before_the_model_loads(tiny_checkpoints, datasets, tmp_path,
+                                                         monkeypatch):
+    """The run goes on without them (error records), but the user learns which they are at
+    once, on one stderr line, not only as a count at the end."""
+    from vidcom2_cli.engine import Engine
+
+    def no_load(*args, **kwargs):
+        raise RuntimeError("stop after the preflight")
+
+    monkeypatch.setattr(Engine, "load", no_load)
+    result = runner.invoke(app, ["eval", "videomme", "--data", str(datasets["videomme"]),
+                                 "--out", str(tmp_path / "m.jsonl"), "--device", "cpu",
+                                 "-m", str(tiny_checkpoints("qwen2_vl"))])
+    first = result.stderr.splitlines()[0]
+    assert first == "1 video not found (1 question): data/missingVid0.mp4"

@@ -308,7 +308,7 @@ def test_options_by_name_change_behaviour_and_unknown_ones_raise():
     assert not torch.equal(default.mask, fewer_cuts.mask)
     with pytest.raises(ValueError, match="no option 'R'"):
         select(features, 0.25, "fastvid", signals=signals, options={"R": 0.1})
-    with pytest.raises(ValueError, match="no option 'ignore'"):
+    with pytest.raises(ValueError, match="option 'ignore' exists only for the Qwen"):
         select(features, 0.25, "fastvid", signals=signals, profile="onevision",
                options={"ignore": 0.9})
 

@@ -21,7 +21,7 @@ from jsonl_files import jsonl
 from typer.testing import CliRunner, Result
 
 from vidcom2_cli import engine as engine_module
-from vidcom2_cli.batch import existing_ids
+from vidcom2_cli.batch.output import existing_ids
 from vidcom2_cli.cli import app
 from vidcom2_cli.models import LoadOptions, load_model
 from vidcom2_cli.models.qwen_vl import QwenVLAdapter

@@ -104,7 +104,7 @@ def reference_holitom(features: torch.Tensor, received: torch.Tensor, ratio: flo
         frames = list(range(first, last + 1))
         positions = [j for j in range(tokens)
                      if last > first and all(static[p][j] for p in range(first, last))]
-        centres = round(len(positions) * rescaled)
+        centres = max(1, round(len(positions) * rescaled)) if positions else 0
         if centres > 0:
             means = torch.stack([x[frames, j].mean(dim=0) for j in positions])
             k = min(int(options["K"]), centres)
@@ -270,6 +270,19 @@ def test_plan_invariants(shape, ratio, seed, method, contextual):
         assert merges.sources.unique().numel() == merges.sources.numel()
         sums = torch.zeros(units * tokens).index_add_(0, merges.targets, merges.weights)
         assert bool(((sums[merges.targets] - 1).abs() < 1e-5).all())
+
+
+@pytest.mark.parametrize("method", ["holitom", "holitom+fca"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_window_of_static_positions_keeps_a_token(method, seed):
+    """Found by test_plan_invariants: (3 units, 1 token, 2 channels) at R = 0.125 is one window
+    whose only position is static; round(1 * r') = round(0.375) is 0, and the video kept no
+    token at all. The window now keeps one centre, the mean of its three frames."""
+    features = video_with_static_regions(3, 1, 2, seed=seed)
+    received = torch.rand(3, 1, generator=torch.Generator().manual_seed(seed))
+    plan = select(features, 0.125, method, signals=VisionSignals(received=received), seed=seed)
+    assert plan.counts == [1, 0, 0]
+    torch.testing.assert_close(merged_features(plan, features)[0, 0], features[:, 0].mean(dim=0))
 
 
 # --- registry ---------------------------------------------------------------------------------

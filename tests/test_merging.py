@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+import itertools
+
 import pytest
 import torch
 from test_adapters import FAMILIES, QWEN, clip
 
 from vidcom2_cli.compression import KeepPlan, Merges, select
 from vidcom2_cli.models import LoadOptions, load_adapter
+from vidcom2_cli.models.vision_signals import chunk_signals
 
 pytestmark = pytest.mark.slow
 ALL_SIGNALS = frozenset({"received", "probe", "keys"})
@@ -192,3 +196,85 @@ def test_qwen_signals_land_on_the_tokens_the_merger_made(tiny_checkpoints, famil
         through_merger = visual.merger(ours.reshape(-1, ours.shape[-1]).repeat_interleave(
             unit, dim=0))
     assert torch.allclose(through_merger.reshape(units, tokens, -1), features, atol=1e-5)
+
+
+# --- the probe signal on merge-unit towers (FastVID's official Qwen2.5-VL signal) ----------
+
+def _old_probe(query: torch.Tensor, key: torch.Tensor, scale: float, unit: int) -> torch.Tensor:
+    """The formula replaced: softmax over every patch, then the mean over each merge unit."""
+    weights = torch.softmax(query.mean(dim=1, keepdim=True) @ key.transpose(1, 2) * scale, -1)
+    return weights.mean(dim=0)[0].reshape(-1, unit).mean(dim=1)
+
+
+def _unit_probe(query: torch.Tensor, key: torch.Tensor, scale: float, unit: int
+                ) -> torch.Tensor:
+    """Per head, the mean query against each merge unit's mean key, softmax over the units;
+    then the mean over heads: one value per unit."""
+    heads, patches, _ = query.shape
+    out = torch.zeros(patches // unit)
+    for head in range(heads):
+        mean_query = query[head].mean(dim=0)
+        unit_keys = [key[head, u * unit:(u + 1) * unit].mean(dim=0)
+                     for u in range(patches // unit)]
+        logits = torch.stack([mean_query @ k * scale for k in unit_keys])
+        out += torch.softmax(logits, dim=0) / heads
+    return out
+
+
+def test_the_probe_attends_to_merge_units_and_not_to_patches():
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(3, 16, 8, generator=generator) * 2.0  # sharp attention
+    key = torch.randn(3, 16, 8, generator=generator) * 2.0
+    probe = chunk_signals(query, key, 0.35, 0, frozenset({"probe"}), merge_unit=4)["probe"]
+    per_unit = probe.reshape(4, 4)
+    assert bool((per_unit == per_unit[:, :1]).all())  # every patch carries its unit's value
+    expected = _unit_probe(query, key, 0.35, 4)
+    torch.testing.assert_close(per_unit[:, 0], expected, rtol=1e-5, atol=1e-7)
+    assert (per_unit[:, 0] - _old_probe(query, key, 0.35, 4)).abs().max() > 0.05
+    plain = chunk_signals(query, key, 0.35, 0, frozenset({"probe"}))["probe"]  # LLaVA: per patch
+    weights = torch.softmax(query.mean(dim=1, keepdim=True) @ key.transpose(1, 2) * 0.35, -1)
+    torch.testing.assert_close(plain, weights.mean(dim=0)[0])
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_probe_is_the_merge_unit_softmax_of_the_last_full_block(tiny_checkpoints, family):
+    """The probe the adapter reads, against one computed here from the block's own inputs
+    (recorded by a hook), per temporal unit, put in the features' order by pool_signals."""
+    loaded, adapter = load_adapter(str(tiny_checkpoints(family)),
+                                   LoadOptions(device="cpu", attention="sdpa"))
+    layer = adapter.signal_layer()
+    unit = layer.merge_unit
+    assert unit == int(loaded.model.config.vision_config.spatial_merge_size) ** 2
+    video, metadata = clip(4, 8)
+    item = adapter.prepare(video, metadata, "What happens?")
+    seen = []
+
+    def record(module, args, kwargs):
+        seen.append(((args[0] if args else kwargs["hidden_states"]).detach(), kwargs))
+
+    handle = layer.module.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        probe = adapter.encode(item, frozenset({"probe"})).signals.probe
+    finally:
+        handle.remove()
+    hidden, kwargs = seen[0]
+    module = layer.module
+    heads = module.num_heads
+    with torch.inference_mode():
+        query, key, _ = module.qkv(hidden).reshape(hidden.shape[0], 3, heads, -1).permute(
+            1, 0, 2, 3).unbind(0)
+        rotary = importlib.import_module(type(module).__module__).apply_rotary_pos_emb_vision
+        query, key = rotary(query, key, *kwargs["position_embeddings"])
+    bounds = kwargs["cu_seqlens"].tolist()
+    per_unit, old = [], []
+    for start, end in itertools.pairwise(bounds):
+        q, k = query[start:end].transpose(0, 1).float(), key[start:end].transpose(0, 1).float()
+        scale = q.shape[-1] ** -0.5
+        per_unit.append(_unit_probe(q, k, scale, unit))
+        old.append(_old_probe(q, k, scale, unit))
+    ours = adapter.pool_signals(torch.stack(per_unit).repeat_interleave(unit, 1)[..., None],
+                                item.inputs)[..., 0]
+    torch.testing.assert_close(probe, ours, rtol=1e-5, atol=1e-7)
+    before = adapter.pool_signals(torch.stack(old).repeat_interleave(unit, 1)[..., None],
+                                  item.inputs)[..., 0]
+    assert not torch.allclose(probe, before, rtol=1e-5, atol=1e-7)

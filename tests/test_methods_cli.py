@@ -64,9 +64,17 @@ def test_an_option_the_method_lacks_is_one_line_naming_the_known_ones(tiny_check
     (["bench", CLIP, "--methods", "vidcom2,fastvid"], "none of the methods has an option 'nosuch'"),
 ])
 @pytest.mark.parametrize("option", ["nosuch=1", "tau=7"])
-def test_an_option_no_family_accepts_is_refused_before_the_model_loads(command, unknown, option):
-    """The model named does not exist: the option's line comes first, nothing is loaded."""
-    result = invoke(*command, "--model", "/nonexistent/model", "--method-option", option)
+def test_an_option_no_family_accepts_is_refused_before_the_model_loads(command, unknown, option,
+                                                                        tiny_checkpoints,
+                                                                        monkeypatch):
+    """The option's line comes before the model loads: nothing is loaded."""
+    from vidcom2_cli.engine import Engine
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Engine, "load", no_load)
+    result = invoke(*command, "--model", tiny_checkpoints("qwen2_vl"), "--method-option", option)
     assert result.exit_code == 2
     line = one_line(result)
     said = unknown if option == "nosuch=1" else "fastvid': tau must be in [-1, 1], got 7"
@@ -81,10 +89,13 @@ def test_an_option_only_another_family_has_is_refused_once_the_model_is_known(
                     "--method", "fastvid", "--method-option", "ignore=0.9")
     assert result.exit_code == 2
     line = one_line(result)
-    assert "--method-option" in line and "no option 'ignore'" in line
+    assert "--method-option" in line and "option 'ignore' exists only for the Qwen" in line
 
 
-FIELD = "vidcom2,fastvid,holitom,visionzip,dycoke,fastvid+fca,holitom+fca,visionzip+fca,dycoke+fca"
+# VidCom2 and the field's methods with their +fca variants: every registered one but the
+# baselines and the flat ablation
+FIELD = ",".join(name for name in METHODS
+                 if not name.startswith(("random", "uniform")) and name != "vidcom2+flat")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -106,7 +117,7 @@ def test_bench_runs_every_method_on_every_family(tiny_checkpoints, family):
             assert row["visual_kept"] == full["visual_full"] and row["merged_tokens"] == 0
     merged = {row["method"]: row["merged_tokens"] for row in rows if row["ratio"] == 0.3}
     assert merged["vidcom2"] == merged["dycoke"] == 0  # they only drop
-    assert merged["visionzip"] > 0
+    assert merged["visionzip"] > 0 and merged["flashvid"] > 0
 
 
 def test_method_options_reach_the_method(tiny_checkpoints):

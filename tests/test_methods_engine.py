@@ -9,22 +9,21 @@ import pytest
 import torch
 from test_adapters import FAMILIES
 
-from vidcom2_cli.engine import (
-    CompressionOptions,
-    Engine,
-    GenerationOptions,
-    Request,
-    SamplingOptions,
-)
+from vidcom2_cli.compression import METHODS
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.feature_cache import FeatureCache
 from vidcom2_cli.models import LoadOptions
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
+from vidcom2_cli.work import Request
 
 pytestmark = pytest.mark.slow
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
 VIDEOS = [str(SAMPLES / name) for name in ("scene_cut.mp4", "color_change.mp4",
                                            "counting.mp4")]
-FIELD = ["fastvid", "holitom", "visionzip", "dycoke"]
-FIELD_ALL = FIELD + [f"{name}+fca" for name in FIELD]
+# the field's methods: every registered one but VidCom2's own and the baselines
+FIELD = [name for name, method in METHODS.items()
+         if "+" not in name and method.spec.name not in ("vidcom2", "random", "uniform")]
+FIELD_ALL = FIELD + [f"{name}+fca" for name in FIELD if f"{name}+fca" in METHODS]
 SAMPLING = SamplingOptions(frames=8)
 GENERATION = GenerationOptions(max_new_tokens=4)
 
@@ -60,7 +59,7 @@ def test_every_method_answers_and_sends_about_r_of_the_tokens(family_engine):
 def test_a_batch_of_three_videos_equals_the_single_runs(family_engine):
     _, engine = family_engine
     encoded = [engine.encode(Request(video, "What happens?"), SAMPLING) for video in VIDEOS]
-    for method in ("fastvid", "holitom", "visionzip+fca", "dycoke"):
+    for method in ("fastvid", "holitom", "visionzip+fca", "dycoke", "flashvid", "flashvid+fca"):
         options = CompressionOptions(0.25, method)
         together = engine.answer(encoded, options, GENERATION)
         alone = [engine.answer([one], options, GENERATION)[0] for one in encoded]

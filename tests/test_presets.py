@@ -16,6 +16,7 @@ from vidcom2_cli.models.presets import (
     checkpoint_model_type,
     preset_config,
     preset_names,
+    preset_parameters,
 )
 from vidcom2_cli.models.registry import load_adapter
 
@@ -51,6 +52,8 @@ def test_preset_is_built_on_the_target_device_in_the_target_dtype(name):
     parameters = list(loaded.model.parameters())
     assert {p.device.type for p in parameters} == {"meta"}
     assert {p.dtype for p in parameters} == {torch.bfloat16}
+    # the count the memory check reads, without building the model
+    assert sum(p.numel() for p in parameters) == preset_parameters(name)
     if name in LANGUAGE_MODEL_ONLY:
         vision = {id(p) for p in loaded.model.model.visual.parameters()}
         parameters = [p for p in parameters if id(p) not in vision]

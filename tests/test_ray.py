@@ -16,18 +16,14 @@ from jsonl_files import jsonl, records
 from tiny_models import TINY_PIXEL_BOUNDS
 from typer.testing import CliRunner
 
-from vidcom2_cli.batch import (
-    BatchOptions,
-    ResultWriter,
-    existing_ids,
-    parse_lines,
-    run_batch,
-    stream_input,
-)
+from vidcom2_cli.batch.input import parse_lines, stream_input
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter, existing_ids
+from vidcom2_cli.batch.ray import RayOptions, ray_workers, run_ray_batch
 from vidcom2_cli.cli import app, with_ray_address
-from vidcom2_cli.engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.models import LoadOptions
-from vidcom2_cli.ray_batch import RayOptions, ray_workers, run_ray_batch
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 
 pytestmark = pytest.mark.slow
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
@@ -163,6 +159,8 @@ def test_cli_ray_local_and_summary(model, local_records, tmp_path):
     assert {row["id"]: comparable(row) for row in records(out.read_text())} == expected
     assert "worker 0" in result.stderr and "worker 1" in result.stderr
     assert "items/s" in result.stderr
+    # the closing line of a local run, from what ran the workers
+    assert "vidcom2-cli" in result.stderr and "on 2 Ray workers" in result.stderr
 
 
 def test_ray_option_takes_an_optional_address():
@@ -256,3 +254,23 @@ def test_an_option_the_model_refuses_is_one_line_before_any_item(tiny_checkpoint
     assert result.exit_code == 2, result.output
     assert "--min-pixels" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists() or out.read_text() == ""
+
+
+def test_a_short_input_is_spread_over_every_worker():
+    """8 items and the default chunk of 16: one task would leave a worker idle; a video's
+    questions still stay in one task."""
+    from vidcom2_cli.batch.input import BatchItem
+    from vidcom2_cli.batch.ray import _chunks
+
+    def items(videos: list[str]) -> list[BatchItem]:
+        return [BatchItem(line=index, id=f"q{index}", video=video, question="Q?", prompt="Q?")
+                for index, video in enumerate(videos)]
+
+    spread = list(_chunks(iter(items([f"v{i}.mp4" for i in range(8)])), 16, True,
+                          lambda window: None, 2))
+    assert [len(task) for task in spread] == [4, 4]
+    together = list(_chunks(iter(items(["same.mp4"] * 8)), 16, True, lambda window: None, 2))
+    assert [len(task) for task in together] == [8]
+    long = list(_chunks(iter(items([f"v{i}.mp4" for i in range(200)])), 16, True,
+                        lambda window: None, 2))
+    assert max(len(task) for task in long) == 16 and sum(len(task) for task in long) == 200

@@ -16,18 +16,16 @@ from jsonl_files import jsonl, records
 from typer.testing import CliRunner
 
 from vidcom2_cli import engine as engine_module
-from vidcom2_cli.batch import BatchOptions, ResultWriter, parse_lines, run_batch
+from vidcom2_cli.batch.input import parse_lines
+from vidcom2_cli.batch.local import BatchOptions, run_batch
+from vidcom2_cli.batch.output import ResultWriter
 from vidcom2_cli.cli import app
-from vidcom2_cli.engine import (
-    CompressionOptions,
-    Engine,
-    GenerationOptions,
-    Request,
-    SamplingOptions,
-)
+from vidcom2_cli.engine import Engine
 from vidcom2_cli.feature_cache import SUFFIX, FeatureCache
 from vidcom2_cli.models import LoadOptions
 from vidcom2_cli.models.base import VideoAdapter
+from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
+from vidcom2_cli.work import Request
 
 pytestmark = pytest.mark.slow
 FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
@@ -387,7 +385,7 @@ def test_batch_reuse_interrupted_then_resumed_gives_every_id_once(tiny_checkpoin
     first = records(out.read_text())
     assert [row["id"] for row in first] == ["s1", "s2", "s3"]  # the first video's group
     monkeypatch.setattr(engine, "ask_contexts", real)
-    from vidcom2_cli.batch import existing_ids
+    from vidcom2_cli.batch.output import existing_ids
 
     final = run(engine, batch_input, out, reuse=True, done=existing_ids(out))
     assert Counter(row["id"] for row in final) == Counter(
@@ -643,7 +641,7 @@ def test_a_missing_video_with_a_cache_gets_the_decoders_message(tiny_checkpoints
 def test_a_question_holding_a_special_token_is_refused_in_both_paths(tiny_checkpoints):
     """Read as the token, not as text, it would break the prompt (the processor's layout or
     the reused prefix): one InputError naming it, whether asked alone or with others."""
-    from vidcom2_cli.engine import InputError
+    from vidcom2_cli.errors import InputError
 
     engine = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"))
     bad = "Is <|video_pad|> a token? What colour is the car?"

@@ -12,9 +12,12 @@ from reference_sizing import reference_smart_resize
 from typer.testing import CliRunner
 
 from vidcom2_cli.cli import app
-from vidcom2_cli.engine import Engine, InputError, Request, SamplingOptions, check_sampling
+from vidcom2_cli.engine import Engine
+from vidcom2_cli.errors import InputError
 from vidcom2_cli.models import LoadOptions, load_adapter, sizing
 from vidcom2_cli.models.sizing import PUBLISHED_PIXEL_BOUNDS, PixelBounds
+from vidcom2_cli.options import SamplingOptions, check_sampling
+from vidcom2_cli.work import Request
 
 pytestmark = pytest.mark.slow
 SCENE = str(Path(__file__).resolve().parents[1] / "sample_videos" / "scene_cut.mp4")

@@ -98,3 +98,21 @@ def test_bench_on_a_wide_terminal_is_one_table():
     header = next(line for line in lines if "speed-up" in line)
     assert "peak mem" in header and "compress" in header
     assert sum("(stock model)" in line for line in lines) == 1
+
+
+def test_eval_summary_fits_80_columns_with_long_subtask_names():
+    from vidcom2_cli.evaluation.summary import render as render_eval
+
+    subsets = ["all", "counterfactual_inference", "fine_grained_pose", "unexpected_action"]
+    rows = [{"subset": subset, "method": method, "ratio": ratio, "questions": 200,
+             "errors": 15, "score": 63.5, "of_full": 99.6, "visual_tokens": 12544.0,
+             "prefill_ms": 12345.6, "seconds_per_question": 12.34}
+            for subset in subsets for method, ratio in (("vidcom2", 1.0), ("visionzip+fca", 0.15))]
+    screen = Console(width=80, record=True, color_system=None)
+    screen.print(render_eval({"task": "mvbench", "score": "63.5", "rows": rows}))
+    lines = screen.export_text().splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines), lines
+    assert not any("…" in line for line in lines)
+    for subset in subsets:
+        assert subset in [line.strip() for line in lines]  # each name whole, on its own line
+    assert sum("visionzip+fca" in line for line in lines) == len(subsets)

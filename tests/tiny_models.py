@@ -1,9 +1,9 @@
 """Tiny random-weight checkpoints of every supported family, built offline for the tests.
 
 A checkpoint is saved with `save_pretrained` (safetensors) and loads by path exactly like a
-user's real checkpoint. Sizes: a 2-layer, 64-wide text model and a 2-layer, 32-wide vision
-tower with 8-pixel patches, so an 8-frame 64x64 clip gives 16 visual tokens per frame
-(LLaVA-OneVision) or per temporal unit of 2 frames (Qwen).
+user's real checkpoint. Sizes: a 2-layer (24 for the LLaVA families), 64-wide text model and a
+2-layer, 32-wide vision tower with 8-pixel patches, so an 8-frame 64x64 clip gives 16 visual
+tokens per frame (LLaVA-OneVision) or per temporal unit of 2 frames (Qwen).
 """
 
 from __future__ import annotations
@@ -68,6 +68,10 @@ _TEXT = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 4096,
 }
+# The LLaVA families run the field's in-LLM stages by default at their published layers
+# (HoliTom's merge at layer 18, DyCoke's KV pruning from layer 3): their language models get the
+# 24 layers of the real LLaVA-OneVision-0.5B's Qwen2-0.5B, still 64 wide.
+LLAVA_TEXT_LAYERS = 24
 # head_dim 16 -> 8 rotary frequencies, split between the temporal, height and width positions.
 _QWEN2_ROPE = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
 _QWEN3_ROPE = {
@@ -88,6 +92,7 @@ def tiny_config(family: str, token_ids: dict[str, int], vocab_size: int) -> Pret
             text_config={
                 **text,
                 "model_type": "qwen2",
+                "num_hidden_layers": LLAVA_TEXT_LAYERS,
                 "bos_token_id": token_ids[PAD_TOKEN],
                 "eos_token_id": token_ids[EOS_TOKEN],
                 "pad_token_id": token_ids[PAD_TOKEN],
@@ -174,6 +179,7 @@ def tiny_config(family: str, token_ids: dict[str, int], vocab_size: int) -> Pret
             text_config={
                 **text,
                 "model_type": "llama",
+                "num_hidden_layers": LLAVA_TEXT_LAYERS,
                 "bos_token_id": token_ids[PAD_TOKEN],
                 "eos_token_id": token_ids[EOS_TOKEN],
                 "pad_token_id": token_ids[PAD_TOKEN],

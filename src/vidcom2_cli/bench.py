@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from .compression import spread_method_options
-from .engine import (
-    CompressionOptions,
-    EncodedRequest,
-    Engine,
-    GenerationOptions,
-    InputError,
-    PreparedRequest,
-    check_options,
-)
+from .engine import Engine
+from .errors import InputError
+from .models.decoder_loop import LLMTokens
+from .options import CompressionOptions, GenerationOptions, check_options
 from .timing import PeakMemory, peak_memory, reset_peak_memory
+from .work import EncodedRequest, PreparedRequest
 
 
 @dataclass(frozen=True)
@@ -42,6 +38,13 @@ class BenchRow:
     merged_tokens: int = 0  # dropped tokens whose content a merging method folded into kept ones
     feature_cache: str | None = None  # "hit": the encoder output came from the cache (vision 0)
     run: dict[str, object] = field(default_factory=dict)  # Engine.run_info()
+    # in-LLM stages: per stage, its name, layer and the visual tokens left after it (a decode
+    # stage: the visual KV entries a pruned step attends, and its steps pruned / all)
+    llm_stages: list[dict[str, object]] = field(default_factory=list)
+    # visual KV entries per layer once the answer is done, and attended by a decoding step
+    # (means over layers and steps); visual_kept when no in-LLM stage runs
+    visual_kv_cached: float = 0.0
+    visual_kv_attended: float = 0.0
 
 
 def parse_floats(text: str, option: str) -> list[float]:
@@ -115,8 +118,20 @@ def run_bench(engine: Engine, prepared: PreparedRequest, ratios: list[float], me
                 peak_memory_bytes=measured.memory.bytes, memory_source=measured.memory.source,
                 answer=measured.answer, same_answer=measured.answer == baseline.answer,
                 merged_tokens=measured.merged_tokens,
-                feature_cache=encoded.feature_cache, run=engine.run_info()))
+                feature_cache=encoded.feature_cache, run=engine.run_info(),
+                **_llm_fields(measured.llm, measured.visual_kept)))
     return rows
+
+
+def _llm_fields(llm: LLMTokens | None, visual_kept: int) -> dict[str, object]:
+    """A row's in-LLM fields: what the stages left, or the stock model's (every kept visual
+    token cached and attended in every layer)."""
+    if llm is None:
+        return {"llm_stages": [], "visual_kv_cached": float(visual_kept),
+                "visual_kv_attended": float(visual_kept)}
+    return {"llm_stages": [asdict(stage) for stage in llm.stages],
+            "visual_kv_cached": llm.visual_kv_cached,
+            "visual_kv_attended": llm.visual_kv_attended}
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,7 @@ class _Measurement:
     prompt_length: int
     memory: PeakMemory
     merged_tokens: int
+    llm: LLMTokens | None
 
 
 def _measure(engine: Engine, encoded: EncodedRequest, compression: CompressionOptions,
@@ -158,7 +174,8 @@ def _measure(engine: Engine, encoded: EncodedRequest, compression: CompressionOp
         generation_ms=statistics.median(totals), answer=result.texts[0],
         visual_kept=visual_full - (plan.total_full - plan.total_kept), visual_full=visual_full,
         prompt_length=item.length, memory=peak_memory(engine.devices),
-        merged_tokens=plan.total_merged)
+        merged_tokens=plan.total_merged,
+        llm=None if result.llm_tokens is None else result.llm_tokens[0])
 
 
 def _encode(engine: Engine, prepared: PreparedRequest, repeats: int, warmup: int

@@ -103,8 +103,8 @@ PROFILE_OF_MODEL_TYPE = {"llava_onevision": "onevision", "llava_next_video": "ll
 # The registered compression methods (compression/methods.py builds them from their modules),
 # so that an unknown --method is refused before torch is imported.
 METHOD_NAMES = ("vidcom2", "vidcom2+flat", "fastvid", "fastvid+fca", "holitom", "holitom+fca",
-                "visionzip", "visionzip+fca", "dycoke", "dycoke+fca", "random", "random+fca",
-                "uniform", "uniform+fca")
+                "visionzip", "visionzip+fca", "dycoke", "dycoke+fca", "flashvid", "flashvid+fca",
+                "random", "random+fca", "uniform", "uniform+fca")
 
 DEFAULT_NUM_FRAMES = 32
 DEFAULT_MAX_FRAMES = 64

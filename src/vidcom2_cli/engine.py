@@ -1,8 +1,11 @@
-"""One question about one video, end to end: decode -> encode -> compress -> generate.
+"""A loaded model answering questions about videos: decode -> encode -> compress -> generate.
 
 The engine owns the order of the stages and their timings; what each stage does lives in
 ``video`` (decoding), ``models`` (the family adapters) and ``compression`` (the selectors).
-Several requests can share one ``generate`` call, each with its own plan.
+A runner prepares a video (CPU, any thread), encodes it, and hands the engine whole work:
+``answer_groups`` takes questions about encoded videos and does the rest (compression per
+setting, the shared prefix prefill, batched generate calls, retries part by part). The
+single-video calls (``ask``, ``ask_many``, ``open``) serve the interactive commands.
 """
 
 from __future__ import annotations
@@ -10,190 +13,66 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from . import __version__
-from .compression import (
-    KeepPlan,
-    VisionSignals,
-    check_method_options,
-    get_method,
-    method_options,
-    select,
-)
-from .compression.checks import check_ratio
-from .errors import InputError
+from .compression import KeepPlan, VisionSignals, get_method, llm_stages, select
+from .errors import InputError, first_line
 from .feature_cache import CachedEncoding, FeatureCache
 from .models import LoadedModel, LoadOptions, VideoAdapter, load_adapter
 from .models.base import (
     CompressedItem,
-    EncodedVideo,
     GenerationResult,
     PrefixCache,
     PreparedItem,
     QuestionError,
+    TextCallbacks,
 )
+from .models.conversation import head_key
+from .models.decoder_loop import LLMTokens
 from .models.sizing import PixelBounds
-from .timing import PeakMemory, StageTimer, peak_memory, reset_peak_memory
-from .video import (
-    DEFAULT_MAX_FRAMES,
-    DEFAULT_NUM_FRAMES,
-    SampledVideo,
-    VideoError,
-    load_video,
-    sample_indices,
+from .options import (
+    CompressionOptions,
+    GenerationOptions,
+    SamplingOptions,
+    check_compression,
+    check_generation,
 )
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """Which frames to decode: ``frames`` evenly spaced, or ``fps`` per second up to a cap."""
-
-    frames: int = DEFAULT_NUM_FRAMES
-    fps: float | None = None
-    max_frames: int = DEFAULT_MAX_FRAMES
-    # Per-frame pixel bounds of the Qwen families (None: the family's default, see
-    # models.sizing); refused for a family that resizes frames to a fixed size.
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-
-
-@dataclass(frozen=True)
-class CompressionOptions:
-    ratio: float = 0.25
-    method: str = "vidcom2"
-    seed: int = 0
-    method_options: tuple[tuple[str, float], ...] = ()  # hyperparameter overrides by name
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    max_new_tokens: int = 128
-    min_new_tokens: int | None = None  # set equal to max_new_tokens to force a token count
-    do_sample: bool = False
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int = 0
-
-    def sampling_kwargs(self) -> dict[str, float]:
-        if not self.do_sample:
-            return {}
-        return {key: value for key, value in (("temperature", self.temperature),
-                                              ("top_p", self.top_p)) if value is not None}
-
-
-@dataclass(frozen=True)
-class Request:
-    video: str
-    question: str
-    id: str | None = None
-
-
-@dataclass
-class PreparedRequest:
-    """A request after decoding and preprocessing, on the CPU: ready for the vision encoder.
-
-    ``stages_ms`` has ``video_decode``, ``preprocess`` and ``feature_cache``, timed where
-    ``Engine.prepare`` ran (a worker thread in batch mode), without waiting for the device.
-    With a feature-cache hit, ``cached`` holds the encoder output, the item has no pixels and
-    the video no frames: neither decoding nor the vision encoder runs.
-    """
-
-    request: Request
-    video: SampledVideo
-    item: PreparedItem  # CPU tensors
-    stages_ms: dict[str, float] = field(default_factory=dict)
-    cached: CachedEncoding | None = None
-    key: str | None = None  # the feature-cache key, when a cache is in use
-
-    @property
-    def feature_cache(self) -> str | None:
-        """"hit" or "miss" with a feature cache, None without one."""
-        if self.key is None:
-            return None
-        return "hit" if self.cached is not None else "miss"
-
-
-@dataclass
-class EncodedRequest:
-    """A request after decoding, preprocessing and the vision encoder: ready to compress.
-
-    ``item`` is on the device; ``host_item`` is the same without pixels on the CPU, where the
-    prompt of another question about the video is built.
-    """
-
-    request: Request
-    video: SampledVideo
-    item: PreparedItem
-    encoded: EncodedVideo
-    stages_ms: dict[str, float] = field(default_factory=dict)
-    host_item: PreparedItem | None = None
-    feature_cache: str | None = None
-
-
-@dataclass
-class VideoContext:
-    """One video decoded, encoded and compressed once (one ratio and method), asked any
-    number of questions.
-
-    VidCom2's plan never looks at the question, and the chat template puts the video before
-    it, so the prompt up to the video's end (``prefix``) is the same for every question: it is
-    prefilled once into a ``PrefixCache`` and each question prefills only its own tokens.
-    """
-
-    encoded: EncodedRequest
-    plan: KeepPlan
-    compress_ms: float
-    prefix: CompressedItem  # the kept tokens before the question
-    reported: bool = False  # whether an answer has carried the shared stages' times yet
-
-
-@dataclass(frozen=True)
-class TokenCounts:
-    visual_full: int  # video placeholder tokens before compression (structural ones included)
-    visual_kept: int
-    per_frame_kept: list[int]  # one entry per temporal unit
-    visual_structural: int  # placeholders that belong to no unit (LLaVA's newline)
-    prompt_full: int
-    prompt_kept: int
-    generated: int
-    prefix_reused: int = 0  # prompt tokens served from a cached prefix, not prefilled again
-    # prompt tokens of the video's prefix when it was prefilled apart, once for several
-    # questions (the first question's answer carries that prefill: timing_ms.prefix_prefill)
-    prefix_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class Answer:
-    """Everything one ask produced; rendered by ``report``."""
-
-    request: Request
-    answer: str
-    model: str
-    method: str
-    ratio: float
-    plan: KeepPlan
-    video: SampledVideo
-    frames_per_unit: int
-    tokens: TokenCounts
-    timing_ms: dict[str, float]
-    memory: PeakMemory
-    random_weights: bool
-    feature_cache: str | None = None  # "hit", "miss", or None without a feature cache
-    run: dict[str, object] = field(default_factory=dict)  # Engine.run_info(): what answered
-
+from .timing import (
+    PeakMemory,
+    StageTimer,
+    is_out_of_memory,
+    peak_memory,
+    release_cached_memory,
+    reset_peak_memory,
+)
+from .video import SampledVideo, load_video
+from .work import (
+    Answer,
+    EncodedRequest,
+    PreparedRequest,
+    Question,
+    QuestionGroup,
+    Request,
+    TokenCounts,
+    VideoContext,
+)
 
 OPENING_QUESTION = "Describe this video."
 SIGNAL_PREFIX = "signal."  # feature-cache tensors that hold vision signals, not encoder output
 # The stages every answer reports, in pipeline order; their sum is ``total``.
 STAGES = ("feature_cache", "video_decode", "preprocess", "vision", "compress", "prefill",
           "decode")
+
+
+# Per item of a generate call, whether to end its generation now (see VideoAdapter.generate).
+StopChecks = Sequence[Callable[[], bool] | None] | None
 
 
 class Engine:
@@ -212,7 +91,13 @@ class Engine:
     def accept(self, compression: CompressionOptions) -> None:
         """Check compression options against this model (InputError naming the option) and
         expect the vision signals its method needs."""
-        check_compression(compression, self.adapter.compression_profile)
+        profile = self.adapter.compression_profile
+        check_compression(compression, profile)
+        try:
+            self.adapter.check_llm_stages(llm_stages(compression.method, profile,
+                                                     dict(compression.method_options)))
+        except ValueError as error:
+            raise InputError(f"--method {compression.method}: {error}") from None
         self.expect_methods([compression.method])
 
     def expect_methods(self, methods: Iterable[str]) -> None:
@@ -267,9 +152,12 @@ class Engine:
         # pipe is not read to its end before decoding.
         if self.feature_cache is not None and Path(request.video).is_file():
             with timer.stage("feature_cache"):
+                # a cached item's prompt keeps the messages before its video (with_question
+                # replaces only what follows it), so they are part of the key
                 key = self.feature_cache.key(
                     Path(request.video), self.fingerprint,
-                    sampling_key(sampling, self.adapter.frames_multiple, self.vision_signals))
+                    sampling_key(sampling, self.adapter.frames_multiple, self.vision_signals)
+                    + head_key(request.question))
                 cached = self.feature_cache.load(key)
             if cached is not None:
                 with timer.stage("preprocess"), _as_input_error(QuestionError):
@@ -382,13 +270,14 @@ class Engine:
 
     def generate(self, items: list[CompressedItem], options: GenerationOptions,
                  prefix: PrefixCache | None = None, rows: list[int] | None = None,
-                 on_text: Callable[[str], None] | None = None) -> GenerationResult:
+                 on_text: TextCallbacks = None, stop: StopChecks = None) -> GenerationResult:
+        """One generate call (``on_text`` and ``stop``: see ``VideoAdapter.generate``)."""
         if options.do_sample:
             torch.manual_seed(options.seed)
         return self.adapter.generate(items, max_new_tokens=options.max_new_tokens,
                                      min_new_tokens=options.min_new_tokens,
                                      do_sample=options.do_sample, prefix=prefix, rows=rows,
-                                     on_text=on_text, **options.sampling_kwargs())
+                                     on_text=on_text, stop=stop, **options.sampling_kwargs())
 
     def answer(self, encoded: list[EncodedRequest], compression: CompressionOptions,
                generation: GenerationOptions,
@@ -426,9 +315,88 @@ class Engine:
             method=plan.method, ratio=plan.ratio, plan=plan, video=encoded.video,
             frames_per_unit=self.adapter.frames_multiple,
             tokens=token_counts(item, plan, compressed, len(result.token_ids[index]),
-                                prefix_reused, prefix_tokens),
+                                prefix_reused, prefix_tokens,
+                                None if result.llm_tokens is None else result.llm_tokens[index]),
             timing_ms=timing, memory=memory, random_weights=self.random_weights,
             feature_cache=encoded.feature_cache, run=self.run_info())
+
+    # --- whole work: questions about encoded videos -------------------------------------------
+
+    def answer_groups(self, groups: Sequence[QuestionGroup], generation: GenerationOptions,
+                      batch_size: int = 1, reuse_prefix: bool = True
+                      ) -> list[list[Answer | str]]:
+        """Answer every question of ``groups``: for each group, in its questions' order, the
+        ``Answer`` or the one-line error of that question.
+
+        With ``reuse_prefix`` each video is compressed once per setting its questions ask for,
+        ``batch_size`` (video, setting) prompt prefixes are prefilled in one batch, and the
+        questions are answered ``batch_size`` per generate call, each on a copy of its video's
+        prefix. Without, each group must be the one question its video was prepared with,
+        answered on its whole prompt (one generate call per setting): the reference path.
+
+        A failed call is tried again part by part before anyone gets its error: a failed
+        prefill, each video alone; a failed generate call, each question alone (after an
+        out-of-memory error the cached memory is released first). So one bad question never
+        costs its neighbours their answers.
+        """
+        if not reuse_prefix:
+            return self._answer_whole(list(groups), generation)
+        parts = [(index, rows, setting) for index, group in enumerate(groups)
+                 for setting, rows in _by_setting(group.questions)]
+        outcomes: list[list[Answer | str]] = [["" for _ in group.questions] for group in groups]
+        for start in range(0, len(parts), batch_size):
+            chunk = parts[start:start + batch_size]
+            answered = self._answer_shared(
+                [(groups[index].video, setting, [groups[index].questions[row] for row in rows])
+                 for index, rows, setting in chunk], generation, batch_size)
+            for (index, rows, _), results in zip(chunk, answered, strict=True):
+                for row, result in zip(rows, results, strict=True):
+                    outcomes[index][row] = result
+        return outcomes
+
+    def _answer_shared(self, parts: list[tuple[EncodedRequest, CompressionOptions,
+                                               list[Question]]],
+                       generation: GenerationOptions, batch_size: int
+                       ) -> list[list[Answer | str]]:
+        """Each (video, setting, questions) part's outcomes: the parts' prefixes prefilled in
+        one batch, their questions asked ``batch_size`` per generate call."""
+
+        def run(chunk: list[tuple[EncodedRequest, CompressionOptions, list[Question]]]
+                ) -> list[list[Answer | str]]:
+            contexts = [self.context(video, setting) for video, setting, _ in chunk]
+            prefix = self.prefill(contexts)
+            asked = [(row, question.request) for row, (_, _, questions) in enumerate(chunk)
+                     for question in questions]
+            answers = iter([outcome for start in range(0, len(asked), batch_size)
+                            for outcome in _together_or_alone(
+                                lambda pairs: self.ask_contexts(contexts, prefix, pairs,
+                                                                generation),
+                                asked[start:start + batch_size], lambda _, failure: failure)])
+            return [[next(answers) for _ in questions] for _, _, questions in chunk]
+
+        return _together_or_alone(run, parts, lambda part, failure: [failure] * len(part[2]),
+                                  before_alone=lambda: reset_peak_memory(self.devices))
+
+    def _answer_whole(self, groups: list[QuestionGroup], generation: GenerationOptions
+                      ) -> list[list[Answer | str]]:
+        """``answer_groups`` without a shared prefix: one generate call per setting for the
+        groups together, each on the prompt its video was prepared with."""
+        for group in groups:
+            if len(group.questions) != 1 or group.questions[0].request != group.video.request:
+                raise ValueError("without prefix reuse a group is the one question its video "
+                                 "was prepared with")
+
+        def run(chunk: list[QuestionGroup]) -> list[list[Answer | str]]:
+            outcomes: list[list[Answer | str]] = [[] for _ in chunk]
+            for setting, rows in _by_setting([group.questions[0] for group in chunk]):
+                answers = self.answer([chunk[row].video for row in rows], setting, generation)
+                for row, answer in zip(rows, answers, strict=True):
+                    outcomes[row] = [answer]
+            return outcomes
+
+        return _together_or_alone(run, groups, lambda _, failure: [failure],
+                                  # each retried group reports its own peak
+                                  before_alone=lambda: reset_peak_memory(self.devices))
 
     # --- one video, many questions ----------------------------------------------------------
 
@@ -442,7 +410,8 @@ class Engine:
             input_ids=item.input_ids[:kept],
             mm_token_type_ids=None if item.mm_token_type_ids is None
             else item.mm_token_type_ids[:kept],
-            position_ids=item.position_ids[:, :kept], output=item.output, full_length=split)
+            position_ids=item.position_ids[:, :kept], output=item.output, full_length=split,
+            stages=item.stages)
         return VideoContext(encoded, plan, compress_ms, prefix)
 
     def prefill(self, contexts: list[VideoContext]) -> PrefixCache:
@@ -451,9 +420,11 @@ class Engine:
 
     def ask_contexts(self, contexts: list[VideoContext], prefix: PrefixCache,
                      asked: list[tuple[int, Request]], generation: GenerationOptions,
-                     on_text: Callable[[str], None] | None = None) -> list[Answer]:
+                     on_text: TextCallbacks = None, stop: StopChecks = None) -> list[Answer]:
         """Answer questions in one generate call, each on a copy of its video's prefilled
-        prefix: ``asked`` pairs a row of ``contexts`` (and of ``prefix``) with a question.
+        prefix: ``asked`` pairs a row of ``contexts`` (and of ``prefix``) with a question
+        (``on_text`` and ``stop``, one callback or one per question: see
+        ``VideoAdapter.generate``).
 
         A video's first answer carries the times of the work shared by all its questions
         (decoding, encoding, compression, the prefix prefill); later ones carry only their own
@@ -473,7 +444,8 @@ class Engine:
             self.check_context(encoded, compressed, generation)
             built.append((row, encoded, item, compressed, timer.stages_ms))
         result = self.generate([compressed for *_, compressed, _ in built], generation,
-                               prefix=prefix, rows=[row for row, *_ in built], on_text=on_text)
+                               prefix=prefix, rows=[row for row, *_ in built], on_text=on_text,
+                               stop=stop)
         memory = peak_memory(self.devices)
         answers = []
         for index, (row, encoded, item, compressed, own_ms) in enumerate(built):
@@ -533,57 +505,6 @@ class Engine:
                            on_text)[0]
 
 
-def check_options(compression: CompressionOptions, generation: GenerationOptions,
-                  profile: str | None = None) -> None:
-    """InputError naming the option, before any expensive work; the method's options are
-    checked for the family ``profile`` where it is known before loading."""
-    check_compression(compression, profile)
-    check_generation(generation)
-
-
-def check_compression(compression: CompressionOptions, profile: str | None = None) -> None:
-    """InputError naming the option. The method's options are checked for the model's family
-    ``profile``, or without one (before the model loads) against every profile."""
-    try:
-        check_ratio(compression.ratio)
-    except ValueError as error:
-        raise InputError(f"--ratio: {error}") from None
-    try:
-        get_method(compression.method)
-    except ValueError as error:
-        raise InputError(f"--method: {error}") from None
-    overrides = dict(compression.method_options)
-    try:
-        if profile is None:
-            check_method_options(compression.method, overrides)
-        else:
-            method_options(compression.method, profile, overrides)
-    except ValueError as error:
-        raise InputError(f"--method-option: {error}") from None
-
-
-def check_generation(generation: GenerationOptions) -> None:
-    if generation.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens: must be at least 1, got {generation.max_new_tokens}")
-
-
-def check_sampling(sampling: SamplingOptions) -> None:
-    """InputError naming the sampling options, before any video is opened or model loaded."""
-    try:
-        sample_indices(1, num_frames=sampling.frames if sampling.fps is None else None,
-                       fps=sampling.fps, source_fps=1.0, max_frames=sampling.max_frames)
-    except VideoError as error:
-        raise InputError(f"--frames/--fps/--max-frames: {error}") from None
-    for name, value in (("--min-pixels", sampling.min_pixels),
-                        ("--max-pixels", sampling.max_pixels)):
-        if value is not None and value < 1:
-            raise InputError(f"{name}: must be at least 1, got {value}")
-    if (sampling.min_pixels is not None and sampling.max_pixels is not None
-            and sampling.min_pixels > sampling.max_pixels):
-        raise InputError(f"--min-pixels/--max-pixels: min {sampling.min_pixels} is above max "
-                         f"{sampling.max_pixels}")
-
-
 def sampling_key(sampling: SamplingOptions, frames_multiple: int,
                  signals: frozenset[str] = frozenset()) -> str:
     """The sampling options (and the vision signals read with the features) as part of a
@@ -609,7 +530,8 @@ def _stage_times(timer: StageTimer) -> dict[str, float]:
 
 
 def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
-                 generated: int, prefix_reused: int = 0, prefix_tokens: int = 0) -> TokenCounts:
+                 generated: int, prefix_reused: int = 0, prefix_tokens: int = 0,
+                 llm: LLMTokens | None = None) -> TokenCounts:
     visual_full = int(item.video_token_mask.sum())
     return TokenCounts(
         visual_full=visual_full,
@@ -621,4 +543,51 @@ def token_counts(item: PreparedItem, plan: KeepPlan, compressed: CompressedItem,
         generated=generated,
         prefix_reused=prefix_reused,
         prefix_tokens=prefix_tokens,
+        llm=llm,
     )
+
+
+Part = TypeVar("Part")
+Outcome = TypeVar("Outcome")
+
+
+def _by_setting(questions: Sequence[Question]) -> list[tuple[CompressionOptions, list[int]]]:
+    """Each compression setting of the questions with their positions, in order of first use
+    (settings compared by value: their repr, as an option may hold an unhashable dict)."""
+    settings: dict[str, tuple[CompressionOptions, list[int]]] = {}
+    for row, question in enumerate(questions):
+        settings.setdefault(repr(question.compression), (question.compression, []))[1].append(row)
+    return list(settings.values())
+
+
+def _together_or_alone(run: Callable[[list[Part]], list[Outcome]], parts: list[Part],
+                       failed: Callable[[Part, str], Outcome],
+                       before_alone: Callable[[], None] = lambda: None) -> list[Outcome]:
+    """``run(parts)``, one outcome per part; when it fails, each part alone (``before_alone``
+    called first), and a part that fails alone gets ``failed(part, message)``.
+
+    After an out-of-memory error the cached CUDA memory is released, outside the ``except``
+    block, so that the failed call's traceback (and the activations its frames hold) is gone.
+    """
+    if not parts:
+        return []
+    try:
+        return run(parts)
+    except Exception as error:
+        failure, out_of_memory = _failure(error)
+    if out_of_memory:
+        release_cached_memory()
+    if len(parts) == 1:
+        return [failed(parts[0], failure)]
+    outcomes = []
+    for part in parts:
+        before_alone()
+        outcomes += _together_or_alone(run, [part], failed, before_alone)
+    return outcomes
+
+
+def _failure(error: Exception) -> tuple[str, bool]:
+    """An error as its question's one-line message, and whether it means out of memory."""
+    if isinstance(error, InputError):  # e.g. one prompt too long for the context
+        return first_line(error), False
+    return f"{type(error).__name__}: {first_line(error)}", is_out_of_memory(error)

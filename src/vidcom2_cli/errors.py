@@ -1,4 +1,5 @@
-"""Turning library exceptions into the one-line messages the CLI prints."""
+"""The errors a user is shown (one line naming the input and what is wrong), and turning
+library exceptions into such lines."""
 
 from __future__ import annotations
 
@@ -28,3 +29,7 @@ class VideoError(ValueError):
 
 class InputError(ValueError):
     """A request or option that cannot be run; the message names it and says why."""
+
+
+class ModelLoadError(ValueError):
+    """The model reference or a load option is unusable; the message says which and why."""

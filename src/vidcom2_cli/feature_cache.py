@@ -29,7 +29,8 @@ from safetensors.torch import save_file
 from .models.base import PreparedItem
 from .video import VideoInfo
 
-FORMAT = "vidcom2-feature-cache/1"
+# 2: the probe signal of Qwen-style towers attends to merge units (entries of 1 hold the old one)
+FORMAT = "vidcom2-feature-cache/2"
 SUFFIX = ".safetensors"
 # Only files named as this cache names them are its entries: a folder given by mistake (a
 # model's, holding its own *.safetensors weights) loses nothing to `cache clear`.

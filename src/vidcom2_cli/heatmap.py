@@ -2,84 +2,61 @@
 
 The contact sheet shows every sampled frame with the token grid laid over it: the cells of
 dropped tokens are darkened and the kept ones left clear, so the reader sees *where* the
-compressor spent its budget. The text helpers (sparkline, shade map, top units) say the same
-in a terminal: *when* the budget went and *which positions* tended to survive.
+compressor spent its budget; each temporal unit is captioned once with its budget, and a legend
+strip explains the encoding (the geometry is ``sheet_layout``'s). The text helpers (sparkline,
+shade map, top units) say the same in a terminal: *when* the budget went and *which positions*
+tended to survive.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from PIL import Image, ImageDraw, ImageFont
-from torch.nn.functional import adaptive_avg_pool2d
+from PIL import Image, ImageDraw
 
-from vidcom2_cli.compression.plan import KeepPlan
+from vidcom2_cli.sheet_layout import (
+    BRACKET_HEIGHT,
+    CAPTION_PAD,
+    MARGIN,
+    SheetLayout,
+    sheet_layout,
+    unit_caption,
+)
 
-# Contact sheet layout, in pixels. Fixed so the sheet's size depends only on the frame
-# count, the frame shape, the columns and the tile width (see contact_sheet_size).
-PADDING = 4
-CAPTION_HEIGHT = 16
-MAX_COLUMNS = 8
+if TYPE_CHECKING:  # numpy only at run time: a server's client draws from returned masks
+    from vidcom2_cli.compression.plan import KeepPlan
+
 DROPPED_BRIGHTNESS = 0.25
 # Below this cell size (pixels) an outline would cover most of a kept cell, so none is drawn.
 MIN_OUTLINED_CELL = 6
 
 _BACKGROUND = (24, 24, 24)
 _CAPTION_COLOUR = (210, 210, 210)
+_BRACKET_COLOUR = (170, 170, 170)
+_RULE_COLOUR = (70, 70, 70)
 _MERGED_TINT = (40, 110, 255)  # blended into merged cells
 MERGED_BRIGHTNESS = 0.55
-_FAVOURED_COLOUR = (255, 170, 60)  # caption of a frame whose unit got more than the mean
+_FAVOURED_COLOUR = (255, 170, 60)  # count of a unit that got more than the mean
 _OUTLINE_COLOUR = (255, 255, 255)
+_SAMPLE_GREY = 160  # the legend's swatches show this grey kept, dropped and merged
 
 SPARK_LEVELS = "▁▂▃▄▅▆▇█"
 SHADE_RAMP = " ░▒▓█"
 MAX_HEATMAP_COLUMNS = 48
 
 
-def default_columns(num_frames: int) -> int:
-    """About 1.5 * sqrt(F) columns (a landscape sheet), at most 8 and at most F."""
-    if num_frames < 1:
-        raise ValueError(f"a contact sheet needs at least one frame, got {num_frames}")
-    return max(1, min(MAX_COLUMNS, num_frames, round(math.sqrt(num_frames) * 1.5)))
-
-
-def _tile_shape(frame_height: int, frame_width: int, tile_width: int) -> tuple[int, int]:
-    """(height, width) of one frame's tile: tile_width wide, the frame's aspect kept."""
-    if frame_height < 1 or frame_width < 1:
-        raise ValueError(f"frames must be at least 1x1 pixels, got {frame_height}x{frame_width}")
-    if tile_width < 1:
-        raise ValueError(f"tile_width must be positive, got {tile_width}")
-    return max(1, round(frame_height * tile_width / frame_width)), tile_width
-
-
 def contact_sheet_size(num_frames: int, frame_height: int, frame_width: int,
-                       columns: int | None = None, tile_width: int = 160) -> tuple[int, int]:
-    """(width, height) in pixels of the contact sheet that ``contact_sheet`` draws.
-
-    With ``tile_height = round(frame_height * tile_width / frame_width)`` and
-    ``rows = ceil(num_frames / columns)``:
-    ``width = PADDING + columns * (tile_width + PADDING)`` and
-    ``height = PADDING + rows * (tile_height + CAPTION_HEIGHT + PADDING)``.
-    ``columns`` defaults to ``default_columns(num_frames)`` and is capped at ``num_frames``.
-    """
-    columns = _columns(num_frames, columns)
-    tile_height, tile_width = _tile_shape(frame_height, frame_width, tile_width)
-    rows = math.ceil(num_frames / columns)
-    return (PADDING + columns * (tile_width + PADDING),
-            PADDING + rows * (tile_height + CAPTION_HEIGHT + PADDING))
-
-
-def _columns(num_frames: int, columns: int | None) -> int:
-    if columns is None:
-        return default_columns(num_frames)
-    if columns < 1:
-        raise ValueError(f"columns must be positive, got {columns}")
-    return min(columns, num_frames)
+                       columns: int | None = None, tile_width: int = 160,
+                       frames_per_unit: int = 1, merged: bool = False) -> tuple[int, int]:
+    """(width, height) in pixels of the contact sheet that ``contact_sheet`` draws: it depends
+    on the frame count and shape, the layout options, and whether a merging method ran (one
+    more legend entry), never on which tokens were kept."""
+    return sheet_layout(num_frames, frame_height, frame_width, frames_per_unit, columns,
+                        tile_width, merged).size
 
 
 def _cell_edges(pixels: int, cells: int) -> np.ndarray:
@@ -141,43 +118,91 @@ def _check_frames(frames: np.ndarray, plan: KeepPlan, frames_per_unit: int) -> t
 def contact_sheet(frames: np.ndarray, plan: KeepPlan, frames_per_unit: int = 1,
                   columns: int | None = None, tile_width: int = 160) -> Image.Image:
     """A grid of the sampled frames with each one's kept tokens left clear (and, for a
-    merging method, the dropped tokens that folded into a kept one tinted blue).
+    merging method, the dropped tokens that folded into a kept one tinted blue), and a legend.
 
-    Frame ``i`` belongs to unit ``i // frames_per_unit`` (the Qwen families merge two frames
-    per unit, so both show the same mask). Each tile is captioned "f{i} kept {k}/{N}", in a
-    warm colour when the unit's budget ``k`` is above the mean over units. The sheet's size is
-    exactly ``contact_sheet_size(F, H, W, columns, tile_width)``.
+    Frame ``i`` belongs to unit ``i // frames_per_unit``. The frames of one unit (the Qwen and
+    GLM families put 2 in one) sit side by side under one bracket and show its one mask; the
+    unit is captioned once, "frames 5-6" over "37/144 kept" (its budget ``k`` of its ``N``
+    tokens), the count in a warm colour when ``k`` is above the mean over units. Frames are
+    numbered from 1 in sampling order. The sheet's size is ``contact_sheet_size(F, H, W,
+    columns, tile_width, frames_per_unit, merged=plan.merges is not None)``.
     """
     grid = _check_frames(frames, plan, frames_per_unit)
     num_frames, frame_height, frame_width = frames.shape[:3]
-    columns = _columns(num_frames, columns)
-    tile_height, tile_width = _tile_shape(frame_height, frame_width, tile_width)
-    sheet = Image.new("RGB", contact_sheet_size(num_frames, frame_height, frame_width,
-                                                columns, tile_width), _BACKGROUND)
+    merging = plan.merges is not None
+    layout = sheet_layout(num_frames, frame_height, frame_width, frames_per_unit, columns,
+                          tile_width, merging)
+    sheet = Image.new("RGB", layout.size, _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
 
-    masks = plan.mask.reshape(plan.num_units, *grid).cpu().numpy()
-    merged = plan.merged_mask().reshape(plan.num_units, *grid).cpu().numpy() \
-        if plan.merges is not None else None
-    counts = plan.counts
-    mean_count = sum(counts) / len(counts)
-    for index, frame in enumerate(frames):
+    masks = as_array(plan.mask).reshape(plan.num_units, *grid)
+    merged = as_array(plan.merged_mask()).reshape(plan.num_units, *grid) if merging else None
+    for index, (frame, corner) in enumerate(zip(frames, layout.tiles, strict=True)):
         unit = index // frames_per_unit
-        resized = Image.fromarray(frame).resize((tile_width, tile_height), Image.BILINEAR)
-        row, column = divmod(index, columns)
-        x = PADDING + column * (tile_width + PADDING)
-        y = PADDING + row * (tile_height + CAPTION_HEIGHT + PADDING)
+        resized = Image.fromarray(frame).resize((layout.tile_width, layout.tile_height),
+                                                Image.BILINEAR)
         sheet.paste(_overlay(np.asarray(resized), masks[unit],
-                             None if merged is None else merged[unit]), (x, y))
-        colour = _FAVOURED_COLOUR if counts[unit] > mean_count else _CAPTION_COLOUR
-        caption = f"f{index} kept {counts[unit]}/{plan.tokens_per_unit}"
-        # Centred by its bounding box rather than an anchor: Pillow 10.0's bitmap default
-        # font does not support anchors.
-        _, top, _, bottom = draw.textbbox((0, 0), caption, font=font)
-        text_y = y + tile_height + (CAPTION_HEIGHT - (bottom - top)) // 2 - top
-        draw.text((x + 2, text_y), caption, fill=colour, font=font)
+                             None if merged is None else merged[unit]), corner)
+    _draw_captions(sheet, draw, layout, plan.counts, plan.tokens_per_unit)
+    _draw_legend(sheet, draw, layout)
     return sheet
+
+
+def _draw_bracket(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int]) -> None:
+    """A square bracket open upwards, 2 pixels thick, filling ``box`` (exclusive right and
+    bottom edges)."""
+    left, top, right, bottom = box
+    for part in ((left, top, left + 1, bottom - 1), (right - 2, top, right - 1, bottom - 1),
+                 (left, bottom - 2, right - 1, bottom - 1)):
+        draw.rectangle(part, fill=_BRACKET_COLOUR)
+
+
+def _draw_captions(sheet: Image.Image, draw: ImageDraw.ImageDraw, layout: SheetLayout,
+                   counts: list[int], tokens_per_unit: int) -> None:
+    """Under each unit: a bracket when it holds several frames, then its frames and its one
+    count, centred on the unit."""
+    font = layout.font
+    mean_count = sum(counts) / len(counts)
+    for unit, (left, top, right, _) in enumerate(layout.captions):
+        y = top + CAPTION_PAD
+        if layout.frames_per_unit > 1:
+            _draw_bracket(draw, (left, top + 1, right, top + BRACKET_HEIGHT - 1))
+            y += BRACKET_HEIGHT
+        frames_text, count_text = unit_caption(unit, layout.frames_per_unit, counts[unit],
+                                               tokens_per_unit)
+        count_colour = _FAVOURED_COLOUR if counts[unit] > mean_count else _CAPTION_COLOUR
+        for text, colour in ((frames_text, _CAPTION_COLOUR), (count_text, count_colour)):
+            font.draw(sheet, (left + right - font.width(text)) // 2, y, text, colour)
+            y += font.line_height
+
+
+def legend_colours() -> dict[str, tuple[int, int, int]]:
+    """The swatch of each legend entry that has one: a mid grey kept, dropped and merged, shaded
+    as ``_overlay`` shades the tiles."""
+    grey = np.full(3, _SAMPLE_GREY, dtype=float)
+    merged = grey * MERGED_BRIGHTNESS + np.asarray(_MERGED_TINT) * (1 - MERGED_BRIGHTNESS)
+    return {"kept": (_SAMPLE_GREY,) * 3,
+            "dropped": tuple(int(v) for v in (grey * DROPPED_BRIGHTNESS).astype(np.uint8)),
+            "merged": tuple(int(v) for v in merged.astype(np.uint8))}
+
+
+def _draw_legend(sheet: Image.Image, draw: ImageDraw.ImageDraw, layout: SheetLayout) -> None:
+    """A rule across the sheet, then each entry: its sample and its text."""
+    left, top, right, _ = layout.legend
+    draw.line([(left + MARGIN, top), (right - MARGIN - 1, top)], fill=_RULE_COLOUR, width=1)
+    swatches = legend_colours()
+    for entry in layout.entries:
+        if entry.key in swatches and entry.sample is not None:
+            x0, y0, x1, y1 = entry.sample
+            # kept cells meet dropped ones at a white outline; the others get a grey edge so a
+            # dark swatch still stands out from the background
+            draw.rectangle([x0, y0 + 1, x1 - 1, y1 - 2], fill=swatches[entry.key],
+                           outline=_OUTLINE_COLOUR if entry.key == "kept" else _BRACKET_COLOUR)
+        elif entry.key == "unit" and entry.sample is not None:
+            x0, y0, x1, y1 = entry.sample
+            _draw_bracket(draw, (x0, y0 + 2, x1, y1 - 2))
+        colour = _FAVOURED_COLOUR if entry.key == "favoured" else _CAPTION_COLOUR
+        layout.font.draw(sheet, *entry.text_at, entry.text, colour)
 
 
 def save_contact_sheet(path: str | os.PathLike[str], frames: np.ndarray, plan: KeepPlan,
@@ -226,14 +251,38 @@ def spatial_heatmap(plan: KeepPlan) -> list[str]:
     """
     if plan.grid is None:
         raise ValueError("the plan has no token grid to draw")
-    frequency = plan.spatial_frequency().float()
+    frequency = as_array(plan.spatial_frequency()).astype(np.float32)
     rows, cols = plan.grid
     if cols > MAX_HEATMAP_COLUMNS:
         shape = (max(1, round(rows * MAX_HEATMAP_COLUMNS / cols)), MAX_HEATMAP_COLUMNS)
-        frequency = adaptive_avg_pool2d(frequency[None, None], shape)[0, 0]
+        frequency = _average_pool(frequency, shape)
     top = len(SHADE_RAMP) - 1
-    levels = torch.round(frequency.clamp(0, 1) * top).long().tolist()
+    levels = np.round(np.clip(frequency, 0, 1) * top).astype(np.int64).tolist()
     return ["".join(SHADE_RAMP[level] for level in line) for line in levels]
+
+
+def _average_pool(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Adaptive average pooling of a 2-D array to ``shape``: output cell i along an axis of
+    ``n`` inputs and ``m`` outputs averages inputs floor(i*n/m) to ceil((i+1)*n/m) - 1 (the
+    bins of torch's adaptive_avg_pool2d)."""
+
+    def bins(inputs: int, outputs: int) -> list[tuple[int, int]]:
+        return [((i * inputs) // outputs, -((-(i + 1) * inputs) // outputs))
+                for i in range(outputs)]
+
+    pooled = np.empty(shape, dtype=np.float32)
+    for row, (top, bottom) in enumerate(bins(values.shape[0], shape[0])):
+        for col, (left, right) in enumerate(bins(values.shape[1], shape[1])):
+            cell = values[top:bottom, left:right]
+            pooled[row, col] = cell.sum(dtype=np.float32) / np.float32(cell.size)
+    return pooled
+
+
+def as_array(values: Any) -> np.ndarray:
+    """A torch tensor (on any device) or an array-like as a numpy array."""
+    if hasattr(values, "detach"):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
 
 
 def favoured_units(counts: list[int], top: int = 3) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -12,10 +12,15 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .bench import BenchRow
-from .engine import Answer, VideoContext
 from .heatmap import budget_sparkline, favoured_units, spatial_heatmap
-from .models.base import PrefixCache
+from .sheet_layout import frame_span
+from .wording import counted
+
+if TYPE_CHECKING:  # no torch at run time: a server's client renders answers it received
+    from .bench import BenchRow
+    from .compression.plan import KeepPlan
+    from .models.base import PrefixCache
+    from .work import Answer, VideoContext
 
 RANDOM_WEIGHTS_NOTE = "random weights: the answer is meaningless; timings and shapes are real"
 
@@ -90,19 +95,36 @@ def token_table(answer: Answer) -> Table:
     table.add_row("prompt", str(tokens.prompt_full), str(tokens.prompt_kept),
                   _percent(tokens.prompt_kept, tokens.prompt_full))
     table.add_row("generated", "", str(tokens.generated), "")
+    if tokens.llm is not None:
+        for stage in tokens.llm.stages:
+            label = (f"visual, {stage.stage}" if stage.steps is None else
+                     f"visual KV, {stage.stage} ({stage.pruned_steps}/{stage.steps} steps)")
+            table.add_row(label, str(tokens.visual_kept), f"{stage.visual:,.0f}",
+                          _percent(round(stage.visual), tokens.visual_kept))
+        table.add_row("visual KV per layer", str(tokens.visual_kept),
+                      f"{tokens.llm.visual_kv_attended:,.1f}",
+                      _percent(round(tokens.llm.visual_kv_attended), tokens.visual_kept))
+        table.caption = ("inside the language model, % of the visual tokens sent; KV per "
+                         "layer: entries a decoding step attends, mean over layers and steps")
     return table
 
 
-def heatmap_summary(answer: Answer) -> Group:
-    plan = answer.plan
+def heatmap_summary(plan: KeepPlan, frames_per_unit: int) -> Group:
+    """The retained-token summary: the budget of each temporal unit over time, the units that
+    got the most (named by their frames, numbered from 1 as on the contact sheet), merges, and
+    how often each grid position survived. A unit of several frames has one budget for all of
+    them, so nothing here is per frame unless a unit is one frame."""
     counts = plan.counts
-    unit = "frame" if answer.frames_per_unit == 1 else f"{answer.frames_per_unit}-frame unit"
-    favoured = ", ".join(f"#{index} ({counts[index]})" for index in favoured_units(counts))
+    unit = "frame" if frames_per_unit == 1 else f"{frames_per_unit}-frame unit"
+    top = favoured_units(counts)
+    noun = "frame" if len(top) == 1 and frames_per_unit == 1 else "frames"
+    favoured = ", ".join(f"{frame_span(index, frames_per_unit)} ({counts[index]})"
+                         for index in top)
     lines: list[RenderableType] = [
         Text("Retained tokens", style="bold"),
         Text(f"per {unit} over time (█ = {max(counts)} of {plan.tokens_per_unit}): ")
         + Text(budget_sparkline(counts, max(counts), width=64), style="cyan"),
-        Text(f"largest budgets: {favoured}"),
+        Text(f"largest budgets: {noun} {favoured}"),
     ]
     if plan.merges is not None:
         lines.append(Text(f"merged: {plan.total_merged} dropped tokens folded into "
@@ -139,7 +161,7 @@ def timing_table(answer: Answer) -> Table:
 
 def _header(answer: Answer) -> Text:
     count, padded = len(answer.video.indices), answer.video.padded
-    frames = f"{count} frame{'s' if count != 1 else ''}" + (
+    frames = counted(count, "frame") + (
         f" ({padded} padded)" if padded else "")
     return Text(f"{answer.method} R={answer.ratio:g} · {frames} of "
                 f"{answer.video.info.frame_count} · {Path(answer.model).name or answer.model}")
@@ -170,7 +192,8 @@ def render_answer(answer: Answer, with_text: bool = True) -> Group:
                                          title=_header(answer), title_align="left")
                                    if with_text else _header(answer)]
     parts += _notes(answer)
-    parts += [token_table(answer), heatmap_summary(answer), timing_table(answer)]
+    parts += [token_table(answer), heatmap_summary(answer.plan, answer.frames_per_unit),
+              timing_table(answer)]
     return Group(*parts)
 
 
@@ -184,7 +207,7 @@ def render_summary(answer: Answer) -> Group:
         ("prefix_prefill", "prefix prefill")))
     parts: list[RenderableType] = [Text.assemble(("Video ", "bold"), _header(answer))]
     parts += _notes(answer)
-    parts += [token_table(answer), heatmap_summary(answer),
+    parts += [token_table(answer), heatmap_summary(answer.plan, answer.frames_per_unit),
               Text(f"done once for all questions: {shared}"),
               Text(f"peak memory {megabytes(answer.memory.bytes)} ({answer.memory.source})",
                    style="dim")]
@@ -231,8 +254,21 @@ def chat_ready_line(context: VideoContext, prefix: PrefixCache) -> str:
 
 BENCH_CAPTION = ("times in ms (medians); speed-up = LLM time at R=1 / LLM time; same = answer "
                  "equals the R=1 answer")
+STAGES_CAPTION = ("in-LLM stages: visual tokens left after a prefill stage (merge@K), or the "
+                  "visual KV entries a pruned decoding step attends (kv-prune@L, pruned steps "
+                  "of all); vis KV = visual KV entries a decoding step attends per layer, mean "
+                  "over layers and steps")
 # Every column in one table needs about this many terminal columns; narrower, two tables.
 _ONE_TABLE_WIDTH = 132
+
+
+def _llm_stages_cell(row: BenchRow) -> str:
+    parts = []
+    for stage in row.llm_stages:
+        steps = "" if stage["steps"] is None else (
+            f" ({stage['pruned_steps']}/{stage['steps']})")
+        parts.append(f"{stage['stage']}: {stage['visual']:,.0f}{steps}")
+    return ", ".join(parts) or "-"
 
 
 def _bench_cells(row: BenchRow) -> dict[str, str]:
@@ -242,7 +278,8 @@ def _bench_cells(row: BenchRow) -> dict[str, str]:
             "decode": f"{row.decode_ms:.1f}", "ms/tok": f"{row.decode_ms_per_token:.2f}",
             "LLM": f"{row.generation_ms:.1f}", "e2e": f"{row.end_to_end_ms:.1f}",
             "speed-up": f"{row.speedup:.2f}x", "peak mem": megabytes(row.peak_memory_bytes),
-            "same": "yes" if row.same_answer else "no"}
+            "same": "yes" if row.same_answer else "no",
+            "vis KV": f"{row.visual_kv_attended:,.0f}", "in-LLM stages": _llm_stages_cell(row)}
 
 
 def _bench_table(rows: list[BenchRow], columns: tuple[str, ...], **table: Any) -> Table:
@@ -262,18 +299,26 @@ def _bench_table(rows: list[BenchRow], columns: tuple[str, ...], **table: Any) -
 def render_bench(rows: list[BenchRow], title: str, width: int) -> Group:
     """The bench rows as one table where the terminal is wide enough, else as two tables
     (the LLM figures, then the other stages) that each fit 80 columns. The R = 1.0 baseline,
-    the same run for every method, is shown once."""
+    the same run for every method, is shown once. Rows of methods with in-LLM stages add a
+    table of what the language model kept."""
     shown = [row for index, row in enumerate(rows)
              if row.ratio != 1.0 or all(other.ratio != 1.0 for other in rows[:index])]
     title_text = Text(title)
-    caption = Text(BENCH_CAPTION)
     if width >= _ONE_TABLE_WIDTH:
-        return Group(title_text, Text(), _bench_table(shown, (
+        tables = [_bench_table(shown, (
             "R", "visual", "prompt", "vision", "compress", "prefill", "decode", "ms/tok", "LLM",
-            "e2e", "speed-up", "peak mem", "same")), Text(), caption)
-    return Group(title_text, Text(),
-                 _bench_table(shown, ("R", "visual", "prefill", "LLM", "e2e", "speed-up",
-                                      "same")), Text(),
-                 _bench_table(shown, ("R", "prompt", "vision", "compress", "decode", "ms/tok",
-                                      "peak mem")), Text(),
-                 caption)
+            "e2e", "speed-up", "peak mem", "same"))]
+    else:
+        tables = [_bench_table(shown, ("R", "visual", "prefill", "LLM", "e2e", "speed-up",
+                                       "same")),
+                  _bench_table(shown, ("R", "prompt", "vision", "compress", "decode", "ms/tok",
+                                       "peak mem"))]
+    captions = [Text(BENCH_CAPTION)]
+    staged = [row for row in shown if row.llm_stages]
+    if staged:
+        tables.append(_bench_table(staged, ("R", "visual", "vis KV", "in-LLM stages")))
+        captions.append(Text(STAGES_CAPTION))
+    parts: list[RenderableType] = [title_text, Text()]
+    for table in tables:
+        parts += [table, Text()]
+    return Group(*parts, *captions)

@@ -14,7 +14,9 @@ from .runtime import run_line
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..engine import Answer, Engine, SamplingOptions
+    from ..engine import Engine
+    from ..options import SamplingOptions
+    from ..work import Answer
 
 
 class AnswerStreamer:
@@ -38,15 +40,14 @@ def print_answers(engine: Engine, answers: Iterable[Answer], json_output: bool, 
                   several: bool = False, streamed: bool = False) -> None:
     """Each answer as it comes: a JSON line, the bare answer, or the human report (for
     several questions of one video, the shared summary once and then each answer)."""
-    from ..engine import SamplingOptions
     from ..heatmap import save_contact_sheet
     from ..report import answer_to_json, render_answer, render_question_answer, render_summary
 
     stdout = console.stdout
     for index, result in enumerate(answers):
         if index == 0 and heatmap is not None:
-            save_contact_sheet(heatmap, _frames_of(result, sampling or SamplingOptions()),
-                               result.plan, frames_per_unit=result.frames_per_unit)
+            save_contact_sheet(heatmap, frames_of(result, sampling), result.plan,
+                               frames_per_unit=result.frames_per_unit)
         if json_output:
             payload = answer_to_json(result)
             payload["heatmap"] = str(heatmap) if heatmap is not None else None
@@ -60,18 +61,22 @@ def print_answers(engine: Engine, answers: Iterable[Answer], json_output: bool, 
         else:
             stdout.print(render_answer(result, with_text=not streamed))
     if not (json_output or quiet):
-        console.print_plain(run_line(engine))
+        console.print_plain(run_line(engine.run_info()))
         if heatmap is not None:
             console.print_plain(f"heatmap written to {heatmap}")
 
 
-def _frames_of(answer: Answer, sampling: SamplingOptions) -> np.ndarray:
+def frames_of(answer: Answer, sampling: SamplingOptions | None) -> np.ndarray:
     """The sampled frames, decoded again (the same sampling picks the same frames) when a
-    feature-cache hit skipped decoding."""
+    feature-cache hit skipped decoding (or a server answered)."""
     from ..video import load_video
 
     if len(answer.video.frames):
         return answer.video.frames
+    if sampling is None:
+        from ..options import SamplingOptions
+
+        sampling = SamplingOptions()
     return load_video(Path(answer.request.video), num_frames=sampling.frames, fps=sampling.fps,
                       max_frames=sampling.max_frames,
                       multiple_of=answer.frames_per_unit).frames

@@ -24,6 +24,7 @@ from .checks import (
     OptionError,
     check_device,
     check_generation_options,
+    check_method_names,
     check_numbers,
     check_output_modes,
     check_sampling_options,
@@ -49,12 +50,14 @@ from .options import (
     RatioOption,
     SampleOption,
     SeedOption,
+    ServerOption,
     TemperatureOption,
     TopPOption,
 )
 from .runtime import (
     answer_options,
     compression_options,
+    each_with_status,
     load_engine,
     preflight,
     sampling_options,
@@ -62,11 +65,12 @@ from .runtime import (
 )
 
 if TYPE_CHECKING:
-    from ..engine import Answer
+    from ..work import Answer
 
 
 @app.command()
 def ask(
+    context: typer.Context,
     video: Annotated[Path, typer.Argument(help="Video file.")],
     questions: Annotated[list[str], typer.Argument(
         metavar="QUESTION...", help="One or more questions about the video; several are "
@@ -96,6 +100,7 @@ def ask(
                                                   "with dropped tokens dimmed.")] = None,
     feature_cache: FeatureCacheOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the answers.")] = False,
+    server: ServerOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Answer one or more questions about a video."""
@@ -108,8 +113,16 @@ def ask(
         if not all(question.strip() for question in questions):
             raise OptionError("question: a question is empty")
         method_settings = parse_method_options(method_option)
+        if server is not None:
+            from .remote import ask_on_server
+
+            check_method_names([method])
+            ask_on_server(server, context, video, questions, context.params, json_output,
+                          quiet, heatmap)
+            return
         preflight(model, [method], video)
-        from ..engine import Request, check_options, check_sampling
+        from ..options import check_options, check_sampling
+        from ..work import Request
 
         compression = compression_options(ratio, method, seed, method_settings)
         generation = answer_options(max_new_tokens, sample, temperature, top_p, seed)
@@ -127,8 +140,8 @@ def ask(
                                                         sampling, compression, generation,
                                                         on_text)]
             else:
-                answers = engine.ask_many(str(video), questions, sampling, compression,
-                                          generation)
+                answers = each_with_status(engine.ask_many(
+                    str(video), questions, sampling, compression, generation), human)
         if streaming:
             if not on_text.started:  # the first token ended the answer
                 on_text("(empty answer)")

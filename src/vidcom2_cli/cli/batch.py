@@ -3,6 +3,7 @@ workers; also the Ray plumbing ``eval --ray`` shares."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,6 +18,7 @@ from ..catalog import (
     DEFAULT_MODEL,
     DEFAULT_NUM_FRAMES,
     DEFAULT_RATIO,
+    RANDOM_PREFIX,
 )
 from ..errors import InputError
 from . import console
@@ -24,6 +26,7 @@ from .app import app
 from .checks import (
     check_batch_numbers,
     check_device,
+    check_method_names,
     check_numbers,
     check_sampling_options,
     output_records,
@@ -48,6 +51,7 @@ from .options import (
     ModelOption,
     RatioOption,
     SelectionSeedOption,
+    ServerOption,
 )
 from .runtime import (
     compression_options,
@@ -59,13 +63,15 @@ from .runtime import (
 )
 
 if TYPE_CHECKING:
-    from ..batch import BatchOptions, BatchSummary
+    from ..batch.local import BatchOptions
+    from ..batch.ray import RaySummary
+    from ..batch.ray_options import RayOptions
     from ..models import LoadOptions
-    from ..ray_batch import RayOptions
 
 
 @app.command()
 def batch(
+    context: typer.Context,
     input_path: Annotated[str, typer.Argument(
         metavar="input", help='JSON lines {"id", "video", "question"}, optionally '
         '"options" (multiple choice) and "answer" (expected); - reads stdin.')],
@@ -112,6 +118,9 @@ def batch(
                                        "stay together).")] = 16,
     ordered: Annotated[bool, typer.Option(help="With --ray: write records in input order "
                                           "(finished ones wait for earlier ones).")] = False,
+    server: ServerOption = None,
+    concurrency: Annotated[int, typer.Option(help="With --server: items in flight (the server "
+                                             "batches them).")] = 8,
     debug: DebugOption = False,
 ) -> None:
     """Answer the questions of a JSONL file with one model load, writing JSON lines."""
@@ -121,21 +130,31 @@ def batch(
         check_sampling_options(frames, fps, max_frames)
         check_device(device)
         method_settings = parse_method_options(method_option)
+        if server is not None:
+            from .remote import batch_on_server
+
+            check_method_names([method])
+            batch_on_server(server, context, input_path, out, resume, concurrency,
+                            context.params)
+            return
+        if ray_address is None and (workers is not None or gpus_per_worker is not None
+                                    or ordered):
+            raise InputError("--workers/--gpus-per-worker/--ordered: only with --ray")
+        from ..batch.input import read_input
+        from ..batch.output import ResultWriter, pending_items, prepare_output
+
+        # the input and the output are checked before anything heavy is imported
+        items = read_input(input_path) if ray_address is None else None
+        if items == [] or (items is None and input_path != "-" and not _has_lines(input_path)):
+            raise InputError(f"{'stdin' if input_path == '-' else input_path}: no questions in "
+                             "it (one JSON object per line)")
+        done = prepare_output(out, resume, input_path)
         preflight(model, [method])
-        from ..batch import (
-            BatchOptions,
-            BatchSummary,
-            ResultWriter,
-            check_batch_options,
-            pending_items,
-            prepare_output,
-            progress_bar,
-            read_input,
-            run_batch,
-        )
-        from ..engine import GenerationOptions
+        from ..batch.local import BatchOptions, check_batch_options, run_batch
+        from ..batch.progress import BatchSummary, progress_bar
+        from ..batch.ray_options import RayOptions
         from ..models import LoadOptions
-        from ..ray_batch import RayOptions
+        from ..options import GenerationOptions
 
         options = BatchOptions(
             sampling_options(frames, fps, max_frames, min_pixels, max_pixels),
@@ -143,17 +162,13 @@ def batch(
             GenerationOptions(max_new_tokens=max_new_tokens, seed=seed), batch_size, prefetch,
             reuse)
         check_batch_options(options)
-        if ray_address is not None:
+        if items is None:
             ray_options = RayOptions(ray_address, workers, gpus_per_worker, chunk, ordered)
-            summary = _ray_batch(input_path, out, resume, options, ray_options, model,
+            summary = _ray_batch(input_path, out, done, options, ray_options, model,
                                  LoadOptions(device=device, dtype=dtype, attention=attn,
                                              device_map=device_map), feature_cache)
-            fail_if_all_failed(summary)
+            console.fail_if_all_failed(summary)
             return
-        if workers is not None or gpus_per_worker is not None or ordered:
-            raise InputError("--workers/--gpus-per-worker/--ordered: only with --ray")
-        items = read_input(input_path)
-        done = prepare_output(out, resume, input_path)
         engine = load_engine(model, device, dtype, attn, device_map,
                              feature_cache=feature_cache, max_new_tokens=max_new_tokens)
         todo = len(pending_items(items, done))
@@ -161,44 +176,54 @@ def batch(
         with ResultWriter.open(out) as writer, progress_bar(stderr, todo) as on_record:
             summary = run_batch(engine, items, options, writer, done, on_record)
         stderr.print(summary.render(), highlight=False, markup=False)
-        stderr.print(run_line(engine), highlight=False, markup=False, soft_wrap=True)
+        stderr.print(run_line(engine.run_info()), highlight=False, markup=False, soft_wrap=True)
         if resume and done and out != "-":  # the closing line covers the whole file too
             whole = BatchSummary(total=len(items))
             for record in output_records(out):
                 whole.add(record)
             stderr.print(f"whole output {out}: " + whole_output_line(whole), highlight=False,
                          markup=False, soft_wrap=True)
-        fail_if_all_failed(summary)
+        console.fail_if_all_failed(summary)
 
 
-def fail_if_all_failed(summary: BatchSummary) -> None:
-    if summary.processed and summary.answered == 0:
-        console.print_error(f"every one of the {summary.processed} items failed (see the "
-                            "error field of each record)")
-        raise typer.Exit(1)
+def _has_lines(path: str) -> bool:
+    """Whether a file holds anything but blank lines (read line by line: it may be large)."""
+    try:
+        with open(path, "rb") as lines:
+            return any(line.strip() for line in lines)
+    except OSError:
+        return True  # reading it is refused with its own message, where it is read
 
 
-def _ray_batch(input_path: str, out: str, resume: bool, options: BatchOptions,
+def _ray_batch(input_path: str, out: str, done: Counter[str], options: BatchOptions,
                ray_options: RayOptions, model: str, load_options: LoadOptions,
-               feature_cache: Path | None) -> BatchSummary:
-    from ..batch import ResultWriter, count_lines, prepare_output, stream_input
+               feature_cache: Path | None) -> RaySummary:
+    from ..batch.input import count_lines, stream_input
+    from ..batch.output import ResultWriter
 
     check_ray(ray_options)
     items = stream_input(input_path)
-    done = prepare_output(out, resume, input_path)
     total = None if input_path == "-" else max(count_lines(Path(input_path)) - sum(
         done.values()), 0)
     with ResultWriter.open(out) as writer:
         summary = on_ray(items, writer, done, options, ray_options, model, load_options,
                          feature_cache, total)
     console.stderr.print(summary.render(), highlight=False, markup=False)
+    print_ray_run_line(summary)
     return summary
+
+
+def print_ray_run_line(summary: RaySummary) -> None:
+    """The closing line a local run prints, from what ran the workers' first answer."""
+    if summary.run:
+        console.stderr.print(f"{run_line(summary.run)} · on {len(summary.workers)} Ray "
+                             "workers", highlight=False, markup=False, soft_wrap=True)
 
 
 def check_ray(ray_options: RayOptions) -> None:
     """What can be refused before Ray starts (the model was checked by ``preflight``): its
     options and a missing extra."""
-    from ..ray_batch import check_ray_options, import_ray
+    from ..batch.ray_options import check_ray_options, import_ray
 
     check_ray_options(ray_options)
     import_ray()  # one line saying which extra to install, before anything else
@@ -206,11 +231,16 @@ def check_ray(ray_options: RayOptions) -> None:
 
 def on_ray(items: Iterable, sink: object, done: object, options: BatchOptions,
            ray_options: RayOptions, model: str, load_options: LoadOptions,
-           feature_cache: Path | None, total: int | None) -> BatchSummary:
+           feature_cache: Path | None, total: int | None) -> RaySummary:
     """Run ``items`` on Ray workers (options and model already checked), records to ``sink``."""
-    from ..batch import progress_bar
-    from ..ray_batch import ray_workers, run_ray_batch
+    from ..batch.progress import progress_bar
+    from ..batch.ray import ray_workers, run_ray_batch
 
+    if model.startswith(RANDOM_PREFIX):  # the workers' load does not reach this console
+        from ..report import RANDOM_WEIGHTS_NOTE
+
+        console.stderr.print(RANDOM_WEIGHTS_NOTE, style="bold yellow", markup=False,
+                             highlight=False)
     cache = None if feature_cache is None else str(
         feature_cache_at(feature_cache).directory.expanduser().resolve())
     with ExitStack() as stack:

@@ -80,8 +80,9 @@ def bench(
         method_list = [name.strip() for name in methods.split(",") if name.strip()]
         preflight(model, method_list, video, "--methods")
         from ..bench import check_bench_options, parse_floats, run_bench
-        from ..engine import GenerationOptions, Request, check_sampling
+        from ..options import GenerationOptions, check_sampling
         from ..report import bench_rows_to_json, render_bench
+        from ..work import Request
 
         ratio_list = parse_floats(ratios, "--ratios")
         generation = GenerationOptions(max_new_tokens=max_new_tokens,

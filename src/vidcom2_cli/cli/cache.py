@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..catalog import FEATURE_CACHE_VARIABLE
+from ..wording import counted
 from . import console
 from .app import app
 from .checks import OptionError
@@ -48,7 +49,7 @@ def cache_info(folder: CacheFolderOption = None, json_output: JsonOption = False
             console.print_json({"folder": str(cache.directory), "entries": usage.entries,
                                 "bytes": usage.bytes})
             return
-        console.print_plain(f"{cache.directory}: {usage.entries} entries, "
+        console.print_plain(f"{cache.directory}: {counted(usage.entries, 'entry', 'entries')}, "
                             f"{megabytes(usage.bytes)}")
 
 
@@ -60,5 +61,6 @@ def cache_clear(folder: CacheFolderOption = None, debug: DebugOption = False) ->
         from ..report import megabytes
 
         removed = cache.clear()
-        console.print_plain(f"{cache.directory}: removed {removed.entries} entries, "
+        console.print_plain(f"{cache.directory}: removed "
+                            f"{counted(removed.entries, 'entry', 'entries')}, "
                             f"{megabytes(removed.bytes)}")

@@ -63,8 +63,10 @@ from .runtime import (
 )
 
 if TYPE_CHECKING:
-    from ..engine import Engine, GenerationOptions, VideoContext
+    from ..engine import Engine
     from ..models.base import PrefixCache
+    from ..options import GenerationOptions
+    from ..work import VideoContext
 
 
 @app.command()
@@ -109,7 +111,7 @@ def chat(
             raise OptionError("stdin: no question (give one question per line)")
         method_settings = parse_method_options(method_option)
         preflight(model, [method], video)
-        from ..engine import check_options, check_sampling
+        from ..options import check_options, check_sampling
         from ..report import chat_ready_line
 
         compression = compression_options(ratio, method, seed, method_settings)
@@ -137,8 +139,8 @@ def chat_loop(engine: Engine, context: VideoContext, prefix: PrefixCache,
     stops the answer being written, a second one at the prompt ends the chat."""
     import readline  # noqa: F401  (gives input() line editing and history)
 
-    from ..engine import Request
     from ..report import question_footer
+    from ..work import Request
 
     def write(text: str) -> None:
         sys.stdout.write(text)

@@ -28,18 +28,18 @@ from ..catalog import (
     preset_names,
 )
 from ..errors import did_you_mean
+from ..wording import counted
 
 HUB_TIMEOUT_S = 3.0
-_RAY_ADDRESS = re.compile(r"(local|auto|ray://\S+|[\w.\-]+:\d+)")
 _DEVICE = re.compile(r"(auto|cpu|mps|cuda|cuda:\d+|xpu|xpu:\d+)")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*")
 _QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "HF_HUB_VERBOSITY": "error",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
+_NO_BARS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"  # the hub's and transformers' tqdm bars
 
 
 class OptionError(ValueError):
@@ -74,12 +74,6 @@ def check_batch_numbers(batch_size: int, prefetch: int | None) -> None:
         raise OptionError(f"--batch-size: must be at least 1, got {batch_size}")
     if prefetch is not None and prefetch < 0:
         raise OptionError(f"--prefetch: must be at least 0, got {prefetch}")
-
-
-def looks_like_address(text: str) -> bool:
-    """Whether a word after ``--ray`` is its address (local, auto, ray://HOST:PORT,
-    HOST:PORT) rather than the next argument."""
-    return _RAY_ADDRESS.fullmatch(text) is not None
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -244,8 +238,8 @@ def check_model_source(reference: str) -> None:
     raise HubUnreachable(
         f"--model: {reference} is not in the local model cache{here} and the model hub "
         f"({hub.ENDPOINT}) cannot be reached: download it on a connected machine "
-        f"(huggingface-cli download {reference}) and pass its folder to --model, set HF_HOME "
-        "to a cache that holds it, or try --model random:NAME (see `vidcom2 models`)"
+        f"(hf download {reference} --local-dir FOLDER) and pass that folder to --model, set "
+        "HF_HOME to a cache that holds it, or try --model random:NAME (see `vidcom2 models`)"
     )
 
 
@@ -276,27 +270,33 @@ def _cached(reference: str) -> bool:
 # --- logs and signals --------------------------------------------------------------------------
 
 
-def library_logs(show: bool) -> None:
+def library_logs(show: bool, progress: bool | None = None) -> None:
     """Library log output (FFmpeg, decord, the hub client, transformers, Python warnings)
-    reaches stderr only with ``show`` (--debug). Environment variables cover the libraries
-    not imported yet; those already imported are told directly."""
+    reaches stderr only with ``show`` (--debug). Progress bars (a model's download, its
+    weights loading) show with ``progress``, by default where stderr is a terminal: a command
+    printing --json or --quiet passes False; they never show when piped. Environment variables
+    cover the libraries not imported yet; those already imported are told directly."""
+    progress = show or (sys.stderr.isatty() if progress is None else progress)
     if show:
         warnings.resetwarnings()
     else:
         for key, value in _QUIET_ENV.items():
             os.environ.setdefault(key, value)
         warnings.simplefilter("ignore")
+    if not progress:
+        os.environ.setdefault(_NO_BARS_ENV, "1")
     if "transformers" in sys.modules:
-        transformers = sys.modules["transformers"]
-        if show:
-            transformers.logging.set_verbosity_warning()
-        else:
-            transformers.logging.set_verbosity_error()
-            transformers.utils.logging.disable_progress_bar()
+        logging = sys.modules["transformers"].utils.logging
+        (logging.set_verbosity_warning if show else logging.set_verbosity_error)()
+        # transformers' switch also sets the hub client's, which the next lines set again
+        (logging.enable_progress_bar if progress else logging.disable_progress_bar)()
     if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
         from huggingface_hub.utils import logging as hub_logging
 
         (hub_logging.set_verbosity_warning if show else hub_logging.set_verbosity_error)()
+        # HF_HUB_DISABLE_PROGRESS_BARS, when set before the hub client was imported, wins
+        (enable_progress_bars if progress else disable_progress_bars)()
     if show or "av" in sys.modules or "decord" in sys.modules:
         from ..decoders import library_logs as decoder_logs
 
@@ -345,8 +345,8 @@ def output_records(path: str) -> Iterator[dict[str, Any]]:
 def whole_output_line(summary: Any) -> str:
     """A BatchSummary filled from every record of an output file, as one line."""
     values = summary.as_dict()
-    line = (f"{values['processed']} records ({values['answered']} answered, "
-            f"{values['errors']} errors)")
+    line = (f"{counted(values['processed'], 'record')} ({values['answered']:,} answered, "
+            f"{counted(values['errors'], 'error')})")
     if values["mean_kept_ratio"] is not None:
         line += f", mean kept ratio {values['mean_kept_ratio']:.3f}"
     if values["accuracy"] is not None:

@@ -11,12 +11,17 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import InputError, VideoError, first_line
+from ..errors import InputError, ModelLoadError, VideoError, first_line
+
+if TYPE_CHECKING:
+    from ..batch.progress import BatchSummary
+
 from .checks import HubUnreachable, OptionError, library_logs, sigterm_as_interrupt
 
 # A terminal's own width; piped or redirected, $COLUMNS, else 80 (tables are laid out for it).
@@ -36,8 +41,10 @@ def print_error(message: str) -> None:
 
 
 def print_plain(text: str, *, to_stderr: bool = False) -> None:
-    """A line of data (paths, answers, library text): never markup, never highlighted."""
-    (stderr if to_stderr else stdout).print(text, markup=False, highlight=False)
+    """A line of data (paths, answers, library text): never markup, never highlighted, never
+    broken by rich (a long path stays one line for a script to read; a terminal wraps it)."""
+    (stderr if to_stderr else stdout).print(text, markup=False, highlight=False,
+                                            soft_wrap=True)
 
 
 @contextmanager
@@ -72,9 +79,8 @@ def cli_errors(debug: bool) -> Iterator[None]:
 
 def _bad_input(error: BaseException) -> bool:
     """Bad usage or input (exit 2): the error types of modules not imported yet cannot occur."""
-    kinds: list[type] = [VideoError, OptionError, InputError]
-    for module, name in (("vidcom2_cli.models.loading", "ModelLoadError"),
-                         ("vidcom2_cli.evaluation.common", "DatasetError")):
+    kinds: list[type] = [VideoError, OptionError, InputError, ModelLoadError]
+    for module, name in (("vidcom2_cli.evaluation.common", "DatasetError"),):
         if module in sys.modules:
             kinds.append(getattr(sys.modules[module], name))
     return isinstance(error, tuple(kinds))
@@ -114,3 +120,11 @@ def _runtime_message(error: Exception) -> str:
                 "(or a smaller --batch-size in batch mode)")
     return (f"{type(error).__name__}: {first_line(error)} (run again with --debug for the "
             "traceback)")
+
+
+def fail_if_all_failed(summary: BatchSummary) -> None:
+    """Exit 1 when a run answered nothing (each record says why)."""
+    if summary.processed and summary.answered == 0:
+        print_error(f"every one of the {summary.processed} items failed (see the error "
+                    "field of each record)")
+        raise typer.Exit(1)

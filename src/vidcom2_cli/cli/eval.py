@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ..catalog import DEFAULT_MAX_FRAMES, DEFAULT_METHOD, DEFAULT_MODEL, DEFAULT_NUM_FRAMES
 from ..errors import InputError
 from . import console
 from .app import app
-from .batch import check_ray, fail_if_all_failed, on_ray
+from .batch import check_ray, on_ray, print_ray_run_line
 from .checks import (
     OptionError,
     check_batch_numbers,
@@ -51,7 +50,7 @@ def eval_(
                                         "mvbench_<subtask>, mlvu (dev) or longvideobench (val, "
                                         "video only).")],
     data: Annotated[Path, typer.Option("--data", metavar="DIR", help="The dataset as its "
-                                       "publishers distribute it (see the README).")],
+                                       "publishers distribute it (see docs/eval.md).")],
     out: Annotated[str, typer.Option("--out", help="Results, one JSON line per question and "
                                      "setting (- for stdout).")],
     limit: Annotated[int | None, typer.Option(help="At most N questions (per subtask for "
@@ -121,21 +120,20 @@ def eval_(
         resolve_variant(chosen_task, prompt_variant, None)  # refuses an unknown one now
         questions = read_questions(chosen_task, subtask, data, "default", limit)
         preflight(model, method_list, None, "--methods")
-        from ..batch import (
-            BatchOptions,
-            ResultWriter,
-            check_batch_options,
-            pending_items,
-            prepare_output,
-            progress_bar,
-            run_batch,
-        )
-        from ..engine import CompressionOptions, GenerationOptions, check_options
+        from ..evaluation.missing import missing_videos_line
+
+        missing = missing_videos_line(questions, data, out)
+        if missing:  # named now, before the model loads; each becomes an error record
+            console.print_plain(missing, to_stderr=True)
+        from ..batch.local import BatchOptions, check_batch_options, run_batch
+        from ..batch.output import ResultWriter, pending_items, prepare_output
+        from ..batch.progress import progress_bar
+        from ..batch.ray_options import RayOptions
         from ..evaluation.summary import render as render_eval
         from ..evaluation.summary import summarize
         from ..evaluation.sweep import ScoringSink, settings, sweep_items, with_method_options
         from ..models import LoadOptions
-        from ..ray_batch import RayOptions
+        from ..options import CompressionOptions, GenerationOptions, check_options
 
         for name in method_list:  # any name of the registry; an unknown one lists them
             try:
@@ -180,12 +178,14 @@ def eval_(
                                  LoadOptions(device=device, dtype=dtype, attention=attn,
                                              device_map=device_map), feature_cache, todo)
         console.stderr.print(summary.render(), highlight=False, markup=False)
+        if engine is None:
+            print_ray_run_line(summary)
         records = sink.records
         if out != "-":  # the whole file: earlier runs' records too (--resume)
             records = [record for record in output_records(out)
                        if str(record.get("id")) in index and "setting" in record]
         result = summarize(records, chosen_task.name, [setting.label for setting in chosen])
-        summary_console = console.stdout if out != "-" else Console(stderr=True, width=160)
+        summary_console = console.stdout if out != "-" else console.stderr
         if json_output:
             if out == "-":
                 summary_console.print_json(json.dumps(result))
@@ -193,4 +193,4 @@ def eval_(
                 console.print_json(result)
         else:
             summary_console.print(render_eval(result))
-        fail_if_all_failed(summary)
+        console.fail_if_all_failed(summary)

@@ -16,8 +16,9 @@ ModelOption = Annotated[str, typer.Option("--model", "-m", envvar="VIDCOM2_MODEL
 DeviceOption = Annotated[str, typer.Option(envvar="VIDCOM2_DEVICE",
                                            help="auto, cpu, cuda, cuda:1, ...")]
 DtypeOption = Annotated[str, typer.Option(envvar="VIDCOM2_DTYPE",
-                                          help="auto (bf16 on an Ampere+ GPU, else fp16; fp32 on "
-                                          "CPU), bf16, fp16, fp32.")]
+                                          help="auto (bf16 on an Ampere+ GPU, else fp16; on a "
+                                          "CPU bf16 where it computes bf16 natively, AVX512-BF16 "
+                                          "or AMX, else fp32), bf16, fp16, fp32.")]
 AttnOption = Annotated[str, typer.Option("--attn", envvar="VIDCOM2_ATTN",
                                          help="auto (flash_attention_2 where it can "
                                          "run, else sdpa), flash_attention_2, sdpa, eager.")]
@@ -58,3 +59,7 @@ FeatureCacheOption = Annotated[Path | None, typer.Option(
 SeedOption = Annotated[int, typer.Option(help="Seed for random selection and sampling.")]
 SelectionSeedOption = Annotated[int, typer.Option(help="Seed for random selection.")]
 JsonOption = Annotated[bool, typer.Option("--json")]
+ServerOption = Annotated[str | None, typer.Option(
+    "--server", envvar="VIDCOM2_SERVER", show_envvar=True, metavar="URL",
+    help="Ask a running `vidcom2 serve` at URL (e.g. http://127.0.0.1:8000) instead of loading "
+    "the model here; VIDCOM2_API_KEY is sent as its key.")]

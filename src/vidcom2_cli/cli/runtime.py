@@ -17,8 +17,10 @@ from . import console
 from .checks import check_method_names, check_model_source
 
 if TYPE_CHECKING:
-    from ..engine import CompressionOptions, Engine, GenerationOptions, SamplingOptions
+    from ..engine import Engine
     from ..feature_cache import FeatureCache
+    from ..options import CompressionOptions, GenerationOptions, SamplingOptions
+    from ..work import Answer
 
 SHORT_ANSWER_TOKENS = 8
 _STAGE_NAMES = {"feature_cache": "reading the feature cache",
@@ -29,7 +31,7 @@ _STAGE_NAMES = {"feature_cache": "reading the feature cache",
 
 def sampling_options(frames: int, fps: float | None, max_frames: int, min_pixels: int | None,
                      max_pixels: int | None) -> SamplingOptions:
-    from ..engine import SamplingOptions
+    from ..options import SamplingOptions
 
     return SamplingOptions(frames=frames, fps=fps, max_frames=max_frames,
                            min_pixels=min_pixels, max_pixels=max_pixels)
@@ -37,7 +39,7 @@ def sampling_options(frames: int, fps: float | None, max_frames: int, min_pixels
 
 def compression_options(ratio: float, method: str, seed: int,
                         method_options: tuple[tuple[str, float], ...]) -> CompressionOptions:
-    from ..engine import CompressionOptions
+    from ..options import CompressionOptions
 
     return CompressionOptions(ratio=ratio, method=method, seed=seed,
                               method_options=method_options)
@@ -46,7 +48,7 @@ def compression_options(ratio: float, method: str, seed: int,
 def answer_options(max_new_tokens: int, sample: bool, temperature: float | None,
                    top_p: float | None, seed: int) -> GenerationOptions:
     """How ``ask`` and ``chat`` generate (bench forces its token count, batch is greedy)."""
-    from ..engine import GenerationOptions
+    from ..options import GenerationOptions
 
     return GenerationOptions(max_new_tokens=max_new_tokens, do_sample=sample,
                              temperature=temperature, top_p=top_p, seed=seed)
@@ -84,8 +86,8 @@ def feature_cache_at(directory: Path) -> FeatureCache:
         message, style="yellow", markup=False, highlight=False))
 
 
-def run_line(engine: Engine) -> str:
-    info = engine.run_info()
+def run_line(info: dict[str, object]) -> str:
+    """The closing line: what ran the model (an ``Engine.run_info()``)."""
     return (f"vidcom2-cli {info['version']} · model loaded in {info['model_load_s']:.1f} s · "
             f"{info['device']} {info['dtype']} {info['attention']}")
 
@@ -102,6 +104,18 @@ def stage_status(show: bool) -> Iterator[Callable[[], None]]:
     with console.stderr.status("starting ...") as status, stage_listener(
             lambda stage: status.update(f"{_STAGE_NAMES.get(stage, stage)} ...")):
         yield status.stop
+
+
+def each_with_status(answers: Iterable[Answer], show: bool) -> Iterator[Answer]:
+    """The answers of several questions, with the stage status line shown while each one is
+    being worked out and gone while it is printed."""
+    iterator = iter(answers)
+    while True:
+        with stage_status(show):
+            answer = next(iterator, None)
+        if answer is None:
+            return
+        yield answer
 
 
 def preflight(model: str, methods: Iterable[str], video: Path | None = None,

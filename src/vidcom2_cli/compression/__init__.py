@@ -1,5 +1,6 @@
 """VidCom2 and the field's visual-token compressors: pure torch, no knowledge of models or files."""
 
+from .inllm import DecodeStage, InLLMStage, PrefillStage, SpanReduction, VisualSpan
 from .method import (
     PROFILE_LABELS,
     PROFILES,
@@ -15,6 +16,7 @@ from .methods import (
     check_method_options,
     fca_budgets,
     get_method,
+    llm_stages,
     method_options,
     select,
     spread_method_options,
@@ -27,16 +29,22 @@ __all__ = [
     "PROFILES",
     "PROFILE_LABELS",
     "SIGNALS",
+    "DecodeStage",
+    "InLLMStage",
     "KeepPlan",
     "Merges",
     "Method",
     "MethodInput",
     "MethodSpec",
+    "PrefillStage",
     "Selection",
+    "SpanReduction",
     "VisionSignals",
+    "VisualSpan",
     "check_method_options",
     "fca_budgets",
     "get_method",
+    "llm_stages",
     "method_options",
     "select",
     "spread_method_options",

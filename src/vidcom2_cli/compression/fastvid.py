@@ -18,7 +18,8 @@ Follows the official code (docs/METHODS.md section 1):
      least 1, so a one-token frame still holds its anchor) and its salient count at
      N - context (budget above a cap is lost).
    Every profile also caps salient at N and context at the frame's non-salient count.
-3. ATS: the top-S tokens of each frame by the ``probe`` signal are kept as they are.
+3. ATS: the top-S tokens of each frame by the ``probe`` signal are kept as they are (on
+   Qwen-style towers the probe attends to the merge units' mean keys, the official signal).
 4. Context anchors: the top tokens by DPC-kNN rho*delta (``density.dpc_scores``) among the
    anchor frame's non-salient tokens; one draw of tie noise per anchor frame, in temporal order,
    from a generator seeded with the input's seed.
@@ -272,9 +273,11 @@ FASTVID = MethodSpec(
                    "k": (1.0, math.inf)},
     fca="VidCom2 FCA budgets as each frame's retain r_t (split salient/context as FastVID does; "
         "straightforward profiles pool them per segment)",
-    notes="Saliency is the 'probe' signal (frame mean query attention) on every profile: "
-          "exactly the official Qwen2.5 signal; on LLaVA it stands in for the SigLIP MAP-head "
-          "probe, whose weights are not in HF checkpoints. The frame global feature for DySeg "
+    notes="Saliency is the 'probe' signal (frame mean query attention) on every profile: on "
+          "Qwen-style towers it attends to each merge unit's mean key with the softmax over "
+          "the units, as the official Qwen2.5-VL code computes it; on LLaVA it stands in for "
+          "the SigLIP MAP-head probe, whose weights are not in HF checkpoints. The frame "
+          "global feature for DySeg "
           "is the mean of the frame's features on every profile (official on Qwen; on LLaVA "
           "it replaces the MAP head's pooled vector). R is the requested ratio as per-frame "
           "retention, at least one token per frame. Fewer frames than c: every frame is its own "

@@ -10,9 +10,9 @@
    its static token is the window MEAN at that position. Everything else is dynamic.
 5. Dynamic tokens, per frame: m = ceil(n_dyn * r'); dominant = round(m * (1 - D)) by attention
    received; contextual = m - dominant (D = 0, the default and the published setting: none).
-   Static tokens, per window: round(n_static * r') DPC-kNN centres (k = min(K, #centres)); every
-   other static token joins its nearest centre (Euclidean); merged = beta*centre +
-   (1-beta)*mean(members); a centre with no members stays the plain window mean.
+   Static tokens, per window: max(1, round(n_static * r')) DPC-kNN centres (k = min(K,
+   #centres)); every other static token joins its nearest centre (Euclidean); merged =
+   beta*centre + (1-beta)*mean(members); a centre with no members stays the plain window mean.
 
 Every static token is a window mean, so a merged static token is a fixed linear combination of
 original tokens: the weights are composed down to them (centre frames beta/L each, member frames
@@ -22,14 +22,27 @@ OneVision order (per window, static tokens first, contiguous positions) is not r
 
 Assumptions where the description stops: the contextual share (D > 0) reuses VisionZip's
 contextual step on the frame's remaining dynamic tokens with feature cosine as the metric;
-round() is Python's half-to-even; a window whose round(n_static * r') is 0 keeps no static token.
+round() is Python's half-to-even. One deviation: a window with static positions keeps at least
+one centre, where the official code keeps none when round(n_static * r') is 0; there, a window
+whose positions are all static (tiny grids, low R) vanished from the video, and a video made of
+such windows kept no token at all. So every frame keeps a token or folds whole into its window's
+static tokens.
 
 ``holitom+fca``: HoliTom's budget is global (r'), so VidCom2's per-frame counts k_t cannot replace
 it one for one; the variant keeps r' and the static stage and scales each frame's dynamic budget
 by the frame's FCA weight: m_t = min(n_dyn_t, ceil(n_dyn_t * r' * k_t / (R*N))). The k_t average
 about R*N, so the total stays near R while distinctive frames keep more dynamic tokens.
 
-The inner-LLM stage (merging at layer K) is not part of this module.
+Inner-LLM stage (``InnerMerge``, run by the decoder loop of ``models.decoder_loop``), as the
+official ``Qwen2Model_holitom``: at the input of layer K (0-based) in the prefill, the attention
+of the last prompt token at layer K-1 (mean over heads) over the visual tokens; the top
+round(n (1 - r)) stay; every other visual token goes to its most cosine-similar kept token
+(hidden states entering layer K) and is averaged into it pairwise in index order, h <- (h +
+h_other) / 2; layers >= K see only the kept tokens at their original positions; decoding is not
+touched (its positions continue the uncompressed numbering). Official scripts: K = 18, r = 0.5
+(LLaVA-OV-7B, LLaVA-Video-7B). Differences: per batch row (the official code reads row 0), at
+least one token kept, similarities in float32 (or wider) and the pairwise averages composed into one
+weighted sum (weights 2^-m for the kept token, 2^-(m-i+1) for its i-th of m merged tokens).
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from .density import dpc_scores
+from .inllm import InLLMStage, PrefillStage, SpanReduction, VisualSpan
 from .method import MethodInput, MethodSpec, Selection
 from .plan import Merges
 from .visionzip import contextual_merge
@@ -145,6 +159,12 @@ def dynamic_keep(unit: int, dynamic: torch.Tensor, inp: MethodInput, budget: int
     return torch.cat([unit * tokens + top, extra]), merges
 
 
+def static_centres(static: int, rescaled: float) -> int:
+    """Step 5's cluster count of a window's static positions: round(n_static * r'), at least
+    one where there is any (the deviation described above)."""
+    return max(1, round(static * rescaled)) if static else 0
+
+
 def _windows(static_pairs: torch.Tensor, max_window: int) -> tuple[list[Window], int]:
     spans, reduced = segment(static_pairs, max_window)
     windows = []
@@ -177,7 +197,7 @@ def _run(inp: MethodInput) -> Selection:
     kept, parts = [], []
     for window in windows:
         positions = window.static.nonzero().squeeze(1)
-        centres = round(positions.numel() * rescaled)
+        centres = static_centres(positions.numel(), rescaled)
         if centres > 0:
             means = features[window.first:window.last + 1, positions].float().mean(dim=0)
             k = min(int(options["K"]), centres)
@@ -197,7 +217,55 @@ def _run(inp: MethodInput) -> Selection:
     return Selection(mask.reshape(units, tokens), Merges.concat(parts))
 
 
-_DEFAULTS = {"tau": 0.8, "beta": 0.6, "D": 0.0, "K": 7.0, "max_window": 1024.0}
+def inner_merge(hidden: torch.Tensor, attention: torch.Tensor, share: float) -> SpanReduction:
+    """The inner stage on one sequence's visual tokens: (n, D) hidden states entering layer K
+    and (n,) attention from the last prompt token at layer K-1; ``share`` r is merged away."""
+    count = hidden.shape[0]
+    keep = min(count, max(1, round(count * (1.0 - share))))
+    if keep == count:
+        return SpanReduction(torch.arange(count, device=hidden.device), hidden)
+    top = torch.topk(attention.float(), keep).indices.sort().values
+    is_top = torch.zeros(count, dtype=torch.bool, device=hidden.device)
+    is_top[top] = True
+    rest = (~is_top).nonzero().squeeze(1)  # ascending: the official merge order
+    work = hidden.to(torch.promote_types(hidden.dtype, torch.float32))
+    kept_states = F.normalize(work[top], dim=-1)
+    owner = (F.normalize(work[rest], dim=-1) @ kept_states.T).argmax(dim=1)
+    # h <- (h + x_1)/2, then (h + x_2)/2, ...: the kept token weighs 2^-m, its i-th of m
+    # merged tokens 2^-(m-i+1)
+    sizes = torch.bincount(owner, minlength=keep)
+    order = torch.argsort(owner, stable=True)
+    starts = torch.cumsum(sizes, 0) - sizes
+    rank = torch.empty_like(owner)
+    rank[order] = torch.arange(owner.numel(), device=owner.device) - starts[owner[order]]
+    weights = torch.pow(2.0, -(sizes[owner] - rank).double()).to(work.dtype)
+    merged = work[top] * torch.pow(2.0, -sizes.double()).to(work.dtype)[:, None]
+    merged.index_add_(0, owner, work[rest] * weights[:, None])
+    return SpanReduction(top, merged.to(hidden.dtype))
+
+
+@dataclass(frozen=True)
+class InnerMerge(PrefillStage):
+    """HoliTom's inner-LLM merge at layer ``layer``, merging ``share`` of the visual tokens."""
+
+    share: float
+
+    @property
+    def name(self) -> str:
+        return f"merge@{self.layer}"
+
+    def reduce(self, span: VisualSpan) -> SpanReduction:
+        return inner_merge(span.hidden, span.attention, self.share)
+
+
+def _stages(options: dict[str, float]) -> tuple[InLLMStage, ...]:
+    if options["inner_merge"] <= 0:
+        return ()
+    return (InnerMerge(int(options["inner_layer"]), options["inner_merge"]),)
+
+
+_DEFAULTS = {"tau": 0.8, "beta": 0.6, "D": 0.0, "K": 7.0, "max_window": 1024.0,
+             "inner_layer": 18.0, "inner_merge": 0.5}
 
 HOLITOM = MethodSpec(
     name="holitom",
@@ -206,7 +274,8 @@ HOLITOM = MethodSpec(
     budget="a global R rescaled to r' over what the windows leave (not per unit)",
     run=_run,
     signals=("received",),
-    defaults=dict.fromkeys(("onevision", "llava_video", "qwen"), _DEFAULTS),
+    defaults={"onevision": _DEFAULTS, "llava_video": _DEFAULTS,
+              "qwen": {**_DEFAULTS, "inner_merge": 0.0}},
     option_help={
         "tau": "per-position cosine above which a token is static between consecutive frames "
                "(default 0.8; the published scripts use 0.65 at R = 0.10, 0.8 otherwise)",
@@ -214,12 +283,22 @@ HOLITOM = MethodSpec(
         "D": "contextual share of each frame's dynamic budget (0: attention top-k only)",
         "K": "k-NN size of the DPC density, used as min(K, number of centres)",
         "max_window": "longest temporal window of the segmentation, in frames",
+        "inner_layer": "decoder layer (0-based) at whose input the inner merge acts, reading "
+                       "the layer before's attention (official 18)",
+        "inner_merge": "share of the visual tokens merged away inside the language model "
+                       "(official 0.5 on LLaVA; 0 turns the inner stage off, the qwen default)",
     },
     option_bounds={"tau": (-1.0, 1.0), "beta": (0.0, 1.0), "D": (0.0, 1.0),
-                   "K": (1.0, math.inf), "max_window": (1.0, math.inf)},
+                   "K": (1.0, math.inf), "max_window": (1.0, math.inf),
+                   "inner_layer": (1.0, math.inf), "inner_merge": (0.0, 1.0)},
     fca="global r' as usual, each frame's dynamic budget scaled by its VidCom2 FCA count / "
         "(R*N)",
-    notes="outer-LLM stage only (no inner-LLM merge); tokens are not reordered: a static token "
-          "(window mean, DPC beta-merged) sits at its position's token in the window's first "
-          "frame; D > 0 uses VisionZip's contextual step on features (unspecified officially)",
+    notes="the inner-LLM merge (layer 18, half the visual tokens) runs by default on LLaVA "
+          "(the official families) and is off on the qwen profile (inner_merge > 0 turns it "
+          "on where the language model is a full-attention stack; refused on Qwen3.5); it "
+          "needs the whole prompt in one pass, so a reused video prefix runs only the layers "
+          "before it. Tokens are not reordered: a static token (window mean, DPC beta-merged) "
+          "sits at its position's token in the window's first frame; D > 0 uses VisionZip's "
+          "contextual step on features (unspecified officially)",
+    llm_stages=_stages,
 )

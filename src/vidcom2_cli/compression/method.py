@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .inllm import InLLMStage
 from .plan import Merges
 
 PROFILES = ("onevision", "llava_video", "qwen")
@@ -22,7 +23,8 @@ SIGNALS = {
     "received": "attention each token receives in the vision tower's last feature layer "
                 "(mean over heads and queries, pooled like the features)",
     "probe": "attention from each frame's mean query to its tokens in that layer "
-             "(mean over heads, pooled like the features)",
+             "(mean over heads, pooled like the features; Qwen-style towers: softmax over "
+             "the merge units' mean keys)",
     "keys": "that layer's key vectors, mean over heads, pooled like the features",
 }
 
@@ -82,8 +84,16 @@ class MethodSpec:
     defaults: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     option_help: Mapping[str, str] = field(default_factory=dict)
     option_bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # inclusive
+    option_choices: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # switches
     fca: str | None = None  # what the +fca variant does; None when there is none
     notes: str = ""
+    # the method's stages inside the language model for resolved options (none when they are
+    # turned off); see compression.inllm
+    llm_stages: Callable[[Mapping[str, float]], tuple[InLLMStage, ...]] | None = None
+
+    def stages_for(self, options: Mapping[str, float]) -> tuple[InLLMStage, ...]:
+        """The in-LLM stages for resolved ``options``."""
+        return () if self.llm_stages is None else self.llm_stages(options)
 
     def options_for(self, profile: str) -> dict[str, float]:
         """The defaults for a family profile (``qwen``'s where the profile has none)."""

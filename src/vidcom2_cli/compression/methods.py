@@ -18,13 +18,16 @@ from .baselines import RANDOM, UNIFORM
 from .checks import check_features, check_ratio
 from .dycoke import DYCOKE
 from .fastvid import FASTVID
+from .flashvid import FLASHVID
 from .holitom import HOLITOM
+from .inllm import InLLMStage
 from .method import PROFILE_LABELS, PROFILES, MethodInput, MethodSpec, VisionSignals
 from .plan import KeepPlan
 from .vidcom2 import DEFAULT_TAU, VIDCOM2, fca_counts, similarity
 from .visionzip import VISIONZIP
 
-_SPECS: tuple[MethodSpec, ...] = (VIDCOM2, FASTVID, HOLITOM, VISIONZIP, DYCOKE, RANDOM, UNIFORM)
+_SPECS: tuple[MethodSpec, ...] = (VIDCOM2, FASTVID, HOLITOM, VISIONZIP, DYCOKE, FLASHVID, RANDOM,
+                                  UNIFORM)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,11 @@ def method_options(method: str, profile: str, overrides: Mapping[str, float] | N
         if name in options and not low <= options[name] <= high:
             raise ValueError(f"method {method!r}: {name} must be in [{low:g}, {high:g}], got "
                              f"{options[name]:g}")
+    for name, choices in spec.option_choices.items():
+        if name in options and options[name] not in choices:
+            allowed = " or ".join(f"{choice:g}" for choice in choices)
+            raise ValueError(f"method {method!r}: {name} must be {allowed}, got "
+                             f"{options[name]:g}")
     return options
 
 
@@ -165,7 +173,14 @@ def select(features: torch.Tensor, ratio: float, method: str = "vidcom2", *, see
         features=features, ratio=ratio, grid=grid, profile=profile, options=resolved,
         signals=signals or VisionSignals(), budgets=budgets, seed=seed))
     return KeepPlan(mask=chosen.mask, method=spec_method.name, ratio=ratio, grid=grid,
-                    merges=chosen.merges)
+                    merges=chosen.merges, stages=spec_method.spec.stages_for(resolved))
+
+
+def llm_stages(method: str, profile: str, overrides: Mapping[str, float] | None = None
+               ) -> tuple[InLLMStage, ...]:
+    """The stages a method runs inside the language model below R = 1.0 on a family profile
+    (none when its options turn them off); ValueError as ``method_options``."""
+    return get_method(method).spec.stages_for(method_options(method, profile, overrides))
 
 
 def vidcom2_select(features: torch.Tensor, ratio: float) -> list[torch.Tensor]:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .inllm import InLLMStage
+
 
 @dataclass(frozen=True)
 class Merges:
@@ -71,7 +73,8 @@ class KeepPlan:
     ``mask[t, n]`` is True when token ``n`` (raster order) of temporal unit ``t`` is kept.
     Everything else (indices, counts, ratios) is derived from the mask, so it cannot disagree.
     A kept token keeps its own place in the sequence (and so its original position), merged or
-    not. A plan without ``merges`` is a pure keep-mask and costs nothing more.
+    not. A plan without ``merges`` is a pure keep-mask and costs nothing more. ``stages`` are
+    what the method goes on to do inside the language model (``compression.inllm``).
     """
 
     mask: torch.Tensor
@@ -79,6 +82,7 @@ class KeepPlan:
     ratio: float
     grid: tuple[int, int] | None = None
     merges: Merges | None = None
+    stages: tuple[InLLMStage, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mask.dim() != 2 or self.mask.dtype != torch.bool:

@@ -111,5 +111,7 @@ VISIONZIP = MethodSpec(
     fca="VidCom2 FCA budgets per unit, split dominant:contextual as usual",
     notes="per frame as the SigLIP/OneVision port; qwen: per-unit rule with the official Qwen "
           "file's 65:5 split (that file handles images only); kept and merged tokens stay at "
-          "their own positions instead of being packed dominant-first",
+          "their own positions instead of being packed dominant-first. The published "
+          "15/20/25% rows keep 30/40/50 of 196 tokens per frame (R x 200), one more than the "
+          "round(R x 196) = 29/39/49 kept here (10%: 20 both)",
 )

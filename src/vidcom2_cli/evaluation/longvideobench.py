@@ -16,15 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import (
-    LETTERS,
-    DatasetError,
-    EvalQuestion,
-    checked_rows,
-    find_video,
-    lvb_letter,
-    option_lines,
-)
+from ..multiple_choice import LETTERS, lvb_letter, option_lines
+from .common import DatasetError, EvalQuestion, checked_rows, find_video
 
 NAME = "longvideobench"
 MAX_NEW_TOKENS = 32

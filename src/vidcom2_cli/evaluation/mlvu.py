@@ -27,17 +27,9 @@ import json
 import re
 from pathlib import Path
 
+from ..multiple_choice import LETTERS, mcq_letter, option_lines
 from .archives import Archives
-from .common import (
-    LETTERS,
-    MISSING_VIDEO,
-    DatasetError,
-    EvalQuestion,
-    checked_rows,
-    find_video,
-    mcq_letter,
-    option_lines,
-)
+from .common import MISSING_VIDEO, DatasetError, EvalQuestion, checked_rows, find_video
 
 NAME = "mlvu"
 MAX_NEW_TOKENS = 16

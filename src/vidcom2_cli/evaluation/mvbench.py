@@ -16,14 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import (
-    DatasetError,
-    EvalQuestion,
-    checked_rows,
-    find_video,
-    mvbench_normal_form,
-    option_lines,
-)
+from ..multiple_choice import mvbench_normal_form, option_lines
+from .common import DatasetError, EvalQuestion, checked_rows, find_video
 
 NAME = "mvbench"
 MAX_NEW_TOKENS = 16

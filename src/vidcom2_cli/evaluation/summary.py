@@ -25,7 +25,10 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from rich import box
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from . import TASKS
 
@@ -35,7 +38,7 @@ ALL = "all"
 class _Tally:
     def __init__(self) -> None:
         self.questions = self.errors = self.counted = self.correct = 0
-        self.tokens = self.prefill_ms = self.seconds = 0.0
+        self.tokens = self.prefill_ms = self.seconds = self.kv_attended = 0.0
         self.answered = 0
 
     def add(self, record: dict[str, Any]) -> None:
@@ -45,6 +48,9 @@ class _Tally:
             return
         self.answered += 1
         self.tokens += record["tokens"]["visual_kept"]
+        llm = record["tokens"].get("llm")
+        self.kv_attended += (record["tokens"]["visual_kept"] if llm is None
+                             else llm["visual_kv_attended"])
         self.prefill_ms += record["timing_ms"]["prefill"]
         self.seconds += record["timing_ms"]["total"] / 1000.0
         if record.get("counted", True):
@@ -91,6 +97,8 @@ def summarize(records: Iterable[dict[str, Any]], task: str, order: list[str]) ->
                          "counted": tally.counted, "correct": tally.correct,
                          "accuracy": tally.accuracy, "score": score,
                          "visual_tokens": tally.mean(tally.tokens),
+                         # visual KV entries a decoding step attends per layer (in-LLM stages)
+                         "visual_kv_attended": tally.mean(tally.kv_attended),
                          "prefill_ms": tally.mean(tally.prefill_ms),
                          "seconds_per_question": tally.mean(tally.seconds)})
     for row in rows:
@@ -137,20 +145,38 @@ def _number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def render(summary: dict[str, Any]) -> Table:
-    table = Table(title=f"{summary['task']} ({summary['score']})", title_justify="left")
-    for name, justify in (("subset", "left"), ("method", "left"), ("ratio", "right"),
-                          ("questions", "right"), ("errors", "right"), ("score %", "right"),
-                          ("% of full", "right"), ("visual tokens", "right"),
-                          ("prefill ms", "right"), ("s / question", "right")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    previous = None
-    for row in summary["rows"]:
-        if previous is not None and row["subset"] != previous:
-            table.add_section()
-        previous = row["subset"]
-        table.add_row(row["subset"], row["method"], f"{row['ratio']:g}", str(row["questions"]),
-                      str(row["errors"]), _number(row["score"]), _number(row["of_full"]),
-                      _number(row["visual_tokens"], 0), _number(row["prefill_ms"]),
-                      _number(row["seconds_per_question"], 2))
-    return table
+EVAL_CAPTION = ("n = questions, err = errors (not scored), score = accuracy %, % full = "
+                "score as % of R=1's, tokens = mean visual tokens, prefill = mean prefill ms, "
+                "s/q = seconds per question end to end")
+_COLUMNS = (("method", "left"), ("R", "right"), ("n", "right"), ("err", "right"),
+            ("score", "right"), ("% full", "right"), ("tokens", "right"),
+            ("prefill", "right"), ("s/q", "right"))
+
+
+def render(summary: dict[str, Any]) -> Group:
+    """The summary in 80 columns: each subset's name on its own line (MVBench's subtask names
+    are long), then its rows, in one column layout for all subsets."""
+    cells = {id(row): _cells(row) for row in summary["rows"]}
+    widths = [max([len(name)] + [len(cells[id(row)][index]) for row in summary["rows"]])
+              for index, (name, _) in enumerate(_COLUMNS)]
+    subsets = list(dict.fromkeys(row["subset"] for row in summary["rows"]))
+    parts: list[RenderableType] = [Text(f"{summary['task']} ({summary['score']})",
+                                        style="bold")]
+    for number, subset in enumerate(subsets):
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0, 0, 1),
+                      show_header=number == 0)
+        for (name, justify), width in zip(_COLUMNS, widths, strict=True):
+            table.add_column(name, justify=justify, no_wrap=True,  # type: ignore[arg-type]
+                             min_width=width)
+        for row in summary["rows"]:
+            if row["subset"] == subset:
+                table.add_row(*(Text(cell) for cell in cells[id(row)]))
+        parts += [Text(subset, style="bold"), table]
+    parts.append(Text(EVAL_CAPTION, style="dim"))
+    return Group(*parts)
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    return [row["method"], f"{row['ratio']:g}", str(row["questions"]), str(row["errors"]),
+            _number(row["score"]), _number(row["of_full"]), _number(row["visual_tokens"], 0),
+            _number(row["prefill_ms"]), _number(row["seconds_per_question"], 2)]

@@ -12,9 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..batch import BatchItem, RecordSink
+from ..batch.input import BatchItem
+from ..batch.output import RecordSink
 from ..bench import method_shares
-from ..engine import CompressionOptions
+from ..options import CompressionOptions
 from . import score
 from .common import EvalQuestion
 

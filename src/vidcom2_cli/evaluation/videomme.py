@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import DatasetError, EvalQuestion, find_video, mcq_letter
+from ..multiple_choice import mcq_letter
+from .common import DatasetError, EvalQuestion, find_video
 
 NAME = "videomme"
 MAX_NEW_TOKENS = 16

@@ -15,7 +15,8 @@ import functools
 import inspect
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +24,17 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..compression import KeepPlan, VisionSignals
+from ..compression import InLLMStage, KeepPlan, PrefillStage, VisionSignals
 from ..timing import GenerationTiming, StageTimer, TokenClock
+from . import decoder_loop
+from .conversation import question_texts, template_messages
+from .decoder_loop import LLMTokens, LoopCall, PendingLayers
 from .sizing import PixelBounds, resolve_bounds
 from .vision_signals import SignalLayer, probe
+
+# What receives generated text: one callback for a batch of one, or one per item (None: that
+# item is not streamed).
+TextCallbacks = Callable[[str], None] | Sequence[Callable[[str], None] | None] | None
 
 
 class QuestionError(ValueError):
@@ -78,6 +86,7 @@ class CompressedItem:
     position_ids: torch.Tensor  # (P, L'): P rows of positions (1 for LLaVA, 3 for Qwen M-RoPE)
     output: Any
     full_length: int
+    stages: tuple[InLLMStage, ...] = ()  # the plan's stages inside the language model
 
     @property
     def length(self) -> int:
@@ -96,6 +105,9 @@ class PrefixCache:
     cache: Any
     lengths: list[int]  # kept prefix tokens of each video (row)
     prefill_ms: float
+    # with an in-LLM prefill stage: the prefix ran only the layers before it (the stage reads
+    # the question's last token); what enters that layer waits here for the question
+    pending: PendingLayers | None = None
 
     @property
     def width(self) -> int:
@@ -110,6 +122,8 @@ class GenerationResult:
     token_ids: list[list[int]]
     timing: GenerationTiming
     prompt_lengths: list[int]
+    # per item, what the language model held of its visual tokens; None without in-LLM stages
+    llm_tokens: list[LLMTokens | None] | None = None
 
 
 class VideoAdapter(ABC):
@@ -310,15 +324,16 @@ class VideoAdapter(ABC):
             token.content for token in added.values() if getattr(token, "special", False))
 
     def prompt(self, question: str) -> str:
-        """The chat template around the video and ``question``; QuestionError when the question
-        holds one of the tokenizer's special tokens (it would be read as that token, not as
-        text: a video placeholder in it would break the prompt's layout)."""
-        for token in self._special_tokens:
-            if token in question:
-                raise QuestionError(f"question: holds {token!r}, one of the model's special "
-                                    "tokens")
-        messages = [{"role": "user", "content": [{"type": "video"},
-                                                 {"type": "text", "text": question}]}]
+        """The chat template around the video and ``question`` (a ``Conversation``: its
+        messages); QuestionError when a text holds one of the tokenizer's special tokens (it
+        would be read as that token, not as text: a video placeholder in it would break the
+        prompt's layout)."""
+        for text in question_texts(question):
+            for token in self._special_tokens:
+                if token in text:
+                    raise QuestionError(f"question: holds {token!r}, one of the model's special "
+                                        "tokens")
+        messages = template_messages(question)
         return self.processor.apply_chat_template(messages, add_generation_prompt=True,
                                                   tokenize=False, **self.chat_template_options)
 
@@ -433,6 +448,7 @@ class VideoAdapter(ABC):
             position_ids=self.kept_positions(item.positions, kept),
             output=self.map_output(encoded.output, merge_and_keep),
             full_length=item.length,
+            stages=plan.stages,
         )
 
     def collate(self, items: list[CompressedItem], prefix_lengths: list[int] | None = None,
@@ -484,19 +500,54 @@ class VideoAdapter(ABC):
         parameters = inspect.signature(self.model.forward).parameters
         return "cache" if "cache" in parameters else "past_key_values"
 
+    def check_llm_stages(self, stages: tuple[InLLMStage, ...]) -> None:
+        """ValueError (one line) when this model's language model cannot run ``stages``."""
+        reason = decoder_loop.unsupported(self.model, stages) if stages else None
+        if reason is not None:
+            raise ValueError(reason)
+
+    def _loop_call(self, items: list[CompressedItem], batch: dict[str, Any],
+                   stop_before: int | None = None, pending: PendingLayers | None = None
+                   ) -> LoopCall | None:
+        """The decoder loop's call for a batch, None when its items have no in-LLM stage (the
+        stock path)."""
+        stages = items[0].stages
+        if any(item.stages != stages for item in items):
+            raise ValueError("one batch mixes in-LLM stages")
+        if not stages:
+            return None
+        self.check_llm_stages(stages)
+        return LoopCall(stages, batch["input_ids"] == self.video_token_id,
+                        stop_before=stop_before, pending=pending)
+
+    @contextmanager
+    def _language_model(self, call: LoopCall | None) -> Iterator[None]:
+        """Within: the language model as ``call`` runs it (the stock one when None)."""
+        if call is None:
+            yield
+            return
+        with decoder_loop.running(self.model, call):
+            yield
+
     @torch.inference_mode()
     def prefill(self, prefixes: list[CompressedItem]) -> PrefixCache:
         """One forward pass over the compressed prompt prefixes (left-padded into a batch),
         keeping the language model's cache: keys and values, and whatever recurrent state
-        the model's layers keep."""
+        the model's layers keep. With an in-LLM prefill stage (which reads the question's last
+        token), only the layers before it run; the rest wait for the question."""
         timer = StageTimer(self.device)
-        with timer.stage("prefill"):
-            output = self.model(**self.collate(prefixes), use_cache=True, logits_to_keep=1)
+        batch = self.collate(prefixes)
+        layers = [stage.layer for stage in prefixes[0].stages
+                  if isinstance(stage, PrefillStage)]
+        call = self._loop_call(prefixes, batch, stop_before=min(layers)) if layers else None
+        with timer.stage("prefill"), self._language_model(call):
+            output = self.model(**batch, use_cache=True, logits_to_keep=1)
         cache = getattr(output, "cache", None)
         if cache is None:
             cache = output.past_key_values
         return PrefixCache(cache=cache, lengths=[item.length for item in prefixes],
-                           prefill_ms=timer.stages_ms["prefill"])
+                           prefill_ms=timer.stages_ms["prefill"],
+                           pending=None if call is None else call.pending)
 
     @property
     def pad_token_id(self) -> int:
@@ -508,13 +559,16 @@ class VideoAdapter(ABC):
     def generate(self, items: list[CompressedItem], max_new_tokens: int = 64,
                  do_sample: bool = False, min_new_tokens: int | None = None,
                  prefix: PrefixCache | None = None, rows: list[int] | None = None,
-                 on_text: Callable[[str], None] | None = None, **sampling: Any
+                 on_text: TextCallbacks = None,
+                 stop: Sequence[Callable[[], bool] | None] | None = None, **sampling: Any
                  ) -> GenerationResult:
         """Generate for a batch of compressed items in one ``generate`` call.
 
         With ``prefix``, item i continues row ``rows[i]`` of that prefix cache (default: row i)
         on a copy of it, so only its question is prefilled. ``on_text`` receives the answer's
-        text as it is generated (a batch of one).
+        text as it is generated: one callback (a batch of one), or one per item (None: not
+        streamed). ``stop``, one per item, is asked after each token whether that item's
+        generation should end there (a client gone, a time limit); the others go on.
 
         Where padding inside a sequence is not neutral for the model
         (``pads_inside_are_neutral``), questions of different lengths on a prefix go through
@@ -527,36 +581,57 @@ class VideoAdapter(ABC):
             if len(groups) > 1:
                 return _joined([self.generate(
                     [items[index] for index in group], max_new_tokens, do_sample,
-                    min_new_tokens, prefix, [rows[index] for index in group], on_text,
+                    min_new_tokens, prefix, [rows[index] for index in group],
+                    on_text if callable(on_text) or on_text is None
+                    else [on_text[index] for index in group],
+                    None if stop is None else [stop[index] for index in group],
                     **sampling) for group in groups], groups)
+        pending = None
         if prefix is None:
             batch = self.collate(items)
         else:
             batch = self.collate(items, [prefix.lengths[row] for row in rows], prefix.width)
             cache = copy.deepcopy(prefix.cache)
+            pending = prefix.pending
             if rows != list(range(len(prefix.lengths))):
                 # reorder_cache selects rows of every kind of layer: keys and values, and
                 # the convolution and recurrent states of linear-attention layers (which have
                 # no batch_select_indices)
-                cache.reorder_cache(torch.tensor(rows, device=self.device))
+                selected = torch.tensor(rows, device=self.device)
+                cache.reorder_cache(selected)
+                pending = None if pending is None else pending.rows(selected)
             batch[self._cache_argument] = cache
+        call = self._loop_call(items, batch, pending=pending)
         clock = TokenClock(self.device)
-        streamer = None if on_text is None else TextStreamer(
-            self.processor.tokenizer, on_text, set(self._eos_ids()) or {self.pad_token_id})
+        stops = set(self._eos_ids()) or {self.pad_token_id}
+        streamer: TextStreamer | RowStreamer | None = None
+        if callable(on_text):
+            streamer = TextStreamer(self.processor.tokenizer, on_text, stops)
+        elif on_text is not None and any(callback is not None for callback in on_text):
+            streamer = RowStreamer(self.processor.tokenizer, on_text, stops)
+        criteria: list[Any] = [clock]
+        if stop is not None and any(check is not None for check in stop):
+            criteria.append(RowStop(stop))
         clock.begin()
-        sequences = self.model.generate(
-            **batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-            do_sample=do_sample, stopping_criteria=[clock], pad_token_id=self.pad_token_id,
-            streamer=streamer,
-            **({} if do_sample else {"temperature": None, "top_p": None, "top_k": None}),
-            **sampling,
-        )
+        with self._language_model(call):
+            sequences = self.model.generate(
+                **batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                do_sample=do_sample, stopping_criteria=criteria, pad_token_id=self.pad_token_id,
+                streamer=streamer,
+                **({} if do_sample else {"temperature": None, "top_p": None, "top_k": None}),
+                **sampling,
+            )
         new_tokens = sequences[:, batch["input_ids"].shape[1]:]
         token_ids = self.trim(new_tokens.tolist())
         texts = self.processor.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
-        return GenerationResult(texts=[text.strip() for text in texts], token_ids=token_ids,
-                                timing=clock.result(),
-                                prompt_lengths=[item.length for item in items])
+        return GenerationResult(
+            texts=[text.strip() for text in texts], token_ids=token_ids, timing=clock.result(),
+            prompt_lengths=[item.length for item in items],
+            llm_tokens=None if call is None else list(call.report(self._layers)))
+
+    @property
+    def _layers(self) -> int:
+        return len(decoder_loop.text_model(self.model).layers)
 
     def trim(self, rows: list[list[int]]) -> list[list[int]]:
         """Generated rows without the end-of-sequence token and the padding after it."""
@@ -571,9 +646,11 @@ class VideoAdapter(ABC):
 
     @torch.inference_mode()
     def forward_logits(self, items: list[CompressedItem]) -> torch.Tensor:
-        """Logits of one prefill forward pass over a batch (for checking, not generation)."""
+        """Logits of one prefill forward pass over a batch (for checking, not generation); with
+        an in-LLM prefill stage, at the positions its layers kept."""
         batch = self.collate(items)
-        return self.model(**batch, use_cache=False).logits
+        with self._language_model(self._loop_call(items, batch)):
+            return self.model(**batch, use_cache=False).logits
 
 
 class DensePositionsAdapter(VideoAdapter):
@@ -637,6 +714,46 @@ class TextStreamer:
             self.sent = len(text)
 
 
+class RowStreamer:
+    """A ``generate`` streamer for a batch: each row's text goes to its own callback (None: that
+    row is not streamed), as ``TextStreamer`` does for a batch of one."""
+
+    def __init__(self, tokenizer: Any, callbacks: Sequence[Callable[[str], None] | None],
+                 stops: set[int]) -> None:
+        self.rows = [None if callback is None else TextStreamer(tokenizer, callback, stops)
+                     for callback in callbacks]
+        for row in self.rows:
+            if row is not None:
+                row.prompt_seen = True  # the batch's prompt is skipped here, once
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        tokens = value.reshape(-1)
+        for index, row in enumerate(self.rows):
+            if row is not None:
+                row.put(tokens[index:index + 1])
+
+    def end(self) -> None:
+        for row in self.rows:
+            if row is not None:
+                row.end()
+
+
+class RowStop:
+    """A stopping criterion asking each row's own check after every token (None: never)."""
+
+    def __init__(self, checks: Sequence[Callable[[], bool] | None]) -> None:
+        self.checks = list(checks)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+                 ) -> torch.Tensor:
+        return torch.tensor([check is not None and bool(check()) for check in self.checks],
+                            dtype=torch.bool, device=input_ids.device)
+
+
 def _joined(results: list[GenerationResult], groups: list[list[int]]) -> GenerationResult:
     """The results of calls made one after another for ``groups`` of one batch's items, as
     one result in the items' order; times and decode steps add up."""
@@ -649,11 +766,17 @@ def _joined(results: list[GenerationResult], groups: list[list[int]]) -> Generat
             texts[index] = result.texts[position]
             token_ids[index] = result.token_ids[position]
             prompt_lengths[index] = result.prompt_lengths[position]
+    llm_tokens: list[LLMTokens | None] = [None] * count
+    for result, group in zip(results, groups, strict=True):
+        for position, index in enumerate(group):
+            if result.llm_tokens is not None:
+                llm_tokens[index] = result.llm_tokens[position]
     timing = GenerationTiming(
         prefill_ms=sum(result.timing.prefill_ms for result in results),
         decode_ms=sum(result.timing.decode_ms for result in results),
         decode_steps=sum(result.timing.decode_steps for result in results))
-    return GenerationResult(texts, token_ids, timing, prompt_lengths)
+    return GenerationResult(texts, token_ids, timing, prompt_lengths,
+                            None if all(entry is None for entry in llm_tokens) else llm_tokens)
 
 
 def _cut_at_stop(row: list[int], stops: set[int]) -> list[int]:

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
 
 from ..catalog import SUPPORTED_MODEL_TYPES
-from ..errors import first_line
+from ..errors import ModelLoadError, first_line
 
 ATTENTION_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager")
 DTYPE_CHOICES = {"auto": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                  "float16": torch.float16, "fp16": torch.float16,
                  "float32": torch.float32, "fp32": torch.float32}
-
-
-class ModelLoadError(ValueError):
-    """The model reference or a load option is unusable; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -42,14 +40,50 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+# x86 feature flags (Linux /proc/cpuinfo names) of the instructions that compute bf16 matrix
+# products natively: AVX512-BF16 (Cooper Lake, Sapphire Rapids, Zen 4 and later) and AMX-BF16
+# (Sapphire Rapids and later). PyTorch's CPU kernels (oneDNN) use them for bf16 matmuls.
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags of the first processor in /proc/cpuinfo text (x86 ``flags``)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+@cache
+def cpu_flags() -> frozenset[str]:
+    """This machine's CPU feature flags; empty where /proc/cpuinfo does not exist (macOS,
+    Windows). Read once: a few kilobytes of text, no import."""
+    try:
+        return parse_cpu_flags(Path("/proc/cpuinfo").read_text(errors="replace"))
+    except OSError:
+        return frozenset()
+
+
+def cpu_computes_bf16(flags: Iterable[str]) -> bool:
+    """Whether a CPU with these feature flags computes bf16 matrix products natively."""
+    return not CPU_BF16_FLAGS.isdisjoint(flags)
+
+
+def resolve_dtype(dtype: str, device: torch.device,
+                  flags: Iterable[str] | None = None) -> torch.dtype:
     """``auto``: bf16 on a GPU that computes in it (compute capability 8.0+, Ampere), else
-    fp16; fp32 on CPU."""
+    fp16; on a CPU, bf16 where it computes bf16 natively (AVX512-BF16 or AMX; ``flags``
+    defaults to this machine's), else fp32. Emulated bf16 is slower than fp32, and fp16 on a
+    CPU is slower still, so neither is chosen there."""
     if dtype not in DTYPE_CHOICES:
         raise ModelLoadError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
     chosen = DTYPE_CHOICES[dtype]
     if chosen is not None:
         return chosen
+    if device.type == "cpu":
+        native = cpu_computes_bf16(cpu_flags() if flags is None else flags)
+        return torch.bfloat16 if native else torch.float32
     if device.type != "cuda":
         return torch.float32
     major, _ = torch.cuda.get_device_capability(device)
@@ -184,6 +218,11 @@ def load_model(reference: str, options: LoadOptions = LoadOptions()) -> LoadedMo
         else reference
     if Path(source).is_dir():
         refuse_pickle_only(Path(source), reference)
+    from .memory import check_memory, checkpoint_parameters  # memory imports this module
+
+    sizes = SUPPORTED_MODEL_TYPES[model_type][1]  # the family's checkpoints, smallest first
+    check_memory(reference, checkpoint_parameters(source), device, dtype, options.device_map,
+                 smaller=sizes[0] if len(sizes) > 1 else None)
     try:
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
         model = AutoModelForImageTextToText.from_pretrained(

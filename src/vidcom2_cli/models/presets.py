@@ -27,6 +27,7 @@ from .loading import (
     resolve_device,
     resolve_dtype,
 )
+from .memory import check_memory
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -47,6 +48,12 @@ def preset_names() -> list[str]:
 def preset_source(name: str) -> str:
     """The hub checkpoint whose architecture the preset reproduces."""
     return _read_preset(name)["_source"]
+
+
+def preset_parameters(name: str) -> int:
+    """The preset's parameter count (stored with it; tests/test_presets.py checks it against
+    the model built from it)."""
+    return _read_preset(name)["_parameters"]
 
 
 def _read_preset(name: str) -> dict[str, Any]:
@@ -121,6 +128,9 @@ def build_random_model(reference: str, options: LoadOptions = LoadOptions()) -> 
     if options.device_map not in (None, str(device)):
         raise ModelLoadError("--device-map: random-weight presets are built on one device; "
                              "use --device instead")
+    check_memory(reference, preset_parameters(name), device, dtype,
+                 alternatives={RANDOM_PREFIX + other: preset_parameters(other)
+                               for other in preset_names()})
     tokenizer = build_tokenizer(model_type, sized.text_config.vocab_size)
     tokenizer.model_max_length = sized.text_config.max_position_embeddings
     token_ids = {token: tokenizer.convert_tokens_to_ids(token)

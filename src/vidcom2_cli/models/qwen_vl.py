@@ -107,10 +107,12 @@ class QwenVLAdapter(VideoAdapter):
 
     def signal_layer(self) -> SignalLayer:
         """The last block that attends over whole temporal units (Qwen2.5-VL's other blocks
-        attend within windows)."""
+        attend within windows); its merge units are runs of merge_size**2 patches."""
         visual = self.model.model.visual
         full_attention = getattr(visual, "fullatt_block_indexes", None)
-        return SignalLayer(visual.blocks[full_attention[-1] if full_attention else -1].attn)
+        unit = int(self.model.config.vision_config.spatial_merge_size) ** 2
+        return SignalLayer(visual.blocks[full_attention[-1] if full_attention else -1].attn,
+                           merge_unit=unit)
 
     def pool_signals(self, values: torch.Tensor, inputs: dict[str, torch.Tensor]
                      ) -> torch.Tensor:

@@ -12,7 +12,10 @@ the probe records, for each token:
 
 - ``received``: the attention it receives, averaged over heads and over every query;
 - ``probe``: the attention from the chunk's mean query (mean over heads), a stand-in for a
-  pooling head's probe query;
+  pooling head's probe query. Where the family merges runs of consecutive patches into one
+  token (Qwen-style towers), the keys are averaged over each run first and the softmax is
+  taken over the runs, which is how FastVID's official Qwen2.5-VL code computes it; every
+  patch of a run then carries its run's value;
 - ``keys``: its key vector averaged over heads.
 
 The adapter then pools these per-patch values onto the feature grid the way the family pools
@@ -35,11 +38,13 @@ from ..compression import SIGNALS
 
 @dataclass
 class SignalLayer:
-    """Which attention module to probe and how many leading tokens of each chunk are not
-    patches (a CLS token the features drop)."""
+    """Which attention module to probe, how many leading tokens of each chunk are not
+    patches (a CLS token the features drop) and how many consecutive patches the family merges
+    into one token after the tower (1 where it pools spatially instead)."""
 
     module: torch.nn.Module
     prefix_tokens: int = 0
+    merge_unit: int = 1
 
 
 @dataclass
@@ -112,9 +117,10 @@ def _split_chunks(module: torch.nn.Module, hidden: torch.Tensor
 
 
 def chunk_signals(query: torch.Tensor, key: torch.Tensor, scale: float, prefix: int,
-                  wanted: frozenset[str]) -> dict[str, torch.Tensor]:
+                  wanted: frozenset[str], merge_unit: int = 1) -> dict[str, torch.Tensor]:
     """The signals of one chunk from its (heads, n, d) queries and keys, float32, for the
-    patch tokens (those after ``prefix``)."""
+    patch tokens (those after ``prefix``); ``merge_unit`` > 1: the probe attends to the mean
+    key of each run of that many consecutive patches (see the module docstring)."""
     query, key = query.float(), key.float()
     heads, tokens, _ = query.shape
     out: dict[str, torch.Tensor] = {}
@@ -125,8 +131,14 @@ def chunk_signals(query: torch.Tensor, key: torch.Tensor, scale: float, prefix: 
         out["received"] = (received / heads)[prefix:]
     if "probe" in wanted:
         mean_query = query[:, prefix:].mean(dim=1, keepdim=True)  # (heads, 1, d)
-        weights = torch.softmax(mean_query @ key.transpose(1, 2) * scale, dim=-1)
-        out["probe"] = weights.mean(dim=0)[0, prefix:]
+        if merge_unit == 1:
+            weights = torch.softmax(mean_query @ key.transpose(1, 2) * scale, dim=-1)
+            out["probe"] = weights.mean(dim=0)[0, prefix:]
+        else:
+            patches = key[:, prefix:]
+            units = patches.reshape(heads, -1, merge_unit, patches.shape[-1]).mean(dim=2)
+            weights = torch.softmax(mean_query @ units.transpose(1, 2) * scale, dim=-1)
+            out["probe"] = weights.mean(dim=0)[0].repeat_interleave(merge_unit)
     if "keys" in wanted:
         out["keys"] = key.mean(dim=0)[prefix:]
     return out
@@ -151,7 +163,7 @@ def probe(layer: SignalLayer, wanted: frozenset[str]) -> Iterator[ChunkSignals]:
                 chunks = _split_chunks(module, hidden)
             for query, key in chunks:
                 values = chunk_signals(query, key, _scale(module, query.shape[-1]),
-                                       layer.prefix_tokens, wanted)
+                                       layer.prefix_tokens, wanted, layer.merge_unit)
                 for name, value in values.items():
                     getattr(recorded, name).append(value)
 

@@ -17,69 +17,31 @@ one; a chunk that fails on every try becomes error records. Every id is written 
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import logging
+import math
 import os
 import re
 import socket
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .batch import (
-    BatchItem,
-    BatchOptions,
-    BatchSummary,
-    RecordSink,
-    error_record,
-    iter_pending,
-    run_batch,
-    video_groups,
-)
-from .cli.checks import looks_like_address
-from .engine import InputError
-from .errors import first_line
-from .models import LoadOptions
+from ..errors import InputError, first_line
+from ..models import LoadOptions
+from .input import BatchItem
+from .local import BatchOptions, run_batch, video_groups
+from .output import RecordOutput, RecordSink, iter_pending
+from .progress import BatchSummary
+from .ray_options import RayOptions, check_ray_options, import_ray
 
-RAY_EXTRA = 'pip install "vidcom2-cli[ray]"'
 IN_FLIGHT_PER_WORKER = 2  # chunks queued on a worker: one running, the next ready
 WINDOW_CHUNKS = 4  # lines read ahead to gather a video's questions: this many chunks' worth
 _MODEL_ERROR = re.compile(r"ModelLoadError: (.+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    address: str = "local"  # local (start Ray here), auto (join this machine's cluster), ray://
-    workers: int | None = None  # default: one per GPU of the cluster, 1 without GPUs
-    gpus_per_worker: float | None = None  # default: 1 with GPUs, else 0; fractions share one
-    chunk: int = 16  # items per task (whole videos)
-    ordered: bool = False  # write records in input order (buffers the ones that come early)
-    retries: int = 3  # restarts of a dead worker, and tries of a chunk
-
-
-def import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise InputError(f"--ray: Ray is not installed; {RAY_EXTRA}") from None
-    return ray
-
-
-def check_ray_options(options: RayOptions) -> None:
-    if not looks_like_address(options.address):
-        raise InputError(f"--ray: expected local, auto, ray://HOST:PORT or HOST:PORT, got "
-                         f"{options.address!r}")
-    if options.workers is not None and options.workers < 1:
-        raise InputError(f"--workers: must be at least 1, got {options.workers}")
-    if options.gpus_per_worker is not None and options.gpus_per_worker < 0:
-        raise InputError(f"--gpus-per-worker: must be at least 0, got {options.gpus_per_worker}")
-    if options.chunk < 1:
-        raise InputError(f"--chunk: must be at least 1, got {options.chunk}")
 
 
 @dataclass(frozen=True)
@@ -102,8 +64,8 @@ class BatchWorker:
                  threads: int) -> None:
         import torch
 
-        from .engine import Engine
-        from .feature_cache import FeatureCache
+        from ..engine import Engine
+        from ..feature_cache import FeatureCache
 
         torch.set_num_threads(threads)
         cache = None if feature_cache is None else FeatureCache(Path(feature_cache))
@@ -127,7 +89,7 @@ class BatchWorker:
 
     def check_video(self, path: str) -> str | None:
         """None when the worker can open the video, else why not."""
-        from .video import VideoError, probe
+        from ..video import VideoError, probe
 
         try:
             probe(path)
@@ -156,6 +118,12 @@ class WorkerStats:
 @dataclass
 class RaySummary(BatchSummary):
     workers: list[WorkerStats] = field(default_factory=list)
+    run: dict[str, Any] = field(default_factory=dict)  # what ran the first answer (run_info)
+
+    def add(self, record: dict[str, Any]) -> None:
+        super().add(record)
+        if not self.run and isinstance(record.get("run"), dict):
+            self.run = record["run"]
 
     def render(self) -> str:
         lines = [super().render()]
@@ -218,9 +186,9 @@ def run_ray_batch(workers: RayWorkers, items: Iterable[BatchItem], options: Batc
         counts: Counter[str] = Counter()
         pending = _counted(_absolute(iter_pending(_counted(items, counts, "read"),
                                                   done or {})), counts, "pending")
-        output = _Output(writer, summary, on_record, ray_options.ordered)
+        output = RecordOutput(writer, summary, on_record, ray_options.ordered)
         chunks = _chunks(_checked_first_video(ray, actors[0], pending), ray_options.chunk,
-                         options.reuse, output.expect)
+                         options.reuse, output.expect, len(actors))
         alive = [True] * len(actors)
         load = [0] * len(actors)
         retry: list[_Chunk] = []
@@ -404,20 +372,25 @@ def _counted(items: Iterable[BatchItem], counts: Counter[str], name: str
 
 
 def _chunks(items: Iterator[BatchItem], size: int, reuse: bool,
-            on_window: Callable[[list[BatchItem]], None]) -> Iterator[list[BatchItem]]:
+            on_window: Callable[[list[BatchItem]], None], workers: int = 1
+            ) -> Iterator[list[BatchItem]]:
     """Tasks of about ``size`` items: with reuse, the questions about one video within a window
-    of ``WINDOW_CHUNKS * size`` lines stay in one task. ``on_window`` hears each window's items
-    before its first task is handed out (what ``--ordered`` waits for)."""
+    of ``WINDOW_CHUNKS * size`` lines stay in one task. A window too small to give every worker
+    a task of ``size`` (a short input, the end of a long one) is cut into ``workers`` smaller
+    tasks, so that no worker idles while another has all the work. ``on_window`` hears each
+    window's items before its first task is handed out (what ``--ordered`` waits for)."""
+    def pack(window: list[BatchItem]) -> Iterator[list[BatchItem]]:
+        on_window(window)
+        yield from _pack(window, min(size, max(1, math.ceil(len(window) / workers))), reuse)
+
     window: list[BatchItem] = []
     for item in items:
         window.append(item)
         if len(window) >= WINDOW_CHUNKS * size:
-            on_window(window)
-            yield from _pack(window, size, reuse)
+            yield from pack(window)
             window = []
     if window:
-        on_window(window)
-        yield from _pack(window, size, reuse)
+        yield from pack(window)
 
 
 def _pack(window: list[BatchItem], size: int, reuse: bool) -> Iterator[list[BatchItem]]:
@@ -429,42 +402,3 @@ def _pack(window: list[BatchItem], size: int, reuse: bool) -> Iterator[list[Batc
             task = []
     if task:
         yield task
-
-
-class _Output:
-    """Writes records as chunks finish, or with ``ordered`` in input order: a finished chunk's
-    records wait for those of every earlier line handed out (``expect``)."""
-
-    def __init__(self, writer: RecordSink, summary: BatchSummary,
-                 on_record: Callable[[BatchSummary], None] | None, ordered: bool) -> None:
-        self.writer, self.summary, self.on_record, self.ordered = (writer, summary, on_record,
-                                                                  ordered)
-        self.expected: list[int] = []  # heap of the lines handed out, not yet written
-        self.waiting: dict[int, dict[str, Any]] = {}  # line -> finished record
-
-    def expect(self, items: list[BatchItem]) -> None:
-        if self.ordered:
-            for item in items:
-                heapq.heappush(self.expected, item.line)
-
-    def add(self, items: list[BatchItem], records: list[dict[str, Any]]) -> None:
-        if not self.ordered:
-            for record in records:
-                self._write(record)
-            return
-        lines: dict[str, deque[int]] = {}
-        for item in sorted(items, key=lambda item: item.line):
-            lines.setdefault(item.key, deque()).append(item.line)
-        for record in records:  # a repeated id's records come in its lines' order
-            self.waiting[lines[str(record["id"])].popleft()] = record
-        while self.expected and self.expected[0] in self.waiting:
-            self._write(self.waiting.pop(heapq.heappop(self.expected)))
-
-    def failed(self, items: list[BatchItem], message: str) -> None:
-        self.add(items, [error_record(item, message) for item in items])
-
-    def _write(self, record: dict[str, Any]) -> None:
-        self.writer.write(record)
-        self.summary.add(record)
-        if self.on_record is not None:
-            self.on_record(self.summary)
