@@ -41,8 +41,10 @@ def clip(seed: int, frames: int = 8) -> tuple[np.ndarray, dict]:
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def family_adapter(request, tiny_checkpoints):
+    # fp32, not "auto": these tests compare logits to 1e-4 and batched with single answers,
+    # which bf16 (auto's choice on a CPU with AVX512-BF16 or AMX) rounds apart
     loaded, adapter = load_adapter(str(tiny_checkpoints(request.param)),
-                                   LoadOptions(device="cpu", attention="sdpa"))
+                                   LoadOptions(device="cpu", dtype="float32", attention="sdpa"))
     return request.param, loaded, adapter
 
 

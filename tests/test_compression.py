@@ -112,6 +112,12 @@ def kept_total_bounds(method: str, features: torch.Tensor, ratio: float, profile
     if name == "fastvid":  # at most the per-frame retains (caps and near-duplicates lose some)
         retain = per_unit if chosen.fca else [max(1, math.floor(tokens * ratio))] * units
         return 1, sum(int(r) for r in retain)
+    if name == "flashvid":  # B_t per unit: ceil(alpha B_t) by ADTS, the rest's centres rounded up
+        options = method_options(method, profile)
+        budgets = ([min(tokens, math.ceil(int(k) * options["expansion"])) for k in per_unit]
+                   if chosen.fca else
+                   [min(tokens, math.ceil(tokens * ratio * options["expansion"]))] * units)
+        return sum(math.ceil(b * options["alpha"]) for b in budgets), sum(budgets) + units
     assert name == "holitom", f"no budget rule written for {method}"
     tau = method_options(method, profile)["tau"]
     max_window = int(method_options(method, profile)["max_window"])

@@ -265,7 +265,7 @@ def loop_positions(engine: Engine, items, layer: int) -> list[torch.Tensor]:
 @pytest.fixture(scope="module")
 def engines(tiny_checkpoints) -> dict[str, Engine]:
     return {family: Engine.load(str(tiny_checkpoints(family)),
-                                LoadOptions(device="cpu", attention="sdpa"))
+                                LoadOptions(device="cpu", dtype="float32", attention="sdpa"))
             for family in ("llava_onevision", "qwen2_5_vl", "qwen3_vl", "qwen3_5")}
 
 

@@ -51,8 +51,10 @@ def test_a_keep_plan_applies_as_the_identity():
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def family_adapter(request, tiny_checkpoints):
+    # fp32, not "auto": merged tokens are compared with hand-computed sums to 1e-5, which bf16
+    # (auto's choice on a CPU with AVX512-BF16 or AMX) cannot hold
     loaded, adapter = load_adapter(str(tiny_checkpoints(request.param)),
-                                   LoadOptions(device="cpu", attention="sdpa"))
+                                   LoadOptions(device="cpu", dtype="float32", attention="sdpa"))
     return request.param, loaded, adapter
 
 
@@ -146,8 +148,8 @@ def test_signals_left_no_hook_after_an_error(family_adapter):
 def test_onevision_received_attention_equals_the_eager_towers_attention(tiny_checkpoints):
     """The hook's recomputed attention against the weights SigLIP itself returns in eager
     mode, averaged over heads and queries and pooled like LLaVA-OV's features."""
-    loaded, adapter = load_adapter(str(tiny_checkpoints("llava_onevision")),
-                                   LoadOptions(device="cpu", attention="eager"))
+    loaded, adapter = load_adapter(str(tiny_checkpoints("llava_onevision")),  # fp32: 1e-5 below
+                                   LoadOptions(device="cpu", dtype="float32", attention="eager"))
     video, metadata = clip(2, 8)
     item = adapter.prepare(video, metadata, "What happens?")
     signals = adapter.encode(item, ALL_SIGNALS).signals

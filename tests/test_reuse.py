@@ -45,8 +45,11 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def family_engine(request, tiny_checkpoints) -> tuple[str, Engine]:
+    # fp32, not "auto": reused prefixes must give the full prompt's logits to 1e-4 and the same
+    # answers, which bf16 (auto's choice on a CPU with AVX512-BF16 or AMX) rounds apart
     return request.param, Engine.load(str(tiny_checkpoints(request.param)),
-                                      LoadOptions(device="cpu", attention="sdpa"))
+                                      LoadOptions(device="cpu", dtype="float32",
+                                                  attention="sdpa"))
 
 
 @pytest.fixture
