@@ -14,12 +14,12 @@ import sys
 
 import vidcom2_cli
 
-# Imported by transformers' image utilities (torchvision), by torchvision's ops (torch._dynamo),
-# on first use of a model class (transformers.models scans its ~500 model folders), or by the
-# processors (transformers.processing_utils).
+# Imported by transformers' image utilities (torchvision), by torchvision's ops and transformers'
+# masking utilities (torch._dynamo), on first use of a model class (transformers.models scans its
+# ~570 model folders), or by the processors (transformers.processing_utils).
 HEAVY = ("torchvision", "torch._dynamo", "sympy", "transformers.models",
          "transformers.image_utils", "transformers.processing_utils",
-         "transformers.modeling_utils")
+         "transformers.modeling_utils", "transformers.masking_utils")
 # Builds every family's processor for the random-weight presets: imported when one is built.
 LOADS_PROCESSORS = {"vidcom2_cli.models.offline"}
 
