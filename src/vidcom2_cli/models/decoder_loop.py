@@ -43,10 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AttentionInterface, DynamicCache
-from transformers.masking_utils import create_causal_mask
+from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..compression.inllm import DecodeStage, InLLMStage, PrefillStage, VisualSpan, check_stages
 
@@ -95,12 +93,24 @@ def unsupported(model: torch.nn.Module, stages: tuple[InLLMStage, ...]) -> str |
     return None
 
 
+def _causal_mask(**arguments: Any) -> Any:
+    """transformers' ``create_causal_mask``. Its module (like ``modeling_utils``, imported in
+    the probe's functions) imports torch._dynamo and torchvision, seconds on a busy CPU, so it
+    is imported at the first call, when a model is loaded and has imported it, not with this
+    module, which every import of the engine brings in (tests/test_startup.py)."""
+    from transformers.masking_utils import create_causal_mask
+
+    return create_causal_mask(**arguments)
+
+
 # --- the attention probe ---------------------------------------------------------------------
 
 
 def _probe_name(model_implementation: str) -> str:
     """The name of the recording attention function wrapping ``model_implementation``,
     registered on first use."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
     name = _PROBE_PREFIX + model_implementation
     if name not in ALL_ATTENTION_FUNCTIONS:
         AttentionInterface.register(name, _make_probe(model_implementation))
@@ -108,6 +118,8 @@ def _probe_name(model_implementation: str) -> str:
 
 
 def _make_probe(model_implementation: str) -> Any:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
     def probe(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
               value: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any) -> Any:
         if model_implementation == "eager":
@@ -358,9 +370,9 @@ class DecoderLoop(torch.nn.Module):
         past = cache.get_seq_length() if cache is not None else 0
         rotary_positions, positions = self._positions(position_ids, hidden, past)
         rotary = text.rotary_emb(hidden, rotary_positions)
-        mask = create_causal_mask(config=text.config, inputs_embeds=hidden,
-                                  attention_mask=attention_mask, cache=cache,
-                                  position_ids=positions)
+        mask = _causal_mask(config=text.config, inputs_embeds=hidden,
+                            attention_mask=attention_mask, cache=cache,
+                            position_ids=positions)
         length = hidden.shape[1]
         rows = hidden.shape[0]
         padding = (torch.ones(rows, past + length, dtype=torch.bool, device=hidden.device)
@@ -433,9 +445,9 @@ class DecoderLoop(torch.nn.Module):
                     sequence = _replace_hidden(sequence, hidden)
                 sequence = self._reduce(stages[index], sequence, attention)
                 hidden = sequence.hidden
-                mask = create_causal_mask(config=self.text.config, inputs_embeds=hidden,
-                                          attention_mask=sequence.valid, cache=cache,
-                                          position_ids=sequence.positions, layer_idx=index)
+                mask = _causal_mask(config=self.text.config, inputs_embeds=hidden,
+                                    attention_mask=sequence.valid, cache=cache,
+                                    position_ids=sequence.positions, layer_idx=index)
                 call.groups.append((index, _Sequence(None, sequence.columns, sequence.valid,
                                                      None, None)))
             if call.stop_before == index:
@@ -490,7 +502,7 @@ class DecoderLoop(torch.nn.Module):
         generated = padding[:, call.width:]
         group_masks = {0: mask}
         for start, sequence in call.groups[1:]:
-            group_masks[start] = create_causal_mask(
+            group_masks[start] = _causal_mask(
                 config=text.config, inputs_embeds=hidden,
                 attention_mask=torch.cat([sequence.valid, generated], dim=1), cache=cache,
                 position_ids=positions, layer_idx=start)
@@ -570,9 +582,9 @@ class DecoderLoop(torch.nn.Module):
             index[row, width - entries_kept.numel():] = entries_kept
             valid[row, width - entries_kept.numel():] = True
         view = _GatheredView(cache, index)
-        mask = create_causal_mask(config=self.text.config, inputs_embeds=hidden,
-                                  attention_mask=valid, cache=view, position_ids=positions,
-                                  layer_idx=stage.layer)
+        mask = _causal_mask(config=self.text.config, inputs_embeds=hidden,
+                            attention_mask=valid, cache=view, position_ids=positions,
+                            layer_idx=stage.layer)
         return view, mask, counts, kept
 
 

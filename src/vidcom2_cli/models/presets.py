@@ -28,7 +28,6 @@ from .loading import (
     resolve_dtype,
 )
 from .memory import check_memory
-from .offline import EOS_TOKEN, PAD_TOKEN, build_processor, build_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -90,6 +89,8 @@ def preset_config(name: str, token_ids: dict[str, int] | None = None) -> Pretrai
 
 
 def _point_special_ids(model_type: str, values: dict[str, Any], ids: dict[str, int]) -> None:
+    from .offline import EOS_TOKEN, PAD_TOKEN
+
     text = values["text_config"]
     text.update(bos_token_id=ids[PAD_TOKEN], eos_token_id=ids[EOS_TOKEN],
                 pad_token_id=ids[PAD_TOKEN])
@@ -112,7 +113,11 @@ def _processor_sizes(config: PretrainedConfig) -> dict[str, int]:
 
 def build_random_model(reference: str, options: LoadOptions = LoadOptions()) -> LoadedModel:
     """Build ``random:NAME`` with random weights directly on the target device and dtype."""
+    # offline imports every family's processor classes, and with them torchvision: only a
+    # preset being built needs them, not the import of the model registry.
     from transformers import AutoModelForImageTextToText
+
+    from .offline import EOS_TOKEN, PAD_TOKEN, build_processor, build_tokenizer
 
     name = reference.removeprefix(RANDOM_PREFIX)
     sized = preset_config(name)  # sizes the tokenizer, whose special ids the model's config takes

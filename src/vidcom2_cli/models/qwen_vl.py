@@ -16,9 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import Qwen3VLVideoProcessor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.vision_utils import get_vision_window_index
 
 from ..compression import KeepPlan
 from .base import EncodedVideo, PreparedItem, VideoAdapter
@@ -63,6 +61,10 @@ class QwenVLAdapter(VideoAdapter):
         """
         if bounds is None:
             return {}
+        # Imported here, not with the module: the video processor's module pulls in torchvision
+        # (and with it torch._dynamo), which the loaded processor has imported by now anyway.
+        from transformers import Qwen3VLVideoProcessor
+
         options: dict[str, Any] = {}
         per_clip = isinstance(self.processor.video_processor, Qwen3VLVideoProcessor)
         scale = frames if per_clip else 1
@@ -122,6 +124,8 @@ class QwenVLAdapter(VideoAdapter):
         merged = values.reshape(chunks, patches // unit, unit, channels).mean(dim=2)
         if getattr(visual, "fullatt_block_indexes", None) is None:
             return merged
+        from transformers.vision_utils import get_vision_window_index
+
         window_index, _ = get_vision_window_index(
             inputs["video_grid_thw"], spatial_merge_size=visual.spatial_merge_size,
             window_size=visual.window_size, patch_size=visual.patch_size)
