@@ -690,6 +690,55 @@ class VideoAdapter(ABC):
             return []
         return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
 
+    # --- streams (``watch``): video segments appended one after another ---------------------
+
+    def video_start(self, input_ids: list[int]) -> int:
+        """Where the video begins in a prompt: its first placeholder, or the structural token
+        that opens it (Qwen's ``<|vision_start|>``) just before. What precedes is the head of
+        every prompt about a stream; what follows up to ``prefix_length`` is one segment."""
+        marks = self.video_mark_ids
+        first = next((index for index, token in enumerate(input_ids) if token in marks), None)
+        if first is None:
+            raise ValueError("the prompt holds no video token")
+        opening = getattr(self.model.config, "vision_start_token_id", None)
+        while first > 0 and opening is not None and input_ids[first - 1] == int(opening):
+            first -= 1
+        return first
+
+    def appended_positions(self, full: torch.Tensor, kept: torch.Tensor, start: int
+                           ) -> tuple[torch.Tensor, int]:
+        """Positions of a video segment's kept tokens when the segment follows a sequence
+        whose next free position is ``start``, and the next free position after it.
+
+        ``full`` (P, S) are the segment's uncompressed positions in a prompt of its own and
+        ``kept`` indexes the tokens kept. This is how the model's own position function lays
+        out several videos in one prompt: each starts where the one before ended (Qwen's M-RoPE
+        rows all shifted by one offset, so time positions keep counting)."""
+        shift = start - int(full.min())
+        return full.index_select(1, kept) + shift, int(full.max()) + shift + 1
+
+    @torch.inference_mode()
+    def extend_cache(self, item: CompressedItem, start: int, outputs: list[Any],
+                     cache: Any = None) -> Any:
+        """Prefill ``item``'s tokens from ``start`` on into ``cache`` (which holds its first
+        ``start`` tokens; None: a new cache, ``start`` 0) and return the cache. ``outputs`` are
+        the encoder outputs of the video segments among the new tokens, in order (one prompt
+        may hold several: a stream's chunks). Without in-LLM stages only."""
+        if item.stages:
+            raise ValueError("a cache is extended only for plans without in-LLM stages")
+        batch = self.collate([item], [start], start)
+        for key in ("input_ids", "mm_token_type_ids"):  # the mask still covers the cache
+            if key in batch:
+                batch[key] = batch[key][:, start:]
+        batch["position_ids"] = batch["position_ids"][..., start:]
+        if outputs:
+            batch["mm_encoder_outputs"] = {self.encoder_output_key: self.merge_outputs(outputs)}
+        if cache is not None:
+            batch[self._cache_argument] = cache
+        output = self.model(**batch, use_cache=True, logits_to_keep=1)
+        extended = getattr(output, "cache", None)
+        return output.past_key_values if extended is None else extended
+
     @torch.inference_mode()
     def forward_logits(self, items: list[CompressedItem]) -> torch.Tensor:
         """Logits of one prefill forward pass over a batch (for checking, not generation); with
@@ -712,6 +761,12 @@ class DensePositionsAdapter(VideoAdapter):
     def batch_positions(self, positions: torch.Tensor, attention_mask: torch.Tensor
                         ) -> torch.Tensor:
         return positions[0]
+
+    def appended_positions(self, full: torch.Tensor, kept: torch.Tensor, start: int
+                           ) -> tuple[torch.Tensor, int]:
+        """Dense: the kept tokens close up after ``start``."""
+        count = int(kept.numel())
+        return torch.arange(start, start + count, device=full.device)[None], start + count
 
     def output_tensors(self, output: Any) -> dict[str, torch.Tensor]:
         """These families' encoder output is one pooled tensor."""
