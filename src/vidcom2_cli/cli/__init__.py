@@ -17,7 +17,7 @@ from ..batch.ray_options import looks_like_address
 
 # The command modules register themselves on import; this order is the order of --help.
 # isort: off
-from . import ask, chat, serve, bench, batch, eval, cache, models, methods, info  # noqa: F401
+from . import ask, chat, watch, serve, bench, batch, eval, cache, models, methods, info  # noqa: F401
 # isort: on
 from .app import app
 from .console import print_error, stderr

@@ -269,7 +269,10 @@ class SourceReader:
         try:
             container = self._open()
         except Exception as error:  # the first open: one line for the user
-            self._open_error = f"{self.spec.text}: cannot be opened ({_reason(error)})"
+            reason = _reason(error)
+            if reason == "Immediate exit requested":  # PyAV's timeout
+                reason = f"nothing received within {self.open_timeout_s:g} s"
+            self._open_error = f"{self.spec.text}: cannot be opened ({reason})"
             self.queue.close(self._open_error)
             self._opened.set()
             return
