@@ -101,6 +101,7 @@ class StreamAnswer:
     tokens_held: int
     prompt_tokens: int
     generated: int
+    token_ids: list[int]
     latency_ms: float  # from the question to the answer's last token
     prefill_ms: float  # the question's own tokens
     decode_ms: float
@@ -325,9 +326,9 @@ class StreamMemory:
 
     # --- the cache ---------------------------------------------------------------------------
 
-    def _layout(self, chunks: list[Chunk]) -> CompressedItem:
-        """The head and ``chunks`` as one sequence, each chunk's positions laid after the one
-        before (and kept on the chunk)."""
+    def held(self, chunks: list[Chunk]) -> CompressedItem:
+        """The head and ``chunks`` (the held ones, in order) as one sequence, each chunk's
+        positions laid after the one before (and kept on the chunk)."""
         head = self._head
         next_position = self._head_next
         for chunk in chunks:
@@ -348,7 +349,7 @@ class StreamMemory:
     def _refill(self, first: int) -> int:
         """Crop the cache to the chunks before ``first`` and prefill the rest after them;
         returns the tokens prefilled beyond the head."""
-        held = self._layout(self.chunks)
+        held = self.held(self.chunks)
         start = self.head_tokens + sum(chunk.tokens for chunk in self.chunks[:first])
         if self._cache is None:
             first, start = 0, 0
@@ -378,7 +379,7 @@ class StreamMemory:
                 suffix = self.adapter.question_suffix(question).to(self.engine.device)
             except QuestionError as error:
                 raise InputError(str(error)) from None
-            held = self._layout(self.chunks)
+            held = self.held(self.chunks)
             item = self._with_question(held, suffix)
             self._check_context(item, generation)
             cache = self._cache
@@ -392,7 +393,7 @@ class StreamMemory:
                 question=question, answer=result.texts[0], start_s=start_s, end_s=end_s,
                 chunks_held=len(self.chunks), chunks_seen=self.stats.chunks_seen,
                 tokens_held=held.length, prompt_tokens=item.length,
-                generated=len(result.token_ids[0]),
+                generated=len(result.token_ids[0]), token_ids=result.token_ids[0],
                 latency_ms=(time.perf_counter() - began) * 1000.0,
                 prefill_ms=result.timing.prefill_ms, decode_ms=result.timing.decode_ms)
 
