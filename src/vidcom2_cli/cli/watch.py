@@ -80,6 +80,9 @@ def watch(
         help="Seconds to keep reopening a network source that dropped (0: end).")] = 30.0,
     open_timeout: Annotated[float, typer.Option(
         help="Seconds to wait for a network source to open or send.")] = 10.0,
+    silence: Annotated[float, typer.Option(
+        help="A network source silent this many seconds has dropped (and is reopened).")
+    ] = 5.0,
     idle: Annotated[float, typer.Option(
         help="A file source ends after it has not grown for this many seconds.")] = 5.0,
     ratio: RatioOption = DEFAULT_RATIO,
@@ -108,7 +111,7 @@ def watch(
         check_generation_options(sample, temperature, top_p)
         check_device(device)
         _check_watch_options(fps, chunk, memory_tokens, forget, ask, every, duration,
-                             reconnect, open_timeout, idle)
+                             reconnect, open_timeout, silence, idle)
         deadline = None if until is None else _deadline(until)
         interactive = ask is None and sys.stdin.isatty()
         if source == "-" and ask is None:
@@ -122,7 +125,7 @@ def watch(
         preflight(model, [method])
         frames_per_chunk = chunk_frames(chunk, fps)
         reader = SourceReader(spec, fps, capacity=QUEUE_CHUNKS * frames_per_chunk,
-                              open_timeout_s=open_timeout, read_timeout_s=open_timeout,
+                              open_timeout_s=open_timeout, read_timeout_s=silence,
                               reconnect_s=reconnect, idle_s=idle,
                               on_event=lambda line: console.print_plain(line, to_stderr=True))
         from ..decoders import library_logs
@@ -282,11 +285,12 @@ def memory_line(memory: StreamMemory, watcher: Watcher) -> str:
 
 def _check_watch_options(fps: float, chunk: float, memory_tokens: int, forget: str,
                          ask: str | None, every: float | None, duration: float | None,
-                         reconnect: float, open_timeout: float, idle: float) -> None:
+                         reconnect: float, open_timeout: float, silence: float, idle: float
+                         ) -> None:
     from ..watch.forget import FORGET_MODES
 
     for name, value in (("--fps", fps), ("--chunk", chunk), ("--open-timeout", open_timeout),
-                        ("--idle", idle)):
+                        ("--silence", silence), ("--idle", idle)):
         if not value > 0:
             raise OptionError(f"{name}: must be above 0, got {value:g}")
     for name, optional in (("--every", every), ("--duration", duration)):

@@ -35,6 +35,9 @@ SourceKind = Literal["network", "device", "stdin", "file"]
 POLL_S = 0.05  # how often a read at a growing file's end looks again
 OPEN_MIN_BYTES = 1 << 16  # a growing file is opened once it holds this much (or stops growing)
 BACKOFF_S = (0.25, 0.5, 1.0, 2.0)  # waits between reconnection attempts (the last repeats)
+# A live source is probed briefly (FFmpeg's defaults read up to 5 s and 5 MB before the first
+# frame): a second or 64 KiB finds a video stream's parameters.
+LIVE_PROBE = {"analyzeduration": "1000000", "probesize": "65536"}
 
 
 @dataclass(frozen=True)
@@ -301,7 +304,7 @@ class SourceReader:
         if spec.kind == "file":
             return self._open_growing()
         return av.open(spec.text, mode="r", format=spec.demuxer, timeout=timeout,
-                       metadata_errors="ignore")
+                       options=LIVE_PROBE, metadata_errors="ignore")
 
     def _open_growing(self) -> Any:
         """Open a file that may still be written: once it holds enough to probe, and again
@@ -353,7 +356,10 @@ class SourceReader:
                 if not self.queue.put(Frame(stream_s, image)):
                     return "stopped"
         except Exception as error:
-            return _reason(error)
+            reason = _reason(error)
+            if reason == "Immediate exit requested":  # PyAV's timeout
+                reason = f"silent for {self.read_timeout_s:g} s"
+            return reason
         return "end of stream"
 
     def _resume_base(self) -> float:
