@@ -21,7 +21,7 @@ from vidcom2_cli.watch.session import Schedule, chunk_frames, clock
 from vidcom2_cli.watch.source import Frame, FrameQueue, parse_source
 
 pytestmark = pytest.mark.slow
-FAMILIES = ["llava_onevision", "qwen2_vl"]
+FAMILIES = ["llava_onevision", "qwen2_vl", "qwen3_vl"]
 GENERATION = GenerationOptions(max_new_tokens=6)
 QUESTION = "What happens in the stream?"
 FRAMES_PER_CHUNK = 4
@@ -222,10 +222,11 @@ def test_a_method_working_inside_the_language_model_is_refused(family_engine):
 
 
 def test_stream_positions_are_the_models_own_for_consecutive_videos(family_engine):
-    """Qwen2-VL: the held stream's M-RoPE positions (uncompressed) are what the model's
-    ``get_rope_index`` gives a prompt holding the chunks as consecutive videos."""
+    """Qwen2-VL, Qwen3-VL (timestamps between frames): the held stream's M-RoPE positions
+    (uncompressed) are what the model's ``get_rope_index`` gives a prompt holding the chunks
+    as consecutive videos."""
     family, engine = family_engine
-    if family != "qwen2_vl":
+    if not family.startswith("qwen"):
         pytest.skip("M-RoPE positions: the Qwen family")
     adapter = engine.adapter
     memory = StreamMemory(engine, CompressionOptions(ratio=1.0), fps=1.0)

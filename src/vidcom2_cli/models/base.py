@@ -694,8 +694,10 @@ class VideoAdapter(ABC):
 
     def video_start(self, input_ids: list[int]) -> int:
         """Where the video begins in a prompt: its first placeholder, or the structural token
-        that opens it (Qwen's ``<|vision_start|>``) just before. What precedes is the head of
-        every prompt about a stream; what follows up to ``prefix_length`` is one segment."""
+        that opens it (Qwen's ``<|vision_start|>``) just before, or, where the processor writes
+        text before the first frame (Qwen3-VL's timestamp), where the processor's tokens
+        part from the chat template's own. What precedes is the head of every prompt about a
+        stream; what follows up to ``prefix_length`` is one segment."""
         marks = self.video_mark_ids
         first = next((index for index, token in enumerate(input_ids) if token in marks), None)
         if first is None:
@@ -703,7 +705,13 @@ class VideoAdapter(ABC):
         opening = getattr(self.model.config, "vision_start_token_id", None)
         while first > 0 and opening is not None and input_ids[first - 1] == int(opening):
             first -= 1
-        return first
+        with self._processor_lock:
+            template = self.processor.tokenizer(self.prompt("?"),
+                                                add_special_tokens=False)["input_ids"]
+        pairs = zip(input_ids, template, strict=False)  # the template is the shorter
+        same = next((index for index, (ours, theirs) in enumerate(pairs) if ours != theirs),
+                    min(len(input_ids), len(template)))
+        return min(first, same)
 
     def appended_positions(self, full: torch.Tensor, kept: torch.Tensor, start: int
                            ) -> tuple[torch.Tensor, int]:
