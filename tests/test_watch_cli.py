@@ -5,6 +5,9 @@ that never open (one line, before torch is imported)."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import signal
 import socket
 import subprocess
 import sys
@@ -166,3 +169,47 @@ def test_bad_options_are_one_line(args, message, stream_file):
 def test_stdin_as_the_source_needs_a_question_option():
     run = never_opens(["-"])
     assert run.returncode == 2 and "give the question with --ask" in run.stderr
+
+
+def test_ctrl_c_ends_with_a_summary(tiny_checkpoints, tmp_path):
+    """SIGINT after the first answer: the watch stops cleanly, exit 0, the summary says so."""
+    path = tmp_path / "long.ts"
+    path.write_bytes(b"")
+    writer = subprocess.Popen([sys.executable, SENDERS, "file", str(path), "120", "0.5"])
+    watcher = subprocess.Popen(
+        [str(SCRIPT), "watch", str(path), "--ask", QUESTION, "--chunk", "2",
+         "-m", str(tiny_checkpoints("qwen2_vl")), *FAST],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(watcher.stdout.readline())
+        watcher.send_signal(signal.SIGINT)
+        _, stderr = watcher.communicate(timeout=120)
+    finally:
+        watcher.kill()
+        writer.kill()
+    assert watcher.returncode == 0, stderr
+    assert first["end_s"] == 2.0
+    assert "(stopped)" in stderr and "Traceback" not in stderr
+    assert summary_numbers(stderr)["encodes"] >= 1
+
+
+def test_questions_typed_at_a_terminal_are_answered(stream_file, tiny_checkpoints):
+    """stdin a terminal (a pseudo-terminal here): a typed question gets an answer and its
+    footer; Ctrl-D ends."""
+    leader, follower = pty.openpty()
+    watcher = subprocess.Popen(
+        [str(SCRIPT), "watch", str(stream_file), "--idle", "1",
+         "-m", str(tiny_checkpoints("llava_onevision")), *FAST],
+        stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(follower)
+    try:
+        os.write(leader, f"{QUESTION}\n".encode())
+        os.write(leader, b"\n\x04")  # an empty line (the memory), then Ctrl-D
+        _, stderr = watcher.communicate(timeout=300)
+    finally:
+        watcher.kill()
+        os.close(leader)
+    assert watcher.returncode == 0, stderr
+    assert "stream 0:00-" in stderr and "tokens held" in stderr
+    assert "holding 0:00-" in stderr
+    assert all(len(line) <= 80 for line in stderr.splitlines())

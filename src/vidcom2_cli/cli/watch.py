@@ -182,8 +182,9 @@ def _watch(reader: Any, source: str, model: str, device: str, dtype: str, attn: 
     watcher = Watcher(reader, memory, frames_per_chunk, on_chunk, duration, deadline)
     holder["watcher"] = watcher
     if interactive:
-        console.print_plain(f"watching {source}: ask at the prompt; an empty line shows the "
-                            "memory, Ctrl-D or Ctrl-C ends", to_stderr=True)
+        console.print_plain(f"watching {source}", to_stderr=True)
+        console.print_plain("ask at the prompt; an empty line shows the memory; Ctrl-D ends",
+                            to_stderr=True)
     watcher.start()
     try:
         if ask is not None:
@@ -224,6 +225,8 @@ def _question_loop(memory: StreamMemory, watcher: Watcher, generation: Generatio
         if not question.strip():
             console.print_plain(memory_line(memory, watcher), to_stderr=True)
             continue
+        while not memory.chunks and not watcher.wait(0.1):
+            pass  # the first chunk is still being encoded
         try:
             answer = memory.ask(question, generation, on_text=write)
         except InputError as error:
