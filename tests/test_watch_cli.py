@@ -179,7 +179,9 @@ def test_ctrl_c_ends_with_a_summary(tiny_checkpoints, tmp_path):
     watcher = subprocess.Popen(
         [str(SCRIPT), "watch", str(path), "--ask", QUESTION, "--chunk", "2",
          "-m", str(tiny_checkpoints("qwen2_vl")), *FAST],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a test run started in the background inherits SIGINT ignored; Ctrl-C is the point
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = json.loads(watcher.stdout.readline())
         watcher.send_signal(signal.SIGINT)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..compression import get_method, llm_stages, select
+from ..compression import llm_stages, select
 from ..compression.vidcom2 import keep_lowest, similarity, vidcom2_scores
 from ..engine import OPENING_QUESTION, Engine
 from ..errors import InputError
@@ -153,8 +153,6 @@ class StreamMemory:
         self._cached = 0  # tokens in the cache
         self._next_position = 0  # the first position after the held stream
         self._lock = threading.Lock()
-        self._frames_seen = 0
-        get_method(compression.method)  # an unknown name fails here, not at the first chunk
 
     # --- what is held ------------------------------------------------------------------------
 
@@ -184,12 +182,13 @@ class StreamMemory:
         pad = -len(frames) % multiple
         if pad:
             frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
-        first = self._frames_seen
-        indices = list(range(first, first + len(frames)))
-        self._frames_seen += len(times)
+        # the frames' places on the stream's 1/fps grid (gaps where frames were skipped): what
+        # Qwen3-VL's timestamps are computed from, so they read stream time
+        indices = [round(second * self.fps) for second in times]
+        indices += [indices[-1] + step for step in range(1, pad + 1)]
         metadata = {"fps": self.fps, "frames_indices": indices,
-                    "total_num_frames": first + len(frames),
-                    "duration": (first + len(frames)) / self.fps}
+                    "total_num_frames": indices[-1] + 1,
+                    "duration": (indices[-1] + 1) / self.fps}
         timer = StageTimer(self.engine.device)
         with timer.stage("preprocess"):
             try:

@@ -149,6 +149,8 @@ class Watcher:
                 return frames, "until"
             frame = self.reader.queue.get(timeout=0.1)
             if frame is None:
+                if self._stop.is_set():
+                    return frames, "stopped"
                 if self.reader.queue.closed:
                     return frames, self.reader.queue.error or "end of source"
                 continue
