@@ -104,7 +104,7 @@ def ask(
     debug: DebugOption = False,
 ) -> None:
     """Answer one or more questions about a video."""
-    with console.cli_errors(debug):
+    with console.cli_errors(debug, json_output or quiet):
         check_numbers(ratio, max_new_tokens)
         check_generation_options(sample, temperature, top_p)
         check_output_modes(json_output, quiet, heatmap)

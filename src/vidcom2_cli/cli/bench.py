@@ -72,7 +72,7 @@ def bench(
     debug: DebugOption = False,
 ) -> None:
     """Measure prefill and decode at several ratios and methods on one video."""
-    with console.cli_errors(debug):
+    with console.cli_errors(debug, json_output):
         parse_ratios(ratios)
         check_numbers(None, max_new_tokens)
         check_sampling_options(frames, fps, max_frames)

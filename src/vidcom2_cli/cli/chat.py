@@ -99,7 +99,7 @@ def chat(
 ) -> None:
     """Ask questions about a video interactively: it is decoded, encoded, compressed and
     prefilled once. Not in a terminal, reads one question per line from stdin."""
-    with console.cli_errors(debug):
+    with console.cli_errors(debug, json_output or quiet):
         check_numbers(ratio, max_new_tokens)
         check_generation_options(sample, temperature, top_p)
         check_output_modes(json_output, quiet, None)

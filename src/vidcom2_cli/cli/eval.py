@@ -103,7 +103,7 @@ def eval_(
 ) -> None:
     """Score a model on Video-MME, MVBench, MLVU or LongVideoBench as lmms-eval does, over a
     sweep of compression ratios and methods, with a summary table."""
-    with console.cli_errors(debug):
+    with console.cli_errors(debug, json_output):
         from ..evaluation import parse_task, read_questions, resolve_variant
 
         chosen_task, subtask = parse_task(task)
