@@ -91,8 +91,9 @@ def batch(
     prefetch: Annotated[int | None, typer.Option(
         help="Items decoded and preprocessed ahead on CPU threads while the model answers the "
         "current batch; 0 = no overlap. Default: 2 x --batch-size.", show_default=False)] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an earlier --out file: skip the ids "
-                                         "already in it.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an earlier --out file: skip the ids "
+        "already in it.")] = False,
     reuse: Annotated[bool, typer.Option(
         "--reuse/--no-reuse", help="Answer all the questions about one video from one "
         "decode, one encoding and one prefill of its prompt prefix (records then come grouped "
@@ -116,8 +117,9 @@ def batch(
         "two workers on one GPU).", show_default=False)] = None,
     chunk: Annotated[int, typer.Option(help="With --ray: items per task (a video's questions "
                                        "stay together).")] = 16,
-    ordered: Annotated[bool, typer.Option(help="With --ray: write records in input order "
-                                          "(finished ones wait for earlier ones).")] = False,
+    ordered: Annotated[bool, typer.Option(
+        "--ordered", help="With --ray: write records in input order "
+        "(finished ones wait for earlier ones).")] = False,
     server: ServerOption = None,
     concurrency: Annotated[int, typer.Option(help="With --server: items in flight (the server "
                                              "batches them).")] = 8,

@@ -45,8 +45,8 @@ def bench(
     video: Annotated[Path, typer.Argument(help="Video file.")],
     ratios: Annotated[str, typer.Option(help="Comma-separated keep ratios.")]
     = "1.0,0.5,0.25,0.15,0.1",
-    methods: Annotated[str, typer.Option(help="Comma-separated methods, e.g. vidcom2,fastvid,"
-                                         "holitom,visionzip,dycoke (see `vidcom2 methods`).")]
+    methods: Annotated[str, typer.Option(help="Comma-separated methods, e.g. "
+                                         "vidcom2,fastvid,flashvid (see `vidcom2 methods`).")]
     = "vidcom2,random",
     method_option: MethodSettingOption = None,
     question: Annotated[str, typer.Option(help="Question asked at every setting.")]

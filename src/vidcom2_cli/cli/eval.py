@@ -63,7 +63,7 @@ def eval_(
                        ] = DEFAULT_METHOD,
     method_option: MethodSettingOption = None,
     prompt_variant: Annotated[str, typer.Option(
-        help="The task's per-model prompt (lmms-eval's lmms_eval_specific_kwargs): auto "
+        help="The task's per-model prompt (lmms-eval's per-model task keywords): auto "
         "(qwen3_vl for Video-MME on Qwen3-VL, else default), default, or a model key of the "
         "task's yaml.")] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")
@@ -81,8 +81,9 @@ def eval_(
     prefetch: Annotated[int | None, typer.Option(
         help="Videos decoded ahead on CPU threads; 0 = no overlap. Default: 2 x --batch-size.",
         show_default=False)] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an earlier --out file: skip the "
-                                         "questions and settings already in it.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an earlier --out file: skip the "
+        "questions and settings already in it.")] = False,
     reuse: Annotated[bool, typer.Option(
         "--reuse/--no-reuse", help="One decode and encoding per video for every question and "
         "setting (--no-reuse: each question and setting on its own).")] = True,

@@ -78,6 +78,7 @@ def serve(
         help="Local videos (paths, file:// URLs) are read only under this folder, after "
         "resolving links. Default: the working directory.", show_default=False)] = None,
     allow_remote_media: Annotated[bool, typer.Option(
+        "--allow-remote-media",
         help="Download http(s) video URLs (size and time limited).")] = False,
     served_model_name: Annotated[str | None, typer.Option(
         help="The model name clients send (default: --model as given).",
