@@ -25,7 +25,7 @@ from . import console
 from .app import app
 from .checks import (
     check_batch_numbers,
-    check_device,
+    check_load_options,
     check_method_names,
     check_numbers,
     check_sampling_options,
@@ -129,8 +129,8 @@ def batch(
     with console.cli_errors(debug):
         check_numbers(ratio, max_new_tokens)
         check_batch_numbers(batch_size, prefetch)
-        check_sampling_options(frames, fps, max_frames)
-        check_device(device)
+        check_sampling_options(frames, fps, max_frames, min_pixels, max_pixels)
+        check_load_options(device, dtype, attn)
         method_settings = parse_method_options(method_option)
         if server is not None:
             from .remote import batch_on_server

@@ -14,7 +14,7 @@ from ..errors import InputError
 from . import console
 from .app import app
 from .checks import (
-    check_device,
+    check_load_options,
     check_numbers,
     check_sampling_options,
     parse_method_options,
@@ -75,8 +75,8 @@ def bench(
     with console.cli_errors(debug, json_output):
         parse_ratios(ratios)
         check_numbers(None, max_new_tokens)
-        check_sampling_options(frames, fps, max_frames)
-        check_device(device)
+        check_sampling_options(frames, fps, max_frames, min_pixels, max_pixels)
+        check_load_options(device, dtype, attn)
         method_list = [name.strip() for name in methods.split(",") if name.strip()]
         preflight(model, method_list, video, "--methods")
         from ..bench import check_bench_options, parse_floats, run_bench

@@ -17,7 +17,7 @@ from .batch import check_ray, on_ray, print_ray_run_line
 from .checks import (
     OptionError,
     check_batch_numbers,
-    check_device,
+    check_load_options,
     check_numbers,
     check_sampling_options,
     output_records,
@@ -116,8 +116,8 @@ def eval_(
             raise OptionError(f"--limit: must be at least 1, got {limit}")
         check_numbers(None, max_new_tokens or 1)
         check_batch_numbers(batch_size, prefetch)
-        check_sampling_options(frames, fps, max_frames)
-        check_device(device)
+        check_sampling_options(frames, fps, max_frames, min_pixels, max_pixels)
+        check_load_options(device, dtype, attn)
         resolve_variant(chosen_task, prompt_variant, None)  # refuses an unknown one now
         questions = read_questions(chosen_task, subtask, data, "default", limit)
         preflight(model, method_list, None, "--methods")

@@ -20,8 +20,8 @@ from .app import app
 from .checks import (
     OptionError,
     Terminated,
-    check_device,
     check_generation_options,
+    check_load_options,
     check_numbers,
     check_sampling_options,
     compression_profile_of,
@@ -138,8 +138,8 @@ def serve(
     with console.cli_errors(debug):
         check_numbers(ratio, max_new_tokens)
         check_generation_options(sample, temperature, top_p)
-        check_sampling_options(frames, fps, max_frames)
-        check_device(device)
+        check_sampling_options(frames, fps, max_frames, min_pixels, max_pixels)
+        check_load_options(device, dtype, attn)
         root = _check_server_options(host, port, api_key, media_root, max_batch, max_queue,
                                      batch_wait_ms, prefix_cache_mb, request_timeout,
                                      max_media_mb, download_timeout)
