@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_model
 
 from vidcom2_cli.engine import Engine
 from vidcom2_cli.models import LoadOptions
@@ -165,18 +166,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "lag_s_max": max(lags), "peak_tokens": summary.peak_tokens,
         "dropped": summary.dropped, "recompressed": summary.recompressed,
         "rebuilds": summary.rebuilds, "answers": asked,
-        "machine": f"{platform.machine()}, {cpu_name()}, python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {cpu_model()}, python "
+                   f"{platform.python_version()}",
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def table(result: dict[str, Any]) -> list[str]:

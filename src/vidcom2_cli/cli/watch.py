@@ -14,9 +14,10 @@ from . import console
 from .app import app
 from .checks import (
     OptionError,
-    check_device,
     check_generation_options,
+    check_load_options,
     check_numbers,
+    check_sampling_options,
     compression_profile_of,
     parse_method_options,
 )
@@ -106,11 +107,13 @@ def watch(
     encoded and compressed once and appended to the model's cache, which holds at most
     --memory-tokens. Reads questions as `chat` does (not in a terminal: one per line, JSON
     answers), or answers --ask every --every seconds. Ctrl-C ends with a summary."""
-    with console.cli_errors(debug):
+    with console.cli_errors(debug, ask is not None or not sys.stdin.isatty()):
         check_numbers(ratio, max_new_tokens)
         check_generation_options(sample, temperature, top_p)
-        check_device(device)
-        _check_watch_options(fps, chunk, memory_tokens, forget, ask, every, duration,
+        check_load_options(device, dtype, attn)
+        # --fps and the pixel bounds as ask checks them (a stream has no --frames)
+        check_sampling_options(1, fps, 1, min_pixels, max_pixels)
+        _check_watch_options(chunk, memory_tokens, forget, ask, every, duration,
                              reconnect, open_timeout, silence, idle)
         deadline = None if until is None else _deadline(until)
         interactive = ask is None and sys.stdin.isatty()
@@ -286,13 +289,13 @@ def memory_line(memory: StreamMemory, watcher: Watcher) -> str:
             f"{watcher.lag_s:.1f} s, {watcher.reader.queue.skipped} frames skipped")
 
 
-def _check_watch_options(fps: float, chunk: float, memory_tokens: int, forget: str,
+def _check_watch_options(chunk: float, memory_tokens: int, forget: str,
                          ask: str | None, every: float | None, duration: float | None,
                          reconnect: float, open_timeout: float, silence: float, idle: float
                          ) -> None:
     from ..watch.forget import FORGET_MODES
 
-    for name, value in (("--fps", fps), ("--chunk", chunk), ("--open-timeout", open_timeout),
+    for name, value in (("--chunk", chunk), ("--open-timeout", open_timeout),
                         ("--silence", silence), ("--idle", idle)):
         if not value > 0:
             raise OptionError(f"{name}: must be above 0, got {value:g}")
