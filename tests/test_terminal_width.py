@@ -118,8 +118,8 @@ def test_eval_summary_fits_80_columns_with_long_subtask_names():
     assert sum("visionzip+fca" in line for line in lines) == len(subsets)
 
 
-@pytest.mark.parametrize("command", ["ask", "chat", "watch", "bench", "batch", "eval", "serve", "cache",
-                                     "models", "methods", "info", ""])
+@pytest.mark.parametrize("command", ["ask", "chat", "watch", "bench", "batch", "eval", "serve",
+                                     "cache", "models", "methods", "info", ""])
 def test_help_fits_80_columns_without_a_cut_word(command):
     """Typer lays --help out as a table: a word wider than its column (a checkpoint id, an
     environment variable, a list of methods) would be cut with "…"."""

@@ -274,3 +274,16 @@ def test_an_empty_or_early_question_is_one_line(family_engine):
         memory.ask(QUESTION, GENERATION)
     with pytest.raises(InputError, match="empty"):
         memory.ask("  ", GENERATION)
+
+
+def test_odd_chunks_and_a_new_picture_size_keep_the_one_shot_answer(family_engine):
+    """A chunk of 3 frames (padded to the family's multiple) and chunks whose pictures change
+    size mid-stream: the appended cache still answers as a fresh prefill does."""
+    _, engine = family_engine
+    memory = StreamMemory(engine, CompressionOptions(ratio=0.5), fps=1.0)
+    memory.add(frames(0, count=3), times(0, count=3))
+    memory.add(frames(1, side=48), [3.0, 4.0, 5.0, 6.0])
+    memory.add(frames(2, side=80), [7.0, 8.0, 9.0, 10.0])
+    assert memory.time_range() == (0.0, 11.0)
+    assert (memory.ask(QUESTION, GENERATION).token_ids
+            == memory.ask(QUESTION, GENERATION, fresh=True).token_ids)

@@ -4,6 +4,8 @@ that never open (one line, before torch is imported)."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import pty
@@ -11,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -215,3 +218,27 @@ def test_questions_typed_at_a_terminal_are_answered(stream_file, tiny_checkpoint
     assert "stream 0:00-" in stderr and "tokens held" in stderr
     assert "holding 0:00-" in stderr
     assert all(len(line) <= 80 for line in stderr.splitlines())
+
+
+def test_a_stream_over_http_is_read_to_its_end(stream_file, tiny_checkpoints):
+    """An MPEG-TS stream served over HTTP on 127.0.0.1: read as a network source; its clean
+    end ends the watch (it is not a drop, so it is not replayed)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(stream_file.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.RequestHandlerClass.log_message = lambda *args: None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{stream_file.name}"
+        run = subprocess.run(
+            [str(SCRIPT), "watch", url, "--ask", QUESTION, "--every", "6",
+             "-m", str(tiny_checkpoints("qwen2_vl")), *FAST],
+            capture_output=True, text=True, timeout=300)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run.returncode == 0, run.stderr
+    assert [record["end_s"] for record in answers(run.stdout)] == [8.0, 12.0]
+    assert "(end of source)" in run.stderr and "reconnect" not in run.stderr.split("\n")[0]
+    assert summary_numbers(run.stderr)["reconnections"] == 0

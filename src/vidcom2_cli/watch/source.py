@@ -6,8 +6,9 @@ still being written (read as ``tail -f`` reads: a read at its end waits for more
 has not grown for ``idle_s``). Frames are sampled at ``fps`` by presentation time and handed to
 the chunker through a ``FrameQueue`` of fixed capacity: from a live source (network, device)
 the oldest waiting frame is skipped and counted when the chunker falls behind; a file or stdin
-simply waits (nothing is lost by reading it later). A network source that drops is reopened
-until it comes back or ``reconnect_s`` pass; its new presentation times continue the stream's.
+simply waits (nothing is lost by reading it later). A network source that drops (an error, or
+silence for ``read_timeout_s``) is reopened until it comes back or ``reconnect_s`` pass; its
+new presentation times continue the stream's. One that ends cleanly has ended.
 
 Nothing here imports torch: a source that cannot be opened is refused before the model loads.
 """
@@ -32,6 +33,7 @@ import numpy as np
 from ..errors import InputError, first_line
 
 SourceKind = Literal["network", "device", "stdin", "file"]
+END_OF_STREAM = "end of stream"
 POLL_S = 0.05  # how often a read at a growing file's end looks again
 OPEN_MIN_BYTES = 1 << 16  # a growing file is opened once it holds this much (or stops growing)
 BACKOFF_S = (0.25, 0.5, 1.0, 2.0)  # waits between reconnection attempts (the last repeats)
@@ -284,12 +286,15 @@ class SourceReader:
         while not self._stop.is_set():
             ended = self._read(container)
             _close(container)
-            if self._stop.is_set() or self.spec.kind != "network":
+            # a clean end (a finished HLS playlist, a file served over HTTP) is the stream's
+            # end; a failure or silence is a drop, and a dropped network source is reopened
+            if self._stop.is_set() or self.spec.kind != "network" or ended == END_OF_STREAM:
                 break
             container = self._reconnect(ended)
             if container is None:
                 break
-        self.queue.close(None if self._stop.is_set() or self.spec.kind != "network" else
+        self.queue.close(None if self._stop.is_set() or self.spec.kind != "network"
+                         or ended == END_OF_STREAM else
                          f"{self.spec.text}: dropped and did not come back within "
                          f"{self.reconnect_s:g} s ({ended})")
 
@@ -360,7 +365,7 @@ class SourceReader:
             if reason == "Immediate exit requested":  # PyAV's timeout
                 reason = f"silent for {self.read_timeout_s:g} s"
             return reason
-        return "end of stream"
+        return END_OF_STREAM
 
     def _resume_base(self) -> float:
         """Where a connection's first frame lands in stream time: 0 for the first, after the
