@@ -80,7 +80,7 @@ def test_a_growing_file_is_watched_while_it_is_written(family, tiny_checkpoints,
                for record in records)
     counts = summary_numbers(run.stderr)
     assert counts["chunks"] == 6 and counts["frames"] == 12 and counts["encodes"] == 6
-    assert "end of source" in run.stderr and "Traceback" not in run.stderr
+    assert "ended: end of source" in run.stderr and "Traceback" not in run.stderr
     assert all(len(line) <= 80 for line in run.stderr.splitlines())
 
 
@@ -95,7 +95,7 @@ def test_stdin_is_a_source(stream_file, tiny_checkpoints):
     records = answers(run.stdout)
     assert [record["end_s"] for record in records] == [4.0, 8.0]
     assert all(record["tokens_held"] <= 60 for record in records)
-    assert "(duration)" in run.stderr
+    assert "ended: duration" in run.stderr
 
 
 def test_questions_from_stdin_get_json_answers(stream_file, tiny_checkpoints):
@@ -194,7 +194,7 @@ def test_ctrl_c_ends_with_a_summary(tiny_checkpoints, tmp_path):
         writer.kill()
     assert watcher.returncode == 0, stderr
     assert first["end_s"] == 2.0
-    assert "(stopped)" in stderr and "Traceback" not in stderr
+    assert "ended: stopped" in stderr and "Traceback" not in stderr
     assert summary_numbers(stderr)["encodes"] >= 1
 
 
@@ -240,5 +240,5 @@ def test_a_stream_over_http_is_read_to_its_end(stream_file, tiny_checkpoints):
         server.server_close()
     assert run.returncode == 0, run.stderr
     assert [record["end_s"] for record in answers(run.stdout)] == [8.0, 12.0]
-    assert "(end of source)" in run.stderr and "reconnect" not in run.stderr.split("\n")[0]
+    assert "ended: end of source" in run.stderr and "reconnect" not in run.stderr.split("\n")[0]
     assert summary_numbers(run.stderr)["reconnections"] == 0

@@ -58,8 +58,9 @@ class WatchSummary:
         """The summary as lines of at most 80 columns."""
         budget = "" if self.memory_tokens is None else f" of {self.memory_tokens}"
         return [
-            f"watched {clock(self.start_s)}-{clock(self.end_s)} ({self.ended}): "
-            f"{self.chunks_seen} chunks, {self.frames} frames, {self.encoder_calls} encodes",
+            f"watched {clock(self.start_s)}-{clock(self.end_s)}: {self.chunks_seen} chunks, "
+            f"{self.frames} frames, {self.encoder_calls} encodes",
+            f"ended: {self.ended}",
             f"held {self.tokens_held} tokens (peak {self.peak_tokens}{budget}); "
             f"forgot {self.dropped} chunks, recompressed {self.recompressed}",
             f"frames skipped {self.skipped}; max lag {self.max_lag_s:.1f} s; "
