@@ -14,9 +14,11 @@ compression + LLM generation), the visual tokens sent to the language model (kep
 how many dropped tokens were merged into kept ones), the visual tokens left inside the
 language model after each in-LLM stage (HoliTom's merge at layer K, DyCoke's decode-time KV
 pruning) and the visual KV entries a decoding step attends per layer, prefill ms, LLM ms
-(prefill + decode) and peak memory. Ratio 1.0 is the shared baseline. Random-weight presets
-have the real architectures and sizes: the timings and token counts are real, the answers are
-not.
+(prefill + decode) and peak memory. Ratio 1.0 is the shared baseline. A method that runs
+in-LLM stages on the model's family runs a second time with its stages turned off (its
+``STAGE_SWITCHES`` option at 0, rows ``holitom (stages off)``, measured against that run's own
+R = 1.0), which isolates what the stage itself costs or saves. Random-weight presets have the
+real architectures and sizes: the timings and token counts are real, the answers are not.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from pathlib import Path
 import torch
 from latency import machine
 
-from vidcom2_cli.bench import parse_floats, run_bench
-from vidcom2_cli.compression import METHODS
+from vidcom2_cli.bench import BenchRow, parse_floats, run_bench
+from vidcom2_cli.compression import METHODS, llm_stages
 from vidcom2_cli.engine import Engine
 from vidcom2_cli.models import LoadOptions
 from vidcom2_cli.options import GenerationOptions, SamplingOptions
@@ -41,6 +43,9 @@ from vidcom2_cli.work import Request
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_videos" / "scene_cut.mp4"
 DEFAULT_METHODS = [name for name in METHODS if not name.startswith(("random", "uniform"))
                    and name != "vidcom2+flat"]
+# the options that turn each method's in-LLM stages off (HoliTom's inner merge, DyCoke's KV
+# pruning): 0 is "off" for both
+STAGE_SWITCHES = ("inner_merge", "kv_prune")
 
 
 def main() -> None:
@@ -59,6 +64,8 @@ def main() -> None:
     parser.add_argument("--min-pixels", type=int, help="Qwen families: frame area floor")
     parser.add_argument("--max-pixels", type=int, help="Qwen families: frame area cap")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--stages-off", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run each method with in-LLM stages with them turned off")
     args = parser.parse_args()
 
     ratios = parse_floats(args.ratios, "--ratios")
@@ -89,23 +96,24 @@ def main() -> None:
               f"vision encoder {plain_ms:.0f} ms without a hook, {full.vision_ms:.0f} ms with "
               f"every signal read ({100.0 * (full.vision_ms / plain_ms - 1.0):+.1f}%)",
               flush=True)
-        for row in rows:
-            if row.ratio == 1.0 and row is not full:
-                continue
-            share = 100.0 * row.compress_ms / row.end_to_end_ms
-            lines.append(
-                f"| {model} | {'(full)' if row.ratio == 1.0 else row.method} | {row.ratio:g} "
-                f"| {row.visual_kept}/{row.visual_full} "
-                f"| {100.0 * row.visual_kept / row.visual_full:.1f}% | {row.merged_tokens} "
-                f"| {_stages(row.llm_stages)} | {row.visual_kv_attended:.0f} "
-                f"| {row.compress_ms:.2f} | {share:.2f}% | {row.prefill_ms:.0f} "
-                f"| {100.0 * (row.prefill_ms / full.prefill_ms - 1.0):+.0f}% "
-                f"| {row.generation_ms:.0f} "
-                f"| {100.0 * (row.generation_ms / full.generation_ms - 1.0):+.0f}% "
-                f"| {row.end_to_end_ms:.0f} | {megabytes(row.peak_memory_bytes)} |")
-            print(lines[-1], flush=True)
+        runs = [("", rows)]
+        staged = _staged(methods, engine.adapter.compression_profile) if args.stages_off else {}
+        if staged:
+            switches = tuple((name, 0.0) for name in dict.fromkeys(
+                name for names in staged.values() for name in names))
+            runs.append((" (stages off)", run_bench(
+                engine, prepared, ratios, list(staged), generation, repeats=args.repeats,
+                warmup=args.warmup, method_options=switches)))
+        for label, measured in runs:
+            baseline = next(row for row in measured if row.ratio == 1.0)
+            for row in measured:
+                if row.ratio == 1.0 and (row is not full or label):
+                    continue
+                lines.append(_line(model, row, label, baseline))
+                print(lines[-1], flush=True)
         results.append({"model": model, "machine": machine(engine.device),
-                        "rows": [vars(row) for row in rows]})
+                        "rows": [vars(row) for row in rows],
+                        "stages_off_rows": [vars(row) for row in runs[-1][1]] if staged else []})
         if args.json is not None:  # after each model: a run stopped later keeps this one
             args.json.write_text(json.dumps(results, indent=2, default=str))
         del engine, prepared
@@ -113,6 +121,33 @@ def main() -> None:
         torch.cuda.empty_cache()
     print()
     print("\n".join(lines))
+
+
+def _staged(methods: list[str], profile: str) -> dict[str, list[str]]:
+    """The methods that run in-LLM stages on ``profile``, each with its options that turn
+    them off."""
+    staged = {}
+    for method in methods:
+        switches = [name for name in STAGE_SWITCHES
+                    if name in METHODS[method].spec.options_for(profile)]
+        if llm_stages(method, profile) and switches:
+            staged[method] = switches
+    return staged
+
+
+def _line(model: str, row: BenchRow, label: str, full: BenchRow) -> str:
+    """One markdown row; prefill and LLM time against ``full``, the R = 1.0 run measured
+    beside it."""
+    share = 100.0 * row.compress_ms / row.end_to_end_ms
+    method = "(full)" if row.ratio == 1.0 else f"{row.method}{label}"
+    return (f"| {model} | {method} | {row.ratio:g} | {row.visual_kept}/{row.visual_full} "
+            f"| {100.0 * row.visual_kept / row.visual_full:.1f}% | {row.merged_tokens} "
+            f"| {_stages(row.llm_stages)} | {row.visual_kv_attended:.0f} "
+            f"| {row.compress_ms:.2f} | {share:.2f}% | {row.prefill_ms:.0f} "
+            f"| {100.0 * (row.prefill_ms / full.prefill_ms - 1.0):+.0f}% "
+            f"| {row.generation_ms:.0f} "
+            f"| {100.0 * (row.generation_ms / full.generation_ms - 1.0):+.0f}% "
+            f"| {row.end_to_end_ms:.0f} | {megabytes(row.peak_memory_bytes)} |")
 
 
 def _stages(stages: list[dict]) -> str:

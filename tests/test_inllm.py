@@ -496,14 +496,21 @@ def test_the_eval_summary_reports_the_decoding_kv():
                 "tokens": {"visual_kept": kept, "llm": llm},
                 "timing_ms": {"prefill": 1.0, "total": 1.0}}
 
+    def pruned(visual):
+        return {"stage": "kv-prune@3", "layer": 3, "visual": visual, "steps": 4,
+                "pruned_steps": 1}
+
     records = [record("vidcom2", 100, None), record("dycoke", 100,
-                                                    {"visual_kv_attended": 40.0}),
-               record("dycoke", 80, {"visual_kv_attended": 30.0})]
+                                                    {"visual_kv_attended": 40.0,
+                                                     "stages": [pruned(20.0)]}),
+               record("dycoke", 80, {"visual_kv_attended": 30.0, "stages": [pruned(16.0)]})]
     rows = {row["method"]: row for row in summarize(records, "videomme",
                                                      ["vidcom2", "dycoke"])["rows"]
             if row["subset"] == "all"}
     assert rows["vidcom2"]["visual_kv_attended"] == 100
     assert rows["dycoke"]["visual_kv_attended"] == 35 and rows["dycoke"]["visual_tokens"] == 90
+    assert rows["vidcom2"]["llm_stages"] == {} and rows["dycoke"]["llm_stages"] == {
+        "kv-prune@3": 18.0}
 
 
 def test_whole_work_batches_never_mix_stage_settings(engines):

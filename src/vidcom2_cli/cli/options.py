@@ -40,8 +40,8 @@ RatioOption = Annotated[float, typer.Option(envvar="VIDCOM2_RATIO",
                                              help="Fraction of video tokens to keep, in (0, 1].")]
 MethodOption = Annotated[str, typer.Option(envvar="VIDCOM2_METHOD",
                                            help="Compressor: vidcom2, fastvid, holitom, "
-                                           "visionzip, dycoke, random, uniform, each +fca "
-                                           "(see `vidcom2 methods`).")]
+                                           "visionzip, dycoke, flashvid, random, uniform, "
+                                           "each +fca (see `vidcom2 methods`).")]
 MethodSettingOption = Annotated[list[str] | None, typer.Option(
     "--method-option", metavar="NAME=VALUE",
     help="Set one of the method's hyperparameters (repeatable), e.g. tau=0.8; "
