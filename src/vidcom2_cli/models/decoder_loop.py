@@ -508,6 +508,8 @@ class DecoderLoop(torch.nn.Module):
                 position_ids=positions, layer_idx=start)
         decode = next((stage for stage in call.stages if isinstance(stage, DecodeStage)), None)
         starts = sorted(group_masks)
+        # each group's visual entries per row, counted once per step (one copy to the host)
+        group_visual = {start: self._group_visual(start) for start in starts}
         attended = torch.zeros(hidden.shape[0], dtype=torch.float64)
         layers = len(text.layers)
         view, view_mask, view_visual = None, None, None
@@ -523,7 +525,7 @@ class DecoderLoop(torch.nn.Module):
                 layer_mask, layer_cache = view_mask, view
                 attended += view_visual
             else:
-                attended += self._group_visual(group)
+                attended += group_visual[group]
             args = (hidden, layer_mask, rotary, positions, layer_cache, layer_kwargs)
             if decode is not None and index + 1 == decode.layer:
                 hidden, attention = self._run_recording(index, *args)
