@@ -161,7 +161,8 @@ EVAL_CAPTION = ("n = questions, err = errors (not scored), score = accuracy %, %
                 "entries a decoding step attends per layer (below tokens only where an in-LLM "
                 "stage ran), prefill = mean prefill ms, s/q = seconds per question end to end")
 STAGES_CAPTION = ("in-LLM stages, all questions: mean visual tokens left after a prefill stage "
-                  "(merge@K), or visual KV entries a pruned decoding step attends (kv-prune@L)")
+                  "(merge@K, prune@K), or visual KV entries a pruned decoding step attends "
+                  "(kv-prune@L)")
 _COLUMNS = (("method", "left"), ("R", "right"), ("n", "right"), ("err", "right"),
             ("score", "right"), ("% full", "right"), ("tokens", "right"), ("KV", "right"),
             ("prefill", "right"), ("s/q", "right"))
