@@ -44,17 +44,6 @@ def test_methods_lists_every_method_with_its_rule_signals_and_options():
         assert name in human.stdout
 
 
-def test_the_method_option_help_names_every_method_family():
-    """``--method``'s help is written out (the CLI module does not import the compressors);
-    a method added to the registry must be added to it."""
-    from vidcom2_cli.cli.options import MethodOption
-
-    help_text = MethodOption.__metadata__[0].help
-    families = {method.spec.name for method in METHODS.values()}
-    named = {word.strip(",.()") for word in help_text.split()}
-    assert families <= named, families - named
-
-
 def test_a_malformed_method_option_is_one_line_before_the_model_loads():
     result = invoke("ask", CLIP, "Q?", "--model", "/nonexistent/model", "--method-option",
                     "tau")
