@@ -45,7 +45,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--methods", default=",".join(method for method, _, _ in SETTINGS),
+                        help="comma-separated, of: holitom, flashvid, dycoke")
     args = parser.parse_args()
+    chosen = {name.strip() for name in args.methods.split(",")}
 
     generation = GenerationOptions(max_new_tokens=args.new_tokens,
                                    min_new_tokens=args.new_tokens)
@@ -61,6 +64,8 @@ def main() -> None:
         prepared = engine.prepare(Request(str(args.video), "Describe what happens."),
                                   SamplingOptions(frames=args.frames))
         for method, on_options, off_options in SETTINGS:
+            if method not in chosen:
+                continue
             settings = [CompressionOptions(args.ratio, method, method_options=options)
                         for options in (on_options, off_options)]
             for options in settings:
