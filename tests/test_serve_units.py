@@ -27,7 +27,7 @@ from vidcom2_cli.serve.protocol import (
     parse_body,
     parse_chat_request,
 )
-from vidcom2_cli.serve.scheduler import PrefixEntry, PrefixLRU, held_bytes
+from vidcom2_cli.serve.prefix_cache import PrefixEntry, PrefixLRU, held_bytes
 from vidcom2_cli.serve.wire import PlanView
 
 MODEL = "tiny"
