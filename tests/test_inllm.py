@@ -34,7 +34,7 @@ from vidcom2_cli.engine import (
     SamplingOptions,
 )
 from vidcom2_cli.evaluation.summary import summarize
-from vidcom2_cli.models import LoadOptions, decoder_loop
+from vidcom2_cli.models import LoadOptions, decoder_loop, loop_state
 from vidcom2_cli.report import answer_to_json, bench_rows_to_json, render_bench, token_table
 from vidcom2_cli.work import Question, QuestionGroup
 
@@ -533,9 +533,9 @@ def test_whole_work_batches_never_mix_stage_settings(engines):
 
 def test_a_row_that_stops_early_counts_only_its_own_decoding_steps():
     """Steps after a row's end (it rides along the batch) are not its decoding KV."""
-    call = decoder_loop.LoopCall((KVPruning(1, 0.5, 0.9),), torch.ones(2, 4, dtype=torch.bool))
-    sequence = decoder_loop._Sequence(None, torch.arange(4).expand(2, -1),
-                                      torch.ones(2, 4, dtype=torch.bool), None, None)
+    call = loop_state.LoopCall((KVPruning(1, 0.5, 0.9),), torch.ones(2, 4, dtype=torch.bool))
+    sequence = loop_state.LayerSequence(None, torch.arange(4).expand(2, -1),
+                                        torch.ones(2, 4, dtype=torch.bool), None, None)
     call.groups = [(0, sequence)]
     for attended, kept in ((3.0, 2), (4.0, None), (1.0, 2)):
         for counts in call.counts:

@@ -20,6 +20,7 @@ from vidcom2_cli.report import heatmap_summary
 from vidcom2_cli.serve.client import chat_body, is_local, normalize_url
 from vidcom2_cli.serve.media import MediaRules, TemporaryFiles, resolve_video
 from vidcom2_cli.serve.metrics import ServerMetrics
+from vidcom2_cli.serve.prefix_cache import PrefixEntry, PrefixLRU, held_bytes
 from vidcom2_cli.serve.protocol import (
     APIError,
     ServeDefaults,
@@ -27,7 +28,6 @@ from vidcom2_cli.serve.protocol import (
     parse_body,
     parse_chat_request,
 )
-from vidcom2_cli.serve.prefix_cache import PrefixEntry, PrefixLRU, held_bytes
 from vidcom2_cli.serve.wire import PlanView
 
 MODEL = "tiny"

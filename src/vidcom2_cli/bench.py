@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from .compression import spread_method_options
 from .engine import Engine
 from .errors import InputError
-from .models.decoder_loop import LLMTokens
+from .models.loop_state import LLMTokens
 from .options import CompressionOptions, GenerationOptions, check_options
 from .timing import PeakMemory, peak_memory, reset_peak_memory
 from .work import EncodedRequest, PreparedRequest

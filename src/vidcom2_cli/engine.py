@@ -35,7 +35,7 @@ from .models.base import (
     TextCallbacks,
 )
 from .models.conversation import head_key
-from .models.decoder_loop import LLMTokens
+from .models.loop_state import LLMTokens
 from .models.sizing import PixelBounds
 from .options import (
     CompressionOptions,

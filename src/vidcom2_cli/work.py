@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from .compression import KeepPlan
 from .feature_cache import CachedEncoding
 from .models.base import CompressedItem, EncodedVideo, PreparedItem
-from .models.decoder_loop import LLMTokens
+from .models.loop_state import LLMTokens
 from .options import CompressionOptions
 from .timing import PeakMemory
 from .video import SampledVideo

@@ -28,7 +28,7 @@ from ..compression import InLLMStage, KeepPlan, PrefillStage, VisionSignals
 from ..timing import GenerationTiming, StageTimer, TokenClock
 from . import decoder_loop
 from .conversation import question_texts, template_messages
-from .decoder_loop import LLMTokens, LoopCall, PendingLayers
+from .loop_state import LLMTokens, LoopCall, PendingLayers
 from .sizing import PixelBounds, resolve_bounds
 from .vision_signals import SignalLayer, probe
 
