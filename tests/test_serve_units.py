@@ -236,7 +236,7 @@ def test_data_urls_share_a_temporary_file_until_the_last_user_is_done(media):
 # --- the prefix cache --------------------------------------------------------------------------
 
 def entry(keys: list[str], nbytes: int) -> PrefixEntry:
-    return PrefixEntry(contexts=[], prefix=None, keys=keys, nbytes=nbytes)  # type: ignore[arg-type]
+    return PrefixEntry(opened=None, keys=keys, nbytes=nbytes)  # type: ignore[arg-type]
 
 
 def test_the_prefix_cache_keeps_what_fits_and_drops_the_least_recently_used():

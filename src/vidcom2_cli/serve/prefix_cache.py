@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.base import PrefixCache
-from ..work import VideoContext
+from ..work import OpenVideos
 from .metrics import ServerMetrics
 
 
@@ -25,8 +24,7 @@ from .metrics import ServerMetrics
 class PrefixEntry:
     """Videos compressed and prefilled together: one prefix cache, one row per video."""
 
-    contexts: list[VideoContext]
-    prefix: PrefixCache
+    opened: OpenVideos
     keys: list[str]
     nbytes: int
 

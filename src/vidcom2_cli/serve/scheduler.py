@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import Engine, sampling_key
+from ..encoding import sampling_key
+from ..engine import Engine
 from ..errors import InputError, VideoError, first_line
 from ..feature_cache import file_digest
 from ..models.conversation import head_key
@@ -294,10 +295,9 @@ class Scheduler:
         first = group[0]
         try:
             prepared = first.prepared or self._prepare_now(first)
-            encoded = self.engine.encode_prepared(prepared)
-            if encoded.feature_cache != "hit":
+            context = self.engine.video_context(prepared, first.request.compression)
+            if context.encoded.feature_cache != "hit":
                 self.metrics.encoder_runs.inc()
-            context = self.engine.context(encoded, first.request.compression)
         except APIError as error:
             return self._fail_all(group, error)
         except (InputError, VideoError) as error:
@@ -314,14 +314,13 @@ class Scheduler:
 
     def _prefill(self, fresh: list[tuple[str, VideoContext]],
                  groups: dict[str, list[Job]]) -> PrefixEntry | None:
-        contexts = [context for _, context in fresh]
         try:
-            prefix = self.engine.prefill(contexts)
+            opened = self.engine.open_contexts([context for _, context in fresh])
         except Exception as error:
             failure, out_of_memory = engine_failure(error), is_out_of_memory(error)
         else:
-            return PrefixEntry(contexts, prefix, [key for key, _ in fresh],
-                               held_bytes(contexts, prefix))
+            return PrefixEntry(opened, [key for key, _ in fresh],
+                               held_bytes(opened.contexts, opened.prefix))
         if out_of_memory:  # outside the except block: the failed call's frames are gone
             release_cached_memory()
         for key, _ in fresh:
@@ -335,8 +334,8 @@ class Scheduler:
         requests = [(row, Request(str(job.video.path), job.request.question))
                     for row, job, _ in asked]
         try:
-            answers = self.engine.ask_contexts(
-                entry.contexts, entry.prefix, requests, generation,
+            answers = self.engine.ask_open(
+                entry.opened, requests, generation,
                 on_text=[job.text if job.request.stream else None for _, job, _ in asked],
                 stop=[job.should_stop for _, job, _ in asked])
         except Exception as error:
