@@ -19,7 +19,6 @@ generate every one of ``--max-new-tokens`` (forced), so the decode share is equa
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from machine import cpu_model
 
 from vidcom2_cli.batch.local import BatchOptions, run_batch
 from vidcom2_cli.batch.output import ResultWriter
@@ -136,8 +136,7 @@ def main() -> None:
                           Path(scratch) / f"alone-{number}.jsonl", alone_stages)
         alone, alone_calls = time.perf_counter() - start, counter.calls
     asked = len(questions) * len(chosen)
-    cpu = platform.processor() or platform.machine()
-    print(f"{args.model} on {engine.device} ({cpu}, {torch.get_num_threads()} threads), "
+    print(f"{args.model} on {engine.device} ({cpu_model()}, {torch.get_num_threads()} threads), "
           f"{args.frames} frames, {args.videos} videos x {args.questions} questions, "
           f"{len(chosen)} settings ({', '.join(s.label for s in chosen)}): {asked} answers, "
           f"{errors} errors")

@@ -22,12 +22,12 @@ import argparse
 import datetime
 import gc
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 import transformers
+from machine import cpu_model
 
 from vidcom2_cli.bench import BenchRow, parse_floats, run_bench
 from vidcom2_cli.engine import Engine
@@ -59,15 +59,7 @@ def expand_models(names: str) -> list[str]:
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def change(value: float, reference: float) -> str:

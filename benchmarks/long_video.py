@@ -27,6 +27,7 @@ from pathlib import Path
 
 import decord
 import numpy as np
+from machine import cpu_model
 
 from vidcom2_cli.video import load_video, probe
 
@@ -34,15 +35,6 @@ WIDTH, HEIGHT, FPS, GOP = 128, 72, 30, 250
 BITS, BIT_WIDTH = 17, 7  # 2**17 > 108000 frames; 17 bars of 7 pixels fit in 128
 BAR_ROWS = HEIGHT // 2  # bar code on top, a moving gradient below (so frames are not trivial)
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def frame_luma(index: int, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "sample_videos" / "color_change.mp4"
 COMMANDS = {
@@ -44,15 +46,6 @@ GUARD = ("import sys; from vidcom2_cli.cli import main; sys.argv[0] = 'vidcom2'\
          "sys.stderr.write('HEAVY:' + ','.join(heavy) + '\\n')")
 IMPORTS = ("import vidcom2_cli.engine", "import torch, transformers")  # A, then B
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed_run(argv: list[str], env: dict[str, str]) -> tuple[float, float]:

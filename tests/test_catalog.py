@@ -14,7 +14,6 @@ from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingO
 def test_catalog_matches_its_owners() -> None:
     assert catalog.DEFAULT_MODEL == DEFAULT_MODEL
     assert catalog.SUPPORTED_MODEL_TYPES == SUPPORTED_MODEL_TYPES
-    assert catalog.RANDOM_PREFIX == presets.RANDOM_PREFIX
     assert catalog.preset_names() == presets.preset_names()
     for name in catalog.preset_names():
         assert catalog.preset_source(name) == presets.preset_source(name)

@@ -187,9 +187,12 @@ def test_resumed_batch_summarises_the_whole_output(tiny_checkpoints, tmp_path):
     ["ask", str(CLIP), "q", "--method", "vidcom3"], ["bench", str(CLIP), "--methods", "fastvd"],
     ["ask", str(CLIP), "q", "--model", "random:llava-ov-7b"], ["ask", "/no/such.mp4", "q"],
     ["chat", str(SAMPLES)], ["models", "qwen9"], ["methods", "vidcom3"],
+    ["ask", str(CLIP), "q", "--dtype", "bf61"], ["serve", "--attn", "spda"],
+    ["ask", str(CLIP), "q", "--min-pixels", "10", "--max-pixels", "5"],
 ], ids=["help", "version", "models", "info", "ask bad option", "bench bad option", "device",
         "batch bad option", "unknown method", "unknown bench method", "unknown preset",
-        "missing video", "a folder as video", "unknown family", "unknown method name"])
+        "missing video", "a folder as video", "unknown family", "unknown method name",
+        "unknown dtype", "unknown attention", "pixel bounds crossed"])
 def test_commands_without_a_model_never_import_torch(argv):
     code = ("import sys; from vidcom2_cli.cli import main; sys.argv[0] = 'vidcom2'\n"
             "try:\n    main()\nexcept SystemExit as done:\n    code = done.code\n"
@@ -214,6 +217,10 @@ def test_commands_without_a_model_never_import_torch(argv):
     (["cache", "clear", "--feature-cache", "/no/such/cache"],
      "--feature-cache: /no/such/cache does not exist"),
     (["models", "qwen2.5vl"], None), (["methods", "fastvid"], None),
+    (["ask", str(CLIP), "q", "--dtype", "bf61"], "--dtype: unknown dtype 'bf61' (did you mean "
+     "'bf16'?)"),
+    (["bench", str(CLIP), "--attn", "spda"], "--attn: unknown attention 'spda' (did you mean "
+     "'sdpa'?)"),
 ])
 def test_refusals_suggest_the_nearest_name(argv, expected):
     result = invoke(*argv)
@@ -382,3 +389,10 @@ def test_several_questions_show_the_status_line_while_each_is_worked_out(tiny_ch
     before = len(shown)
     quiet = invoke("ask", CLIP, "What?", "Why?", *model, "--json")  # no status line with JSON
     assert quiet.exit_code == 0 and len(shown) > before and "up" not in shown[before:]
+
+
+def test_chat_names_a_missing_video_before_reading_stdin():
+    """Piped without questions, chat still says first that the video is not there."""
+    result = runner.invoke(app, ["chat", "/no/such.mp4"], input="")
+    assert result.exit_code == 2
+    assert one_line(result) == "error: /no/such.mp4: no such file"

@@ -88,3 +88,13 @@ def test_transformers_loading_bar_follows_the_same_switch():
     """)
     assert run(code.format(progress=True), terminal=True)[0].strip() == "True"
     assert run(code.format(progress=False), terminal=True)[0].strip() == "False"
+
+
+@pytest.mark.parametrize(("machine_output", "expected"), [(False, "bars on"), (True, "bars off")])
+def test_commands_printing_for_scripts_turn_bars_off(machine_output, expected):
+    """What ask/chat/bench/eval pass for --json or --quiet reaches the libraries' switch."""
+    code = (f"from vidcom2_cli.cli.console import cli_errors\n"
+            f"with cli_errors(debug=False, machine_output={machine_output}):\n"
+            + textwrap.indent(BAR, "    "))
+    out, _ = run(code, terminal=True)
+    assert out.strip() == expected

@@ -116,3 +116,23 @@ def test_eval_summary_fits_80_columns_with_long_subtask_names():
     for subset in subsets:
         assert subset in [line.strip() for line in lines]  # each name whole, on its own line
     assert sum("visionzip+fca" in line for line in lines) == len(subsets)
+
+
+@pytest.mark.parametrize("command", ["ask", "chat", "bench", "batch", "eval", "serve", "cache",
+                                     "models", "methods", "info", ""])
+def test_help_fits_80_columns_without_a_cut_word(command):
+    """Typer lays --help out as a table: a word wider than its column (a checkpoint id, an
+    environment variable, a list of methods) would be cut with "…"."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys; from vidcom2_cli.cli import main; sys.argv[0] = 'vidcom2'; main()"
+    argv = [sys.executable, "-c", code, *([command] if command else []), "--help"]
+    env = {**os.environ, "COLUMNS": "80", "TERM": "xterm"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) > 5
+    assert max(len(line) for line in lines) <= 80, done.stdout
+    assert "…" not in done.stdout, done.stdout

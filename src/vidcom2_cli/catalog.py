@@ -106,6 +106,9 @@ METHOD_NAMES = ("vidcom2", "vidcom2+flat", "fastvid", "fastvid+fca", "holitom", 
                 "visionzip", "visionzip+fca", "dycoke", "dycoke+fca", "flashvid", "flashvid+fca",
                 "random", "random+fca", "uniform", "uniform+fca")
 
+DTYPE_NAMES = ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32")
+ATTENTION_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager")
+
 DEFAULT_NUM_FRAMES = 32
 DEFAULT_MAX_FRAMES = 64
 DEFAULT_RATIO = 0.25

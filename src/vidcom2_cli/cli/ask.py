@@ -22,8 +22,8 @@ from .answers import AnswerStreamer, print_answers
 from .app import app
 from .checks import (
     OptionError,
-    check_device,
     check_generation_options,
+    check_load_options,
     check_method_names,
     check_numbers,
     check_output_modes,
@@ -104,12 +104,12 @@ def ask(
     debug: DebugOption = False,
 ) -> None:
     """Answer one or more questions about a video."""
-    with console.cli_errors(debug):
+    with console.cli_errors(debug, json_output or quiet):
         check_numbers(ratio, max_new_tokens)
         check_generation_options(sample, temperature, top_p)
         check_output_modes(json_output, quiet, heatmap)
-        check_sampling_options(frames, fps, max_frames)
-        check_device(device)
+        check_sampling_options(frames, fps, max_frames, min_pixels, max_pixels)
+        check_load_options(device, dtype, attn)
         if not all(question.strip() for question in questions):
             raise OptionError("question: a question is empty")
         method_settings = parse_method_options(method_option)

@@ -25,7 +25,7 @@ from . import console
 from .app import app
 from .checks import (
     check_batch_numbers,
-    check_device,
+    check_load_options,
     check_method_names,
     check_numbers,
     check_sampling_options,
@@ -91,8 +91,9 @@ def batch(
     prefetch: Annotated[int | None, typer.Option(
         help="Items decoded and preprocessed ahead on CPU threads while the model answers the "
         "current batch; 0 = no overlap. Default: 2 x --batch-size.", show_default=False)] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an earlier --out file: skip the ids "
-                                         "already in it.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an earlier --out file: skip the ids "
+        "already in it.")] = False,
     reuse: Annotated[bool, typer.Option(
         "--reuse/--no-reuse", help="Answer all the questions about one video from one "
         "decode, one encoding and one prefill of its prompt prefix (records then come grouped "
@@ -116,8 +117,9 @@ def batch(
         "two workers on one GPU).", show_default=False)] = None,
     chunk: Annotated[int, typer.Option(help="With --ray: items per task (a video's questions "
                                        "stay together).")] = 16,
-    ordered: Annotated[bool, typer.Option(help="With --ray: write records in input order "
-                                          "(finished ones wait for earlier ones).")] = False,
+    ordered: Annotated[bool, typer.Option(
+        "--ordered", help="With --ray: write records in input order "
+        "(finished ones wait for earlier ones).")] = False,
     server: ServerOption = None,
     concurrency: Annotated[int, typer.Option(help="With --server: items in flight (the server "
                                              "batches them).")] = 8,
@@ -127,8 +129,8 @@ def batch(
     with console.cli_errors(debug):
         check_numbers(ratio, max_new_tokens)
         check_batch_numbers(batch_size, prefetch)
-        check_sampling_options(frames, fps, max_frames)
-        check_device(device)
+        check_sampling_options(frames, fps, max_frames, min_pixels, max_pixels)
+        check_load_options(device, dtype, attn)
         method_settings = parse_method_options(method_option)
         if server is not None:
             from .remote import batch_on_server

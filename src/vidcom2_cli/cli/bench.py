@@ -14,7 +14,7 @@ from ..errors import InputError
 from . import console
 from .app import app
 from .checks import (
-    check_device,
+    check_load_options,
     check_numbers,
     check_sampling_options,
     parse_method_options,
@@ -45,8 +45,8 @@ def bench(
     video: Annotated[Path, typer.Argument(help="Video file.")],
     ratios: Annotated[str, typer.Option(help="Comma-separated keep ratios.")]
     = "1.0,0.5,0.25,0.15,0.1",
-    methods: Annotated[str, typer.Option(help="Comma-separated methods, e.g. vidcom2,fastvid,"
-                                         "holitom,visionzip,dycoke (see `vidcom2 methods`).")]
+    methods: Annotated[str, typer.Option(help="Comma-separated methods, e.g. "
+                                         "vidcom2,fastvid,flashvid (see `vidcom2 methods`).")]
     = "vidcom2,random",
     method_option: MethodSettingOption = None,
     question: Annotated[str, typer.Option(help="Question asked at every setting.")]
@@ -72,11 +72,11 @@ def bench(
     debug: DebugOption = False,
 ) -> None:
     """Measure prefill and decode at several ratios and methods on one video."""
-    with console.cli_errors(debug):
+    with console.cli_errors(debug, json_output):
         parse_ratios(ratios)
         check_numbers(None, max_new_tokens)
-        check_sampling_options(frames, fps, max_frames)
-        check_device(device)
+        check_sampling_options(frames, fps, max_frames, min_pixels, max_pixels)
+        check_load_options(device, dtype, attn)
         method_list = [name.strip() for name in methods.split(",") if name.strip()]
         preflight(model, method_list, video, "--methods")
         from ..bench import check_bench_options, parse_floats, run_bench

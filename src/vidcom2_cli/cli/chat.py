@@ -23,8 +23,8 @@ from .app import app
 from .checks import (
     OptionError,
     Terminated,
-    check_device,
     check_generation_options,
+    check_load_options,
     check_numbers,
     check_output_modes,
     check_sampling_options,
@@ -98,18 +98,18 @@ def chat(
 ) -> None:
     """Ask questions about a video interactively: it is decoded, encoded, compressed and
     prefilled once. Not in a terminal, reads one question per line from stdin."""
-    with console.cli_errors(debug):
+    with console.cli_errors(debug, json_output or quiet):
         check_numbers(ratio, max_new_tokens)
         check_generation_options(sample, temperature, top_p)
         check_output_modes(json_output, quiet, None)
-        check_sampling_options(frames, fps, max_frames)
-        check_device(device)
+        check_sampling_options(frames, fps, max_frames, min_pixels, max_pixels)
+        check_load_options(device, dtype, attn)
+        method_settings = parse_method_options(method_option)
+        preflight(model, [method], video)
         interactive = sys.stdin.isatty()
         questions = [] if interactive else [line.strip() for line in sys.stdin if line.strip()]
         if not interactive and not questions:
             raise OptionError("stdin: no question (give one question per line)")
-        method_settings = parse_method_options(method_option)
-        preflight(model, [method], video)
         from ..options import check_options, check_sampling
         from ..report import chat_ready_line
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog import (
+    ATTENTION_CHOICES,
+    DTYPE_NAMES,
     METHOD_NAMES,
     PROFILE_OF_MODEL_TYPE,
     RANDOM_PREFIX,
@@ -53,13 +55,20 @@ class HubUnreachable(RuntimeError):
 # --- options -----------------------------------------------------------------------------------
 
 
-def check_sampling_options(frames: int, fps: float | None, max_frames: int) -> None:
+def check_sampling_options(frames: int, fps: float | None, max_frames: int,
+                           min_pixels: int | None = None, max_pixels: int | None = None) -> None:
     if frames < 1:
         raise OptionError(f"--frames: must be at least 1, got {frames}")
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise OptionError(f"--fps: must be a positive number of frames per second, got {fps}")
     if max_frames < 1:
         raise OptionError(f"--max-frames: must be at least 1, got {max_frames}")
+    for name, value in (("--min-pixels", min_pixels), ("--max-pixels", max_pixels)):
+        if value is not None and value < 1:
+            raise OptionError(f"{name}: must be at least 1, got {value}")
+    if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
+        raise OptionError(f"--min-pixels/--max-pixels: min {min_pixels} is above max "
+                          f"{max_pixels}")
 
 
 def check_numbers(ratio: float | None, max_new_tokens: int) -> None:
@@ -146,11 +155,19 @@ def devices_here() -> list[str]:
     return ["cpu"] + [f"cuda:{i}" for i in range(count)]
 
 
-def check_device(device: str) -> None:
-    if _DEVICE.fullmatch(device):
-        return
-    raise OptionError(f"--device: {device!r} is not a device; use auto or one of this "
-                      f"machine's: {', '.join(devices_here())}")
+def check_load_options(device: str, dtype: str, attention: str) -> None:
+    """The names --device, --dtype and --attn take (whether this machine can use them is
+    known once torch is imported)."""
+    if not _DEVICE.fullmatch(device):
+        raise OptionError(f"--device: {device!r} is not a device; use auto or one of this "
+                          f"machine's: {', '.join(devices_here())}")
+    if dtype not in DTYPE_NAMES:
+        raise OptionError(f"--dtype: unknown dtype {dtype!r}{did_you_mean(dtype, DTYPE_NAMES)}; "
+                          f"choose one of: {', '.join(DTYPE_NAMES)}")
+    if attention not in ATTENTION_CHOICES:
+        raise OptionError(f"--attn: unknown attention {attention!r}"
+                          f"{did_you_mean(attention, ATTENTION_CHOICES)}; choose one of: "
+                          f"{', '.join(ATTENTION_CHOICES)}")
 
 
 def rename_option(error: Exception, names: dict[str, str]) -> Exception:

@@ -48,12 +48,13 @@ def print_plain(text: str, *, to_stderr: bool = False) -> None:
 
 
 @contextmanager
-def cli_errors(debug: bool) -> Iterator[None]:
+def cli_errors(debug: bool, machine_output: bool = False) -> Iterator[None]:
     """Turn failures into one stderr line and an exit code (tracebacks only with --debug).
 
-    Library log output reaches stderr only with --debug; SIGTERM stops a command as Ctrl-C
-    does."""
-    library_logs(show=debug)
+    Library log output reaches stderr only with --debug; download and loading bars show on a
+    terminal unless the command prints for a script (``machine_output``: --json, --quiet);
+    SIGTERM stops a command as Ctrl-C does."""
+    library_logs(show=debug, progress=False if machine_output else None)
     try:
         with sigterm_as_interrupt():
             yield

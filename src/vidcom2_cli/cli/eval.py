@@ -17,7 +17,7 @@ from .batch import check_ray, on_ray, print_ray_run_line
 from .checks import (
     OptionError,
     check_batch_numbers,
-    check_device,
+    check_load_options,
     check_numbers,
     check_sampling_options,
     output_records,
@@ -63,7 +63,7 @@ def eval_(
                        ] = DEFAULT_METHOD,
     method_option: MethodSettingOption = None,
     prompt_variant: Annotated[str, typer.Option(
-        help="The task's per-model prompt (lmms-eval's lmms_eval_specific_kwargs): auto "
+        help="The task's per-model prompt (lmms-eval's per-model task keywords): auto "
         "(qwen3_vl for Video-MME on Qwen3-VL, else default), default, or a model key of the "
         "task's yaml.")] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")
@@ -81,8 +81,9 @@ def eval_(
     prefetch: Annotated[int | None, typer.Option(
         help="Videos decoded ahead on CPU threads; 0 = no overlap. Default: 2 x --batch-size.",
         show_default=False)] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an earlier --out file: skip the "
-                                         "questions and settings already in it.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an earlier --out file: skip the "
+        "questions and settings already in it.")] = False,
     reuse: Annotated[bool, typer.Option(
         "--reuse/--no-reuse", help="One decode and encoding per video for every question and "
         "setting (--no-reuse: each question and setting on its own).")] = True,
@@ -103,7 +104,7 @@ def eval_(
 ) -> None:
     """Score a model on Video-MME, MVBench, MLVU or LongVideoBench as lmms-eval does, over a
     sweep of compression ratios and methods, with a summary table."""
-    with console.cli_errors(debug):
+    with console.cli_errors(debug, json_output):
         from ..evaluation import parse_task, read_questions, resolve_variant
 
         chosen_task, subtask = parse_task(task)
@@ -115,8 +116,8 @@ def eval_(
             raise OptionError(f"--limit: must be at least 1, got {limit}")
         check_numbers(None, max_new_tokens or 1)
         check_batch_numbers(batch_size, prefetch)
-        check_sampling_options(frames, fps, max_frames)
-        check_device(device)
+        check_sampling_options(frames, fps, max_frames, min_pixels, max_pixels)
+        check_load_options(device, dtype, attn)
         resolve_variant(chosen_task, prompt_variant, None)  # refuses an unknown one now
         questions = read_questions(chosen_task, subtask, data, "default", limit)
         preflight(model, method_list, None, "--methods")

@@ -7,12 +7,16 @@ from typing import Annotated
 
 import typer
 
-from ..catalog import FEATURE_CACHE_VARIABLE
+from ..catalog import FEATURE_CACHE_VARIABLE, METHOD_NAMES
+
+_PLAIN_METHODS = ", ".join(name for name in METHOD_NAMES if "+" not in name)
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", envvar="VIDCOM2_MODEL",
+                                          show_default="LLaVA-OneVision 0.5B",
                                           help="Hub id, local checkpoint "
                                           "directory, or random:NAME for a random-weight "
-                                          "preset (see `vidcom2 models`).")]
+                                          "preset (`vidcom2 models` lists both, with the "
+                                          "default's id).")]
 DeviceOption = Annotated[str, typer.Option(envvar="VIDCOM2_DEVICE",
                                            help="auto, cpu, cuda, cuda:1, ...")]
 DtypeOption = Annotated[str, typer.Option(envvar="VIDCOM2_DTYPE",
@@ -35,20 +39,21 @@ MinPixelsOption = Annotated[int | None, typer.Option(help="Qwen families: smalle
                                                      "frame in pixels (default: the family's).")]
 MaxPixelsOption = Annotated[int | None, typer.Option(help="Qwen families: largest area of a "
                                                      "frame in pixels (default: the family's).")]
-DebugOption = Annotated[bool, typer.Option(help="Show tracebacks and library logs.")]
+# A flag that is off by default is one option (no --no-X twin): the help table then keeps
+# room for the help text in 80 columns.
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
 RatioOption = Annotated[float, typer.Option(envvar="VIDCOM2_RATIO",
                                              help="Fraction of video tokens to keep, in (0, 1].")]
 MethodOption = Annotated[str, typer.Option(envvar="VIDCOM2_METHOD",
-                                           help="Compressor: vidcom2, fastvid, holitom, "
-                                           "visionzip, dycoke, random, uniform, each +fca "
-                                           "(see `vidcom2 methods`).")]
+                                           help=f"Compressor: {_PLAIN_METHODS}, each +fca, "
+                                           "vidcom2+flat (see `vidcom2 methods`).")]
 MethodSettingOption = Annotated[list[str] | None, typer.Option(
     "--method-option", metavar="NAME=VALUE",
     help="Set one of the method's hyperparameters (repeatable), e.g. tau=0.8; "
     "`vidcom2 methods` lists them with their defaults per family.")]
 MaxNewTokensOption = Annotated[int, typer.Option(envvar="VIDCOM2_MAX_NEW_TOKENS",
                                                  help="Longest answer, in tokens.")]
-SampleOption = Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")]
+SampleOption = Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")]
 TemperatureOption = Annotated[float | None, typer.Option(help="With --sample.")]
 TopPOption = Annotated[float | None, typer.Option(help="With --sample.")]
 FeatureCacheOption = Annotated[Path | None, typer.Option(

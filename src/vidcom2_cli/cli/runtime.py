@@ -11,6 +11,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..catalog import RANDOM_PREFIX
 from ..containers import read_head
 from ..errors import InputError
 from . import console
@@ -66,7 +67,10 @@ def load_engine(model: str, device: str, dtype: str, attn: str, device_map: str 
 
     options = LoadOptions(device=device, dtype=dtype, attention=attn, device_map=device_map)
     cache = None if feature_cache is None else feature_cache_at(feature_cache)
-    with nullcontext() if quiet else console.stderr.status(f"loading {model} ..."):
+    # A checkpoint's download and weight loading draw their own bars on a terminal, which a
+    # spinner would overwrite; only a random-weight preset, built without a bar, gets one.
+    spinner = not quiet and model.startswith(RANDOM_PREFIX)
+    with console.stderr.status(f"building {model} ...") if spinner else nullcontext():
         engine = Engine.load(model, options, feature_cache=cache)
     if engine.random_weights:  # on stderr too, so that --json and --quiet runs say it
         note = RANDOM_WEIGHTS_NOTE

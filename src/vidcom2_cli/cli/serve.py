@@ -20,8 +20,8 @@ from .app import app
 from .checks import (
     OptionError,
     Terminated,
-    check_device,
     check_generation_options,
+    check_load_options,
     check_numbers,
     check_sampling_options,
     compression_profile_of,
@@ -78,6 +78,7 @@ def serve(
         help="Local videos (paths, file:// URLs) are read only under this folder, after "
         "resolving links. Default: the working directory.", show_default=False)] = None,
     allow_remote_media: Annotated[bool, typer.Option(
+        "--allow-remote-media",
         help="Download http(s) video URLs (size and time limited).")] = False,
     served_model_name: Annotated[str | None, typer.Option(
         help="The model name clients send (default: --model as given).",
@@ -137,8 +138,8 @@ def serve(
     with console.cli_errors(debug):
         check_numbers(ratio, max_new_tokens)
         check_generation_options(sample, temperature, top_p)
-        check_sampling_options(frames, fps, max_frames)
-        check_device(device)
+        check_sampling_options(frames, fps, max_frames, min_pixels, max_pixels)
+        check_load_options(device, dtype, attn)
         root = _check_server_options(host, port, api_key, media_root, max_batch, max_queue,
                                      batch_wait_ms, prefix_cache_mb, request_timeout,
                                      max_media_mb, download_timeout)

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import torch
 
-from ..catalog import SUPPORTED_MODEL_TYPES
+from ..catalog import ATTENTION_CHOICES, DTYPE_NAMES, SUPPORTED_MODEL_TYPES
 from ..errors import ModelLoadError, first_line
 
-ATTENTION_CHOICES = ("auto", "flash_attention_2", "sdpa", "eager")
-DTYPE_CHOICES = {"auto": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+_DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                  "float16": torch.float16, "fp16": torch.float16,
                  "float32": torch.float32, "fp32": torch.float32}
 
@@ -76,9 +75,9 @@ def resolve_dtype(dtype: str, device: torch.device,
     fp16; on a CPU, bf16 where it computes bf16 natively (AVX512-BF16 or AMX; ``flags``
     defaults to this machine's), else fp32. Emulated bf16 is slower than fp32, and fp16 on a
     CPU is slower still, so neither is chosen there."""
-    if dtype not in DTYPE_CHOICES:
-        raise ModelLoadError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
-    chosen = DTYPE_CHOICES[dtype]
+    if dtype not in DTYPE_NAMES:
+        raise ModelLoadError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
+    chosen = _DTYPES[dtype]
     if chosen is not None:
         return chosen
     if device.type == "cpu":

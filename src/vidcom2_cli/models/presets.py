@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..catalog import RANDOM_PREFIX
 from .loading import (
     LoadedModel,
     LoadOptions,
@@ -31,9 +32,6 @@ from .memory import check_memory
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
-
-RANDOM_PREFIX = "random:"
-
 
 def is_random_reference(reference: str) -> bool:
     return reference.startswith(RANDOM_PREFIX)
