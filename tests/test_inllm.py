@@ -36,7 +36,7 @@ from vidcom2_cli.engine import (
     SamplingOptions,
 )
 from vidcom2_cli.evaluation.summary import summarize
-from vidcom2_cli.models import LoadOptions, decoder_loop
+from vidcom2_cli.models import LoadOptions, decoder_loop, loop_state
 from vidcom2_cli.report import answer_to_json, bench_rows_to_json, render_bench, token_table
 from vidcom2_cli.work import Question, QuestionGroup
 
@@ -310,7 +310,7 @@ def compressed(engine: Engine, method: str, ratio: float = 0.5, video: str = VID
     compression = CompressionOptions(ratio, method, method_options=tuple(options.items()))
     engine.accept(compression)  # expects the vision signals the method reads
     encoded = engine.encode(Request(video, question), SamplingOptions(frames=frames))
-    return engine.compress(encoded, compression)
+    return engine._compress(encoded, compression)  # the plan and item, phase by phase
 
 
 # (family, method, options): the published defaults on LLaVA-OneVision (layer 18 of 24, layer 3),
@@ -584,9 +584,9 @@ def test_whole_work_batches_never_mix_stage_settings(engines):
 
 def test_a_row_that_stops_early_counts_only_its_own_decoding_steps():
     """Steps after a row's end (it rides along the batch) are not its decoding KV."""
-    call = decoder_loop.LoopCall((KVPruning(1, 0.5, 0.9),), torch.ones(2, 4, dtype=torch.bool))
-    sequence = decoder_loop._Sequence(None, torch.arange(4).expand(2, -1),
-                                      torch.ones(2, 4, dtype=torch.bool), None, None)
+    call = loop_state.LoopCall((KVPruning(1, 0.5, 0.9),), torch.ones(2, 4, dtype=torch.bool))
+    sequence = loop_state.LayerSequence(None, torch.arange(4).expand(2, -1),
+                                        torch.ones(2, 4, dtype=torch.bool), None, None)
     call.groups = [(0, sequence)]
     for attended, kept in ((3.0, 2), (4.0, None), (1.0, 2)):
         for counts in call.counts:
@@ -608,13 +608,13 @@ def test_one_prefill_of_mixed_stage_settings_keeps_each_in_its_own_part(engines)
                                                                 "holitom")]
     for setting in settings_:
         engine.accept(setting)
-    video = engine.encode(Request(VIDEOS[0], "What happens?"), SamplingOptions(frames=4))
-    contexts = [engine.context(video, setting) for setting in settings_]
-    prefix = engine.prefill(contexts)
-    assert [rows for rows, _ in prefix.parts] == [[0, 3], [1], [2]]
+    video = engine.prepare(Request(VIDEOS[0], "What happens?"), SamplingOptions(frames=4))
+    contexts = [engine.video_context(video, setting) for setting in settings_]
+    opened = engine.open_contexts(contexts)
+    assert [rows for rows, _ in opened.prefix.parts] == [[0, 3], [1], [2]]
     asked = [(row, Request(VIDEOS[0], "What colours appear?")) for row in (2, 0, 1, 3)]
-    together = engine.ask_contexts(contexts, prefix, asked, GENERATION)
-    alone = [engine.ask_contexts([contexts[row]], engine.prefill([contexts[row]]),
-                                 [(0, request)], GENERATION)[0] for row, request in asked]
+    together = engine.ask_open(opened, asked, GENERATION)
+    alone = [engine.ask_open(engine.open_contexts([contexts[row]]), [(0, request)],
+                             GENERATION)[0] for row, request in asked]
     assert [a.answer for a in together] == [a.answer for a in alone]
     assert [a.tokens.llm for a in together] == [a.tokens.llm for a in alone]

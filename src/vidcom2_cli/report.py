@@ -19,7 +19,7 @@ from .wording import counted
 if TYPE_CHECKING:  # no torch at run time: a server's client renders answers it received
     from .bench import BenchRow
     from .compression.plan import KeepPlan
-    from .models.base import PrefixCache
+    from .models.items import PrefixCache
     from .work import Answer, VideoContext
 
 RANDOM_WEIGHTS_NOTE = "random weights: the answer is meaningless; timings and shapes are real"
