@@ -6,9 +6,9 @@ interleaved in one process (on, off, on, off, ...), medians.
     python benchmarks/inllm_overhead.py --device cuda --frames 32 --new-tokens 64
 
 For each method with an in-LLM stage (HoliTom's merge at layer 18, FlashVID's pruning at layer
-20 with ``llm_keep=0.3``, DyCoke's decode-time KV pruning at layer 3) the video is compressed
-once per setting; the two plans keep the same tokens (the stage options change nothing before
-the language model), so the difference is the stage alone: the layer-by-layer decoder loop,
+20 with ``llm_keep=0.3``, DyCoke's decode-time KV pruning at layer 3) the video is encoded once
+and answered with each setting; both keep the same tokens (the stage options change nothing
+before the language model), so the difference is the stage alone: the layer-by-layer decoder loop,
 the attention row it records, the stage itself, and the smaller prefill or KV view it leaves.
 Alternating the runs spreads a busy machine's slow moments over both settings.
 """
@@ -71,23 +71,22 @@ def main() -> None:
             for options in settings:
                 engine.accept(options)
             encoded = engine.encode_prepared(prepared)
-            plans, items, _ = zip(*(engine.compress(encoded, options) for options in settings),
-                                  strict=True)
             times: list[list[tuple[float, float, float]]] = [[], []]
-            stage = "-"
+            stage, sent = "-", 0
             for run in range(args.repeats + 1):
-                for index, item in enumerate(items):
-                    result = engine.generate([item], generation)
-                    if index == 0 and result.llm_tokens is not None:
+                for index, options in enumerate(settings):
+                    answer = engine.answer([encoded], options, generation)[0]
+                    if index == 0 and answer.tokens.llm is not None:
                         stage = ", ".join(f"{s.stage}: {s.visual:.0f}"
-                                          for s in result.llm_tokens[0].stages)
+                                          for s in answer.tokens.llm.stages)
+                    sent = answer.tokens.visual_kept
                     if run:
-                        timing = result.timing
-                        times[index].append((timing.prefill_ms, timing.decode_ms_per_token,
-                                             timing.total_ms))
+                        timing = answer.timing_ms
+                        times[index].append((timing["prefill"], timing["decode_per_token"],
+                                             timing["llm_generation"]))
             on, off = ([statistics.median(run[part] for run in series) for part in range(3)]
                        for series in times)
-            print(f"| {model} | {method} | {stage} | {plans[0].total_kept} "
+            print(f"| {model} | {method} | {stage} | {sent} "
                   f"| {on[0]:,.0f} / {off[0]:,.0f} | {on[1]:,.1f} / {off[1]:,.1f} "
                   f"| {on[2]:,.0f} / {off[2]:,.0f} |", flush=True)
         del engine
