@@ -469,6 +469,7 @@ def test_a_stage_the_model_cannot_run_is_refused_in_one_line(engines, family, op
     with pytest.raises(InputError, match=needle) as error:
         engine.accept(CompressionOptions(0.5, method, method_options=tuple(options.items())))
     assert str(error.value).startswith(f"--method {method}: ") and "\n" not in str(error.value)
+    assert f"`vidcom2 methods {method}` names the options" in str(error.value)
 
 
 def test_qwen3_vl_prunes_kv_while_decoding(engines):

@@ -101,7 +101,9 @@ class Engine:
             self.adapter.check_llm_stages(llm_stages(compression.method, profile,
                                                      dict(compression.method_options)))
         except ValueError as error:
-            raise InputError(f"--method {compression.method}: {error}") from None
+            raise InputError(f"--method {compression.method}: {error}; `vidcom2 methods "
+                             f"{compression.method}` names the options that move or turn off "
+                             "its in-LLM stage") from None
         self.expect_methods([compression.method])
 
     def expect_methods(self, methods: Iterable[str]) -> None:
