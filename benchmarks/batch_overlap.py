@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from tiny_models import make_tiny_checkpoint  # noqa: E402
 
-import vidcom2_cli.batch.local as batch_module  # noqa: E402
+import vidcom2_cli.group_stream as pipeline_module  # noqa: E402
 from vidcom2_cli.batch.input import parse_lines  # noqa: E402
 from vidcom2_cli.batch.local import BatchOptions, run_batch  # noqa: E402
 from vidcom2_cli.batch.output import ResultWriter  # noqa: E402
@@ -113,7 +113,7 @@ def main() -> None:
         prefetch = base.prefetch_items if args.prefetch is None else args.prefetch
         if prefetch < 1:
             parser.error("--prefetch: the overlapped run needs at least 1")
-        workers = min(prefetch, batch_module.PREFETCH_WORKERS)
+        workers = min(prefetch, pipeline_module.PREFETCH_WORKERS)
         # label -> (options, worker threads); 1 thread separates overlap from parallel decoding
         modes = {"prefetch 0": (replace(base, prefetch=0), 0),
                  f"{prefetch}, 1 thread": (replace(base, prefetch=prefetch), 1),
@@ -135,7 +135,7 @@ def main() -> None:
         records: dict[str, list[dict]] = {}
         for round_ in range(args.rounds):
             for label in (list(modes) if round_ % 2 == 0 else list(modes)[::-1]):
-                options, batch_module.PREFETCH_WORKERS = modes[label]
+                options, pipeline_module.PREFETCH_WORKERS = modes[label]
                 wall, records[label] = run(engine, lines, options, out)
                 walls[label].append(wall)
 

@@ -31,7 +31,6 @@ stopped and the summary written).
 from __future__ import annotations
 
 import argparse
-import datetime
 import fnmatch
 import json
 import os
@@ -43,14 +42,15 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gpu_figures import READERS, NoFigures, format_target, markdown_asks, short_name
+from gpu_figures import READERS, NoFigures
+from gpu_processes import archive, last_line, now, queue_take, stop, write_atomically
+from gpu_profiles import GPU, TINY, Part, PartResult
+from gpu_summary import markdown, targets_of
 
 BENCHMARKS = Path(__file__).resolve().parent
 ROOT = BENCHMARKS.parent
@@ -62,7 +62,6 @@ ASK_QUESTION = "What happens in this video?"
 VIDCOM2 = ("import sys; from importlib.metadata import entry_points; sys.argv[0] = 'vidcom2'; "
            "(cli,) = entry_points(group='console_scripts', name='vidcom2'); cli.load()()")
 FORCED_FAILURE = "import sys; sys.exit('forced to fail by gpu_suite.py --fail')"
-KILL_GRACE_S = 5.0  # after SIGTERM at the time limit, before SIGKILL
 MIN_START_S = 5.0
 DEFAULT_LIMIT_S = 60.0  # a part is not begun with less time than this left before the deadline
 STATUS_ORDER = ("ok", "failed", "timeout", "skipped")
@@ -71,74 +70,6 @@ STATUS_ORDER = ("ok", "failed", "timeout", "skipped")
 # command) ends the parts too.
 OWN_GROUP: dict[str, Any] = ({"process_group": 0} if sys.version_info >= (3, 11)
                              else {"start_new_session": True})
-
-
-@dataclass(frozen=True)
-class Profile:
-    """The sizes of one kind of run: real presets on a GPU, or tiny fixtures on the CPU."""
-
-    mode: str
-    device: str
-    dtype: str
-    llava: str  # the model of the targets, the method comparison and the reuse benchmark
-    qwen: tuple[str, ...]
-    frames: int
-    new_tokens: int
-    repeats: int
-    warmup: int
-    compressor: tuple[str, ...]
-    reuse: tuple[str, ...]
-    ask_frames: int
-    ask_new_tokens: int
-    limits: dict[str, float]
-    deadline_s: float
-    jobs: int  # ask parts run this many at a time (each a separate process)
-
-
-GPU = Profile(
-    mode="gpu", device="cuda", dtype="bfloat16", llava="random:llava-onevision-7b",
-    qwen=("random:qwen2-vl-7b", "random:qwen2.5-vl-7b", "random:qwen3-vl-8b"),
-    frames=32, new_tokens=16, repeats=3, warmup=1,
-    compressor=("--dtype", "bfloat16", "--repeats", "7", "--warmup", "3"),
-    reuse=("--videos", "4", "--questions", "3", "--ratios", "1.0,0.25,0.15",
-           "--max-new-tokens", "8"),
-    ask_frames=8, ask_new_tokens=4,
-    limits={"environment": 60, "checkpoints": 90, "latency-llava-onevision-7b": 120,
-            "compressor": 60, "ask-*": 60, "methods": 120, "latency-qwen": 180, "reuse": 150},
-    deadline_s=420, jobs=4)
-
-TINY = Profile(
-    mode="tiny", device="cpu", dtype="float32", llava="llava_onevision",
-    qwen=("qwen2_vl", "qwen2_5_vl", "qwen3_vl"),
-    frames=4, new_tokens=2, repeats=1, warmup=0,
-    compressor=("--shape", "4x16x64", "--repeats", "1", "--warmup", "1"),
-    reuse=("--videos", "2", "--questions", "2", "--ratios", "1.0,0.25", "--max-new-tokens", "2"),
-    ask_frames=4, ask_new_tokens=2,
-    limits={"*": 300}, deadline_s=1200, jobs=2)
-
-
-@dataclass(frozen=True)
-class Part:
-    name: str
-    kind: str  # which reader of gpu_figures reads its files
-    command: tuple[str, ...]
-    limit_s: float = 0.0  # set from the profile's limits and --limit
-    parallel: bool = False  # may run beside other parallel parts (no timings compared)
-
-
-@dataclass
-class PartResult:
-    name: str
-    kind: str
-    command: str
-    limit_s: float
-    status: str = "skipped"  # ok, failed, timeout, skipped
-    returncode: int | None = None
-    wall_s: float = 0.0
-    error: str | None = None
-    figures: dict[str, Any] = field(default_factory=dict)
-    brief: str = ""
-    files: list[str] = field(default_factory=list)
 
 
 def main() -> None:
@@ -495,106 +426,7 @@ class Suite:
                         for model, check in targets_of(result)],
         }
         write_atomically(self.out / "summary.json", json.dumps(summary, indent=2))
-        write_atomically(self.out / "summary.md", "\n".join(self.markdown(summary)) + "\n")
-
-    def markdown(self, summary: dict[str, Any]) -> list[str]:
-        suite, environment = summary["suite"], summary["environment"]
-        versions = environment.get("versions", {})
-        machine = (f"{environment['gpu'].get('name') or 'no GPU'} · torch {environment['torch']} "
-                   f"(CUDA {environment['cuda']}) · transformers {versions.get('transformers')} "
-                   f"· Python {environment['python']}" if environment
-                   else "environment not recorded")
-        lines = [f"# GPU suite, {suite['mode']} run of {suite['started']}", "",
-                 f"{machine} · video {Path(suite['video']).name} · {suite['wall_s']:.0f} s"
-                 + ("" if suite["complete"] else " · INCOMPLETE (still running or stopped)")
-                 + (f" · not recorded: {', '.join(suite['not_recorded'])}"
-                    if not suite["complete"] and suite["not_recorded"] else ""),
-                 "", "| part | status | wall s | limit s | key figures |", "|---|---|---|---|---|"]
-        for result in self.results:
-            detail = result.brief or result.error or ""
-            if result.brief and result.error:
-                detail = f"{result.brief} ({result.error})"
-            lines.append(f"| {result.name} | {result.status} | {result.wall_s:.1f} "
-                         f"| {result.limit_s:.3g} | {detail.replace('|', '/')} |")
-        if summary["targets"]:
-            lines += ["", "## Issue 26 targets at R = 0.25", "",
-                      "| model | method | target | figure | must be | met |",
-                      "|---|---|---|---|---|---|"]
-            for check in summary["targets"]:
-                figure, limit = format_target(check)
-                lines.append(f"| {short_name(check['model'])} | {check['method']} "
-                             f"| {check['target']} | {figure} | {limit} "
-                             f"| {'yes' if check['met'] else 'NO'} |")
-        asks = [(result.name, result.figures) for result in self.results
-                if result.kind == "ask" and result.figures]
-        for result in self.results:
-            reader = READERS[result.kind]
-            if result.figures and reader.markdown is not None:
-                lines += ["", f"## {result.name}", "", *reader.markdown(result.figures)]
-        if asks:
-            lines += ["", "## vidcom2 ask --json on the tiny fixtures", "", *markdown_asks(asks)]
-        return lines
-
-
-def targets_of(result: PartResult) -> Iterator[tuple[str, dict[str, Any]]]:
-    for model in result.figures.get("results", []):
-        for check in model.get("targets", []):
-            yield model["model"], check
-
-
-def queue_take(queue: Iterator[Part], count: int) -> list[Part]:
-    taken = []
-    for part in queue:
-        taken.append(part)
-        if len(taken) == count:
-            break
-    return taken
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the part's whole process group, then SIGKILL if it lingers."""
-    for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=grace)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    process.wait()
-
-
-def archive(folder: Path, bundle: Path, name: str) -> list[str]:
-    """Add the folder's files to the zip under NAME/; returns their names there."""
-    names = []
-    with zipfile.ZipFile(bundle, "a", compression=zipfile.ZIP_DEFLATED) as zipped:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                arcname = f"{name}/{path.relative_to(folder).as_posix()}"
-                zipped.write(path, arcname)
-                names.append(arcname)
-    return names
-
-
-def last_line(path: Path) -> str | None:
-    try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
-    except OSError:
-        return None
-    lines = [line for line in lines if line]
-    return lines[-1][:300] if lines else None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text(text)
-    scratch.replace(path)
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        write_atomically(self.out / "summary.md", "\n".join(markdown(summary, self.results)) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import os
+
+# One intra-op thread for torch, here and in the `vidcom2` subprocesses the tests start (they
+# inherit the variable; it must be set before torch is imported). The tiny models' operations
+# are far too small to gain from a second thread, and on a loaded machine (several test runs on
+# two shared cores) OpenMP's threads wait on each other: a tiny model's decoding step took 20 to
+# 60 times longer with 2 threads than with 1 (docs/development.md). Set the variable to
+# override it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import settings
 from tiny_models import TINY_PIXEL_BOUNDS, make_tiny_checkpoint
 
 from vidcom2_cli.models import sizing
+
+# in case a pytest plugin imported torch before the variable was set
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # Property tests draw the same examples on every run and every machine (a seed derived from each
 # test's source, no example database), so `python -m pytest` cannot fail at random: in CI or on

@@ -48,13 +48,13 @@ def test_each_question_gets_the_answer_it_gets_alone(engine, monkeypatch):
                                     ("Is there a square?", QUARTER)]),
               group(engine, COLOR, [("What colour is the ball?", HALF_RANDOM)])]
     prefilled: list[int] = []
-    real_prefill = engine.prefill
+    real_prefill = engine.open_contexts
 
     def prefill(contexts):
         prefilled.append(len(contexts))
         return real_prefill(contexts)
 
-    monkeypatch.setattr(engine, "prefill", prefill)
+    monkeypatch.setattr(engine, "open_contexts", prefill)
     outcomes = engine.answer_groups(groups, GENERATION, batch_size=2)
     # one prefix per (video, setting), two of them per prefill: (scene, 0.25) with
     # (scene, random 0.5), then (colour, random 0.5)

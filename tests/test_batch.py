@@ -393,7 +393,7 @@ def test_model_runs_on_the_main_thread_and_decoding_ahead_is_bounded(tmp_path, w
     events: list[tuple[str, str, bool]] = []  # (what, id, on the main thread)
     lock = threading.Lock()
     real_prepare, real_encode = qwen_engine.prepare, qwen_engine.encode_prepared
-    real_generate = qwen_engine.generate
+    real_generate = qwen_engine._generate  # the phase: which thread runs generate
 
     def prepare(request, sampling):
         with lock:
@@ -412,7 +412,7 @@ def test_model_runs_on_the_main_thread_and_decoding_ahead_is_bounded(tmp_path, w
 
     monkeypatch.setattr(qwen_engine, "prepare", prepare)
     monkeypatch.setattr(qwen_engine, "encode_prepared", encode_prepared)
-    monkeypatch.setattr(qwen_engine, "generate", generate)
+    monkeypatch.setattr(qwen_engine, "_generate", generate)
     for prefetch in (0, 2):
         events.clear()
         _run(qwen_engine, items, tmp_path / f"out-{prefetch}.jsonl", prefetch)

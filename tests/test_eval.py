@@ -383,7 +383,7 @@ def test_a_killed_sweep_resumes_to_every_record_once(engine, datasets, tmp_path,
     questions = read_questions(TASKS["mlvu"], None, datasets["mlvu"])
     chosen = settings([1.0, 0.5], ["vidcom2"])
     out = tmp_path / "killed.jsonl"
-    real = engine.ask_contexts
+    real = engine.ask_open
     calls = []
 
     def killed(*args, **kwargs):
@@ -392,11 +392,11 @@ def test_a_killed_sweep_resumes_to_every_record_once(engine, datasets, tmp_path,
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "ask_contexts", killed)
+    monkeypatch.setattr(engine, "ask_open", killed)
     with pytest.raises(KeyboardInterrupt):
         sweep(engine, questions, chosen, out)
     assert len(records(out.read_text())) == 2
-    monkeypatch.setattr(engine, "ask_contexts", real)
+    monkeypatch.setattr(engine, "ask_open", real)
     rows = sweep(engine, questions, chosen, out, done=existing_ids(out))
     assert Counter(row["id"] for row in rows) == {
         f"mlvu/{question.id}|{setting.label}": 1 for question in questions

@@ -104,7 +104,7 @@ def test_ask_out_of_memory_exits_1_with_one_hint_line(tiny_checkpoints, monkeypa
     def generate(self, items, options, **kwargs):
         raise out_of_memory()
 
-    monkeypatch.setattr(engine_module.Engine, "generate", generate)
+    monkeypatch.setattr(engine_module.Engine, "_generate", generate)
     result = runner.invoke(app, ["ask", VIDEOS[0], "What happens?", "-m",
                                  str(tiny_checkpoints("qwen2_vl")), *FAST])
     assert result.exit_code == 1
@@ -124,7 +124,7 @@ def test_batch_out_of_memory_retries_each_item_alone(tmp_path, qwen, monkeypatch
     rows = [*many_rows(4), {"id": 99, "video": VIDEOS[2], "question": "Five?"}]
     _, alone = batch_in_order(tmp_path, rows, qwen, batch_size=1, name="alone.jsonl")
 
-    real_generate = engine_module.Engine.generate
+    real_generate = engine_module.Engine._generate
     activations: list[weakref.ref] = []
     freed_at_retry: list[bool] = []
 
@@ -140,7 +140,7 @@ def test_batch_out_of_memory_retries_each_item_alone(tmp_path, qwen, monkeypatch
         freed_at_retry.append(all(ref() is None for ref in activations))
         return real_generate(self, items, options, **kwargs)
 
-    monkeypatch.setattr(engine_module.Engine, "generate", generate)
+    monkeypatch.setattr(engine_module.Engine, "_generate", generate)
     result, written = batch_in_order(tmp_path, rows, qwen, batch_size=2)
     assert not any("error" in row for row in written)
     expected = {row["id"]: row["answer"] for row in alone}
@@ -157,7 +157,7 @@ def test_batch_out_of_memory_every_time_records_each_item_and_goes_on(
         generate_calls.append(len(items))
         raise out_of_memory()
 
-    monkeypatch.setattr(engine_module.Engine, "generate", generate)
+    monkeypatch.setattr(engine_module.Engine, "_generate", generate)
     rows = many_rows(10)  # item-9 names a missing video
     result, written = batch_in_order(tmp_path, rows, qwen, batch_size=3, exit_code=1)
     errors = [row["error"] for row in written]
@@ -184,14 +184,14 @@ def test_batch_out_of_memory_in_the_vision_encoder_retries_after_the_queue(
             raise out_of_memory()
         return real_encode(self, item, signals)
 
-    real_generate = engine_module.Engine.generate
+    real_generate = engine_module.Engine._generate
 
     def generate(self, items, options, **kwargs):
         generate_calls.append(len(items))
         return real_generate(self, items, options, **kwargs)
 
     monkeypatch.setattr(QwenVLAdapter, "encode", encode)
-    monkeypatch.setattr(engine_module.Engine, "generate", generate)
+    monkeypatch.setattr(engine_module.Engine, "_generate", generate)
     _, written = batch_in_order(tmp_path, many_rows(4), qwen, batch_size=2)
     if failures == 1:  # item 0 answered alone to make room, then item 1 encodes
         assert generate_calls == ["encode OOM", "empty_cache", 1, 2, 1]

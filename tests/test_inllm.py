@@ -1,4 +1,5 @@
-"""In-LLM stages: HoliTom's inner merge at layer K and DyCoke's decode-time KV pruning, run by
+"""In-LLM stages: HoliTom's inner merge at layer K, FlashVID's attention pruning at layer K and
+DyCoke's decode-time KV pruning, run by
 the layer-by-layer decoder loop, against a reference that runs the same stages by hand (a plain
 loop over the layers, batch of one, written as the official code does it: eager attention
 weights at the layer before the stage, a sequential pairwise merge, a cache that gathers its
@@ -23,8 +24,9 @@ from vidcom2_cli.bench import run_bench
 from vidcom2_cli.cli import app
 from vidcom2_cli.compression import llm_stages, method_options
 from vidcom2_cli.compression.dycoke import KVPruning, prune_kv
+from vidcom2_cli.compression.flashvid import LLMPrune, attention_prune
 from vidcom2_cli.compression.holitom import InnerMerge, inner_merge
-from vidcom2_cli.compression.inllm import check_stages
+from vidcom2_cli.compression.inllm import PrefillStage, VisualSpan, check_stages
 from vidcom2_cli.engine import (
     CompressionOptions,
     Engine,
@@ -34,7 +36,7 @@ from vidcom2_cli.engine import (
     SamplingOptions,
 )
 from vidcom2_cli.evaluation.summary import summarize
-from vidcom2_cli.models import LoadOptions, decoder_loop
+from vidcom2_cli.models import LoadOptions, decoder_loop, loop_state
 from vidcom2_cli.report import answer_to_json, bench_rows_to_json, render_bench, token_table
 from vidcom2_cli.work import Question, QuestionGroup
 
@@ -66,6 +68,33 @@ def official_inner_merge(hidden: torch.Tensor, attention: torch.Tensor, share: f
         states[target] = (states[target] + states[index]) / 2
     order = top.sort().values
     return order, states[order]
+
+
+def official_prune(hidden: torch.Tensor, attention: torch.Tensor, keep: float
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlashVID's ``fastv_prune`` on one sequence: the top ceil(n keep) by attention, unchanged."""
+    top = attention.topk(math.ceil(hidden.shape[0] * keep)).indices
+    order = top.sort().values
+    return order, hidden[order]
+
+
+def official_stage(stage: PrefillStage, hidden: torch.Tensor, attention: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(stage, InnerMerge):
+        return official_inner_merge(hidden, attention, stage.share)
+    return official_prune(hidden, attention, stage.keep)
+
+
+@pytest.mark.parametrize(("count", "keep"), [(3137, 0.3), (1089, 0.1), (40, 0.5), (7, 0.01)])
+def test_flashvid_prune_matches_the_official_rule(count, keep):
+    generator = torch.Generator().manual_seed(count)
+    hidden = torch.randn(count, 16, generator=generator)
+    attention = torch.rand(count, generator=generator).softmax(0)
+    reduction = LLMPrune(20, keep).reduce(VisualSpan(hidden, attention))
+    kept, states = official_prune(hidden, attention, keep)
+    assert torch.equal(reduction.kept, kept) and torch.equal(reduction.hidden, states)
+    assert reduction.kept.numel() == math.ceil(count * keep)
+    assert attention_prune(torch.rand(5), 1e-3).numel() == 1  # at least one token
 
 
 @pytest.mark.parametrize(("count", "width", "share"), [
@@ -111,6 +140,11 @@ def test_stage_options_turn_each_stage_off_and_are_published_per_profile():
     assert llm_stages("holitom", "onevision") == (InnerMerge(18, 0.5),)
     assert llm_stages("dycoke", "llava_video") == (KVPruning(3, 0.8, 0.9),)
     assert llm_stages("holitom", "qwen") == llm_stages("dycoke", "qwen") == ()
+    # FlashVID's stage is off by default (tokens sent reach R); the official setting on request
+    assert llm_stages("flashvid", "onevision") == llm_stages("flashvid", "qwen") == ()
+    assert llm_stages("flashvid", "onevision", {"llm_keep": 0.3}) == (LLMPrune(20, 0.3),)
+    assert llm_stages("flashvid", "qwen", {"llm_keep": 0.1, "llm_layer": 28}) == (
+        LLMPrune(28, 0.1),)
     assert llm_stages("holitom", "onevision", {"inner_merge": 0}) == ()
     assert llm_stages("dycoke", "onevision", {"kv_prune": 0}) == ()
     assert llm_stages("holitom", "qwen", {"inner_merge": 0.25, "inner_layer": 9}) == (
@@ -193,14 +227,13 @@ def reference_answer(engine: Engine, item, stage) -> dict:
     rotary_positions, positions = split_positions(text, prompt["position_ids"])
     rotary = text.rotary_emb(hidden, rotary_positions)
     cache = GatheringCache(config=text.config)
-    merge = isinstance(stage, InnerMerge)
+    merge = isinstance(stage, PrefillStage)
     seen: dict = {"positions": None, "kept": None, "pruned": 0}
     attention = torch.empty(0)  # the last query's weights at the layer before the stage
     with torch.inference_mode():
         for index, layer in enumerate(text.layers):
             if merge and index == stage.layer:
-                kept, states = official_inner_merge(hidden[0, span], attention[span],
-                                                    stage.share)
+                kept, states = official_stage(stage, hidden[0, span], attention[span])
                 hidden = hidden.clone()
                 hidden[0, span[kept]] = states
                 dropped = set(span.tolist()) - set(span[kept].tolist())
@@ -277,7 +310,7 @@ def compressed(engine: Engine, method: str, ratio: float = 0.5, video: str = VID
     compression = CompressionOptions(ratio, method, method_options=tuple(options.items()))
     engine.accept(compression)  # expects the vision signals the method reads
     encoded = engine.encode(Request(video, question), SamplingOptions(frames=frames))
-    return engine.compress(encoded, compression)
+    return engine._compress(encoded, compression)  # the plan and item, phase by phase
 
 
 # (family, method, options): the published defaults on LLaVA-OneVision (layer 18 of 24, layer 3),
@@ -285,9 +318,14 @@ def compressed(engine: Engine, method: str, ratio: float = 0.5, video: str = VID
 CASES = [
     ("llava_onevision", "holitom", {}),
     ("llava_onevision", "dycoke", {}),
+    ("llava_onevision", "flashvid", {"llm_keep": 0.3}),
     ("qwen2_5_vl", "holitom", {"inner_merge": 0.5, "inner_layer": 1}),
+    ("qwen2_5_vl", "flashvid", {"llm_keep": 0.3, "llm_layer": 1}),
     ("qwen2_5_vl", "dycoke", {"kv_prune": 0.8, "kv_layer": 1}),
 ]
+# each method's option value that turns its stage off
+STAGE_OFF = {"holitom": ("inner_merge", 0.0), "dycoke": ("kv_prune", 0.0),
+             "flashvid": ("llm_keep", 1.0)}
 
 
 @pytest.mark.parametrize(("family", "method", "options"), CASES)
@@ -302,8 +340,10 @@ def test_answers_counts_and_positions_equal_the_reference(engines, family, metho
                                reference["logits"], rtol=1e-4, atol=1e-4)
     (report,) = result.llm_tokens[0].stages
     visual = int((item.input_ids == engine.adapter.video_token_id).sum())
-    if method == "holitom":
-        assert report.visual == reference["kept"] == round(visual * (1 - stage.share))
+    if isinstance(stage, PrefillStage):
+        expected = (round(visual * (1 - stage.share)) if method == "holitom"
+                    else math.ceil(visual * stage.keep))
+        assert report.visual == reference["kept"] == expected
         text = engine.loaded.model.get_decoder()
         expected = text.rotary_emb(cosines[0], reference["positions"])[0]
         torch.testing.assert_close(cosines[0], expected)  # original positions, recomputed
@@ -323,9 +363,9 @@ def test_off_is_the_stock_path_and_on_is_not(engines, family, method, options, m
     answer are the stock model's on the same plan; with it on, the merge changes the prefill
     (DyCoke leaves the prefill alone and prunes while decoding)."""
     engine = engines[family]
-    switch = "inner_merge" if method == "holitom" else "kv_prune"
+    switch, off_value = STAGE_OFF[method]
     plan_on, item_on, _ = compressed(engine, method, **options)
-    plan_off, item_off, _ = compressed(engine, method, **{**options, switch: 0.0})
+    plan_off, item_off, _ = compressed(engine, method, **{**options, switch: off_value})
     assert plan_off.stages == () and torch.equal(plan_on.mask, plan_off.mask)
     batch = engine.adapter.collate([item_off])
     with torch.inference_mode():
@@ -345,7 +385,7 @@ def test_off_is_the_stock_path_and_on_is_not(engines, family, method, options, m
     on_logits = engine.adapter.forward_logits([item_on])
     on = engine.adapter.generate([item_on], STEPS, min_new_tokens=STEPS)
     assert len(runs) == 2 and on.llm_tokens is not None
-    if method == "holitom":
+    if method != "dycoke":  # a prefill stage
         assert on_logits.shape[1] < stock.shape[1]
         assert not torch.allclose(on_logits[0, -1], stock[0, -1])
     else:
@@ -353,17 +393,18 @@ def test_off_is_the_stock_path_and_on_is_not(engines, family, method, options, m
         assert on.llm_tokens[0].stages[0].pruned_steps >= 1
 
 
-@pytest.mark.parametrize("method", ["holitom", "dycoke"])
-def test_ratio_one_is_the_stock_model(engines, method):
+@pytest.mark.parametrize(("method", "options"), [("holitom", {}), ("dycoke", {}),
+                                                 ("flashvid", {"llm_keep": 0.3})])
+def test_ratio_one_is_the_stock_model(engines, method, options):
     engine = engines["llava_onevision"]
-    plan, item, _ = compressed(engine, method, ratio=1.0)
+    plan, item, _ = compressed(engine, method, ratio=1.0, **options)
     _, stock_item, _ = compressed(engine, "vidcom2", ratio=1.0)
     assert plan.stages == ()
     assert torch.equal(engine.adapter.forward_logits([item]),
                        engine.adapter.forward_logits([stock_item]))
 
 
-@pytest.mark.parametrize(("family", "method", "options"), [CASES[0], CASES[3]])
+@pytest.mark.parametrize(("family", "method", "options"), [CASES[0], CASES[2], CASES[5]])
 def test_a_padded_batch_equals_the_single_runs(engines, family, method, options):
     """Two videos, frame counts and questions of different lengths: rows are re-left-padded
     after the merge, and each row's decoding stage is its own."""
@@ -418,13 +459,17 @@ def test_the_answer_json_reports_each_stage_additively(engines):
     ("qwen3_5", {"kv_prune": 0.8, "kv_layer": 1}, "linear_attention layers"),
     ("llava_onevision", {"inner_layer": 30}, "acts at layer 30, but the language model has 24"),
     ("qwen3_vl", {"inner_merge": 0.5, "inner_layer": 1}, "before the last deepstack layer"),
+    ("qwen3_5", {"llm_keep": 0.3, "llm_layer": 1}, "linear_attention layers"),
+    ("qwen2_5_vl", {"llm_keep": 0.3}, "acts at layer 20, but the language model has 2"),
 ])
 def test_a_stage_the_model_cannot_run_is_refused_in_one_line(engines, family, options, needle):
     engine = engines[family]
-    method = "dycoke" if "kv_prune" in options else "holitom"
+    method = ("dycoke" if "kv_prune" in options else "flashvid" if "llm_keep" in options
+              else "holitom")
     with pytest.raises(InputError, match=needle) as error:
         engine.accept(CompressionOptions(0.5, method, method_options=tuple(options.items())))
     assert str(error.value).startswith(f"--method {method}: ") and "\n" not in str(error.value)
+    assert f"`vidcom2 methods {method}` names the options" in str(error.value)
 
 
 def test_qwen3_vl_prunes_kv_while_decoding(engines):
@@ -496,14 +541,21 @@ def test_the_eval_summary_reports_the_decoding_kv():
                 "tokens": {"visual_kept": kept, "llm": llm},
                 "timing_ms": {"prefill": 1.0, "total": 1.0}}
 
+    def pruned(visual):
+        return {"stage": "kv-prune@3", "layer": 3, "visual": visual, "steps": 4,
+                "pruned_steps": 1}
+
     records = [record("vidcom2", 100, None), record("dycoke", 100,
-                                                    {"visual_kv_attended": 40.0}),
-               record("dycoke", 80, {"visual_kv_attended": 30.0})]
+                                                    {"visual_kv_attended": 40.0,
+                                                     "stages": [pruned(20.0)]}),
+               record("dycoke", 80, {"visual_kv_attended": 30.0, "stages": [pruned(16.0)]})]
     rows = {row["method"]: row for row in summarize(records, "videomme",
                                                      ["vidcom2", "dycoke"])["rows"]
             if row["subset"] == "all"}
     assert rows["vidcom2"]["visual_kv_attended"] == 100
     assert rows["dycoke"]["visual_kv_attended"] == 35 and rows["dycoke"]["visual_tokens"] == 90
+    assert rows["vidcom2"]["llm_stages"] == {} and rows["dycoke"]["llm_stages"] == {
+        "kv-prune@3": 18.0}
 
 
 def test_whole_work_batches_never_mix_stage_settings(engines):
@@ -533,9 +585,9 @@ def test_whole_work_batches_never_mix_stage_settings(engines):
 
 def test_a_row_that_stops_early_counts_only_its_own_decoding_steps():
     """Steps after a row's end (it rides along the batch) are not its decoding KV."""
-    call = decoder_loop.LoopCall((KVPruning(1, 0.5, 0.9),), torch.ones(2, 4, dtype=torch.bool))
-    sequence = decoder_loop._Sequence(None, torch.arange(4).expand(2, -1),
-                                      torch.ones(2, 4, dtype=torch.bool), None, None)
+    call = loop_state.LoopCall((KVPruning(1, 0.5, 0.9),), torch.ones(2, 4, dtype=torch.bool))
+    sequence = loop_state.LayerSequence(None, torch.arange(4).expand(2, -1),
+                                        torch.ones(2, 4, dtype=torch.bool), None, None)
     call.groups = [(0, sequence)]
     for attended, kept in ((3.0, 2), (4.0, None), (1.0, 2)):
         for counts in call.counts:
@@ -557,13 +609,13 @@ def test_one_prefill_of_mixed_stage_settings_keeps_each_in_its_own_part(engines)
                                                                 "holitom")]
     for setting in settings_:
         engine.accept(setting)
-    video = engine.encode(Request(VIDEOS[0], "What happens?"), SamplingOptions(frames=4))
-    contexts = [engine.context(video, setting) for setting in settings_]
-    prefix = engine.prefill(contexts)
-    assert [rows for rows, _ in prefix.parts] == [[0, 3], [1], [2]]
+    video = engine.prepare(Request(VIDEOS[0], "What happens?"), SamplingOptions(frames=4))
+    contexts = [engine.video_context(video, setting) for setting in settings_]
+    opened = engine.open_contexts(contexts)
+    assert [rows for rows, _ in opened.prefix.parts] == [[0, 3], [1], [2]]
     asked = [(row, Request(VIDEOS[0], "What colours appear?")) for row in (2, 0, 1, 3)]
-    together = engine.ask_contexts(contexts, prefix, asked, GENERATION)
-    alone = [engine.ask_contexts([contexts[row]], engine.prefill([contexts[row]]),
-                                 [(0, request)], GENERATION)[0] for row, request in asked]
+    together = engine.ask_open(opened, asked, GENERATION)
+    alone = [engine.ask_open(engine.open_contexts([contexts[row]]), [(0, request)],
+                             GENERATION)[0] for row, request in asked]
     assert [a.answer for a in together] == [a.answer for a in alone]
     assert [a.tokens.llm for a in together] == [a.tokens.llm for a in alone]

@@ -39,10 +39,10 @@ def family_engine(request, tiny_checkpoints) -> tuple[str, Engine]:
 def test_ratio_one_is_the_stock_model_for_every_method(family_engine):
     _, engine = family_engine
     encoded = engine.encode(Request(VIDEOS[0], "What happens?"), SAMPLING)
-    stock = engine.adapter.forward_logits([engine.compress(
+    stock = engine.adapter.forward_logits([engine._compress(
         encoded, CompressionOptions(1.0, "vidcom2"))[1]])
     for method in FIELD_ALL:
-        plan, compressed, _ = engine.compress(encoded, CompressionOptions(1.0, method))
+        plan, compressed, _ = engine._compress(encoded, CompressionOptions(1.0, method))
         assert plan.total_kept == plan.total_full and plan.merges is None
         assert torch.equal(engine.adapter.forward_logits([compressed]), stock), method
 

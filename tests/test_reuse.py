@@ -15,7 +15,7 @@ import torch
 from jsonl_files import jsonl, records
 from typer.testing import CliRunner
 
-from vidcom2_cli import engine as engine_module
+from vidcom2_cli import encoding
 from vidcom2_cli.batch.input import parse_lines
 from vidcom2_cli.batch.local import BatchOptions, run_batch
 from vidcom2_cli.batch.output import ResultWriter
@@ -113,12 +113,12 @@ def test_many_questions_give_the_answers_of_single_asks(family_engine, encoder_c
 def test_several_questions_and_videos_in_one_generate_call(family_engine):
     """Rows of two videos' prefixes, three questions, middle-padded into one call."""
     _, engine = family_engine
-    contexts = [engine.context(engine.encode(Request(video, "?"), SAMPLING), COMPRESSION)
+    contexts = [engine.video_context(engine.prepare(Request(video, "?"), SAMPLING), COMPRESSION)
                 for video in (SCENE, COLOR)]
-    prefix = engine.prefill(contexts)
+    opened = engine.open_contexts(contexts)
     asked = [(1, Request(COLOR, QUESTIONS[0])), (0, Request(SCENE, QUESTIONS[1])),
              (0, Request(SCENE, QUESTIONS[2]))]
-    together = engine.ask_contexts(contexts, prefix, asked, GENERATION)
+    together = engine.ask_open(opened, asked, GENERATION)
     for (_, request), answer in zip(asked, together, strict=True):
         alone = engine.ask(request, SAMPLING, COMPRESSION, GENERATION)
         assert comparable(answer) == comparable(alone)
@@ -129,8 +129,9 @@ def test_first_token_logits_match_the_full_prompt(family_engine):
     compressed prompt, within float tolerance."""
     _, engine = family_engine
     adapter = engine.adapter
-    context = engine.context(engine.encode(Request(SCENE, "?"), SAMPLING), COMPRESSION)
-    prefix = engine.prefill([context])
+    context = engine.video_context(engine.prepare(Request(SCENE, "?"), SAMPLING), COMPRESSION)
+    opened = engine.open_contexts([context])
+    prefix = opened.prefix
     item = adapter.with_question(context.encoded.host_item, QUESTIONS[1])
     compressed = adapter.compress(item, context.encoded.encoded, context.plan)
     full = adapter.forward_logits([compressed])[0, -1]
@@ -153,8 +154,9 @@ def middle_padded_logits(engine: Engine) -> tuple[torch.Tensor, torch.Tensor]:
     share one call on a cached prefix (the shorter one padded between prefix and question),
     and of the same question prefilled alone on a copy of the prefix."""
     adapter = engine.adapter
-    context = engine.context(engine.encode(Request(SCENE, "?"), SAMPLING), COMPRESSION)
-    prefix = engine.prefill([context])
+    context = engine.video_context(engine.prepare(Request(SCENE, "?"), SAMPLING), COMPRESSION)
+    opened = engine.open_contexts([context])
+    prefix = opened.prefix
     items = [adapter.compress(adapter.with_question(context.encoded.host_item, question),
                               context.encoded.encoded, context.plan)
              for question in (QUESTIONS[0], QUESTIONS[1])]
@@ -208,11 +210,10 @@ def test_reused_questions_share_a_call_only_where_padding_is_neutral(tiny_checkp
 
     monkeypatch.setattr(model, "generate", generate)
     questions = [QUESTIONS[0], QUESTIONS[1], QUESTIONS[0] + " Why?", QUESTIONS[1]]
-    context = engine.context(engine.encode(Request(SCENE, "?"), SAMPLING), COMPRESSION)
-    prefix = engine.prefill([context])
-    answers = engine.ask_contexts([context], prefix,
-                                  [(0, Request(SCENE, question)) for question in questions],
-                                  GENERATION)
+    context = engine.video_context(engine.prepare(Request(SCENE, "?"), SAMPLING), COMPRESSION)
+    opened = engine.open_contexts([context])
+    answers = engine.ask_open(opened, [(0, Request(SCENE, question)) for question in questions],
+                              GENERATION)
     assert widths == ([4] if family == "qwen3_vl" else [1, 2, 1])
     widths.clear()
     for question, answer in zip(questions, answers, strict=True):
@@ -372,7 +373,7 @@ def test_batch_reuse_gives_the_records_of_no_reuse(tiny_checkpoints, tmp_path, b
 def test_batch_reuse_interrupted_then_resumed_gives_every_id_once(tiny_checkpoints, tmp_path,
                                                                   batch_input, monkeypatch):
     engine = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"))
-    real = engine.ask_contexts
+    real = engine.ask_open
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -381,13 +382,13 @@ def test_batch_reuse_interrupted_then_resumed_gives_every_id_once(tiny_checkpoin
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "ask_contexts", interrupted)
+    monkeypatch.setattr(engine, "ask_open", interrupted)
     out = tmp_path / "out.jsonl"
     with pytest.raises(KeyboardInterrupt):
         run(engine, batch_input, out, reuse=True)
     first = records(out.read_text())
     assert [row["id"] for row in first] == ["s1", "s2", "s3"]  # the first video's group
-    monkeypatch.setattr(engine, "ask_contexts", real)
+    monkeypatch.setattr(engine, "ask_open", real)
     from vidcom2_cli.batch.output import existing_ids
 
     final = run(engine, batch_input, out, reuse=True, done=existing_ids(out))
@@ -399,7 +400,7 @@ def test_batch_reuse_out_of_memory_retries_alone(tiny_checkpoints, tmp_path, bat
                                                  monkeypatch):
     engine = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"))
     plain = run(engine, batch_input, tmp_path / "plain.jsonl", reuse=False)
-    real_prefill, real_ask = engine.prefill, engine.ask_contexts
+    real_prefill, real_ask = engine.open_contexts, engine.ask_open
     sizes: list[tuple[str, int]] = []
 
     def prefill(contexts):
@@ -408,14 +409,14 @@ def test_batch_reuse_out_of_memory_retries_alone(tiny_checkpoints, tmp_path, bat
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_prefill(contexts)
 
-    def ask_contexts(contexts, prefix, asked, generation, on_text=None):
+    def ask_open(opened, asked, generation, on_text=None):
         sizes.append(("ask", len(asked)))
         if len(asked) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
-        return real_ask(contexts, prefix, asked, generation, on_text)
+        return real_ask(opened, asked, generation, on_text)
 
-    monkeypatch.setattr(engine, "prefill", prefill)
-    monkeypatch.setattr(engine, "ask_contexts", ask_contexts)
+    monkeypatch.setattr(engine, "open_contexts", prefill)
+    monkeypatch.setattr(engine, "ask_open", ask_open)
     reused = run(engine, batch_input, tmp_path / "reused.jsonl", reuse=True, batch_size=2)
     assert by_id(reused) == by_id(plain)
     assert ("prefill", 2) in sizes and ("ask", 2) in sizes
@@ -451,8 +452,8 @@ def test_feature_cache_hit_skips_decoding_and_the_encoder(tiny_checkpoints, tmp_
     assert first.feature_cache == "miss" and len(encoder_calls) == 1
     assert len(entries(folder)) == 1
     decodes = []
-    real_load = engine_module.load_video
-    monkeypatch.setattr(engine_module, "load_video",
+    real_load = encoding.load_video
+    monkeypatch.setattr(encoding, "load_video",
                         lambda *a, **k: decodes.append(1) or real_load(*a, **k))
     for ratio, question in ((0.25, QUESTIONS[0]), (0.5, QUESTIONS[1]), (1.0, QUESTIONS[2])):
         compression = CompressionOptions(ratio=ratio)
@@ -581,7 +582,7 @@ def test_interactive_chat_streams_each_answer(tiny_checkpoints, monkeypatch, cap
     engine = Engine.load(str(tiny_checkpoints("qwen2_vl")), LoadOptions(device="cpu"))
     expected = [engine.ask(Request(SCENE, question), SAMPLING, COMPRESSION, GENERATION).answer
                 for question in QUESTIONS[:2]]
-    context, prefix = engine.open(SCENE, SAMPLING, COMPRESSION)
+    opened = engine.open(SCENE, SAMPLING, COMPRESSION)
     typed = iter([QUESTIONS[0], QUESTIONS[1], ""])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
     pieces: list[str] = []
@@ -592,7 +593,7 @@ def test_interactive_chat_streams_each_answer(tiny_checkpoints, monkeypatch, cap
         return real_write(text)
 
     monkeypatch.setattr(sys.stdout, "write", write)
-    cli.chat.chat_loop(engine, context, prefix, GENERATION)
+    cli.chat.chat_loop(engine, opened, GENERATION)
     streamed = "".join(pieces).split("\n")
     assert [line.strip() for line in streamed if line.strip()] == [
         answer for answer in expected if answer]

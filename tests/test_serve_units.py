@@ -20,6 +20,7 @@ from vidcom2_cli.report import heatmap_summary
 from vidcom2_cli.serve.client import chat_body, is_local, normalize_url
 from vidcom2_cli.serve.media import MediaRules, TemporaryFiles, resolve_video
 from vidcom2_cli.serve.metrics import ServerMetrics
+from vidcom2_cli.serve.prefix_cache import PrefixEntry, PrefixLRU, held_bytes
 from vidcom2_cli.serve.protocol import (
     APIError,
     ServeDefaults,
@@ -27,7 +28,6 @@ from vidcom2_cli.serve.protocol import (
     parse_body,
     parse_chat_request,
 )
-from vidcom2_cli.serve.scheduler import PrefixEntry, PrefixLRU, held_bytes
 from vidcom2_cli.serve.wire import PlanView
 
 MODEL = "tiny"
@@ -236,7 +236,7 @@ def test_data_urls_share_a_temporary_file_until_the_last_user_is_done(media):
 # --- the prefix cache --------------------------------------------------------------------------
 
 def entry(keys: list[str], nbytes: int) -> PrefixEntry:
-    return PrefixEntry(contexts=[], prefix=None, keys=keys, nbytes=nbytes)  # type: ignore[arg-type]
+    return PrefixEntry(opened=None, keys=keys, nbytes=nbytes)  # type: ignore[arg-type]
 
 
 def test_the_prefix_cache_keeps_what_fits_and_drops_the_least_recently_used():

@@ -106,8 +106,13 @@ def test_eval_summary_fits_80_columns_with_long_subtask_names():
     subsets = ["all", "counterfactual_inference", "fine_grained_pose", "unexpected_action"]
     rows = [{"subset": subset, "method": method, "ratio": ratio, "questions": 200,
              "errors": 15, "score": 63.5, "of_full": 99.6, "visual_tokens": 12544.0,
-             "prefill_ms": 12345.6, "seconds_per_question": 12.34}
-            for subset in subsets for method, ratio in (("vidcom2", 1.0), ("visionzip+fca", 0.15))]
+             "prefill_ms": 12345.6, "seconds_per_question": 12.34,
+             "visual_kv_attended": 12544.0 if stages is None else 1234.5,
+             "llm_stages": stages or {}}
+            for subset in subsets for method, ratio, stages in (
+                ("vidcom2", 1.0, None), ("visionzip+fca", 0.15, None),
+                ("holitom+fca", 0.15, {"merge@18": 6272.0}),
+                ("dycoke+fca", 0.15, {"kv-prune@3": 1254.4}))]
     screen = Console(width=80, record=True, color_system=None)
     screen.print(render_eval({"task": "mvbench", "score": "63.5", "rows": rows}))
     lines = screen.export_text().splitlines()
@@ -116,6 +121,15 @@ def test_eval_summary_fits_80_columns_with_long_subtask_names():
     for subset in subsets:
         assert subset in [line.strip() for line in lines]  # each name whole, on its own line
     assert sum("visionzip+fca" in line for line in lines) == len(subsets)
+    header = next(line for line in lines if "score" in line and "prefill" in line)
+    assert " KV " in header
+    holitom = [line for line in lines if line.startswith(" holitom+fca")]
+    assert len(holitom) == len(subsets) and all("1,234" in line for line in holitom)
+    # the stages' figures, once for all questions
+    assert [line.strip() for line in lines if "merge@18" in line] == [
+        "holitom+fca R=0.15: merge@18 6,272"]
+    assert [line.strip() for line in lines if "kv-prune@3 " in line] == [
+        "dycoke+fca R=0.15: kv-prune@3 1,254"]
 
 
 @pytest.mark.parametrize("command", ["ask", "chat", "watch", "bench", "batch", "eval", "serve",

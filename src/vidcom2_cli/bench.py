@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from .compression import spread_method_options
 from .engine import Engine
 from .errors import InputError
-from .models.decoder_loop import LLMTokens
+from .models.loop_state import LLMTokens
 from .options import CompressionOptions, GenerationOptions, check_options
 from .timing import PeakMemory, peak_memory, reset_peak_memory
 from .work import EncodedRequest, PreparedRequest
@@ -152,30 +152,26 @@ class _Measurement:
 
 def _measure(engine: Engine, encoded: EncodedRequest, compression: CompressionOptions,
              generation: GenerationOptions, repeats: int, warmup: int) -> _Measurement:
-    """Medians over ``repeats`` runs after ``warmup`` unmeasured ones."""
+    """Medians over ``repeats`` answers after ``warmup`` unmeasured ones."""
     reset_peak_memory(engine.devices)
     compress_times, prefills, decodes, per_token, totals = [], [], [], [], []
     for run in range(warmup + repeats):
-        plan, item, compress_ms = engine.compress(encoded, compression)
-        engine.check_context(encoded, item, generation)
-        result = engine.generate([item], generation)
+        answer = engine.answer([encoded], compression, generation)[0]
         if run < warmup:
             continue
-        compress_times.append(compress_ms)
-        prefills.append(result.timing.prefill_ms)
-        decodes.append(result.timing.decode_ms)
-        per_token.append(result.timing.decode_ms_per_token)
-        totals.append(result.timing.total_ms)
-    visual_full = int(encoded.item.video_token_mask.sum())
+        compress_times.append(answer.timing_ms["compress"])
+        prefills.append(answer.timing_ms["prefill"])
+        decodes.append(answer.timing_ms["decode"])
+        per_token.append(answer.timing_ms["decode_per_token"])
+        totals.append(answer.timing_ms["llm_generation"])
     return _Measurement(
         compress_ms=statistics.median(compress_times), prefill_ms=statistics.median(prefills),
         decode_ms=statistics.median(decodes),
         decode_ms_per_token=statistics.median(per_token),
-        generation_ms=statistics.median(totals), answer=result.texts[0],
-        visual_kept=visual_full - (plan.total_full - plan.total_kept), visual_full=visual_full,
-        prompt_length=item.length, memory=peak_memory(engine.devices),
-        merged_tokens=plan.total_merged,
-        llm=None if result.llm_tokens is None else result.llm_tokens[0])
+        generation_ms=statistics.median(totals), answer=answer.answer,
+        visual_kept=answer.tokens.visual_kept, visual_full=answer.tokens.visual_full,
+        prompt_length=answer.tokens.prompt_kept, memory=peak_memory(engine.devices),
+        merged_tokens=answer.plan.total_merged, llm=answer.tokens.llm)
 
 
 def _encode(engine: Engine, prepared: PreparedRequest, repeats: int, warmup: int

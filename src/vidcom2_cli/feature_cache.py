@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .models.base import PreparedItem
+from .models.items import PreparedItem
 from .video import VideoInfo
 
 # 2: the probe signal of Qwen-style towers attends to merge units (entries of 1 hold the old one)

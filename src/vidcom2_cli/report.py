@@ -19,7 +19,7 @@ from .wording import counted
 if TYPE_CHECKING:  # no torch at run time: a server's client renders answers it received
     from .bench import BenchRow
     from .compression.plan import KeepPlan
-    from .models.base import PrefixCache
+    from .models.items import PrefixCache
     from .work import Answer, VideoContext
 
 RANDOM_WEIGHTS_NOTE = "random weights: the answer is meaningless; timings and shapes are real"
@@ -254,10 +254,10 @@ def chat_ready_line(context: VideoContext, prefix: PrefixCache) -> str:
 
 BENCH_CAPTION = ("times in ms (medians); speed-up = LLM time at R=1 / LLM time; same = answer "
                  "equals the R=1 answer")
-STAGES_CAPTION = ("in-LLM stages: visual tokens left after a prefill stage (merge@K), or the "
-                  "visual KV entries a pruned decoding step attends (kv-prune@L, pruned steps "
-                  "of all); vis KV = visual KV entries a decoding step attends per layer, mean "
-                  "over layers and steps")
+STAGES_CAPTION = ("in-LLM stages: visual tokens left after a prefill stage (merge@K, prune@K), "
+                  "or the visual KV entries a pruned decoding step attends (kv-prune@L, pruned "
+                  "steps of all); vis KV = visual KV entries a decoding step attends per layer, "
+                  "mean over layers and steps")
 # Every column in one table needs about this many terminal columns; narrower, two tables.
 _ONE_TABLE_WIDTH = 132
 

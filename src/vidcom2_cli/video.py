@@ -19,7 +19,7 @@ import numpy as np
 
 from .catalog import DEFAULT_MAX_FRAMES, DEFAULT_NUM_FRAMES
 from .containers import image_kind, inspect_mp4, is_jpeg_stream, read_head
-from .decoders import Clip, Decoded, pyav_backend
+from .decoders import Clip, Decoded, pyav_backend, pyav_look
 from .decoders.decord_backend import DecordClip, suits
 from .decoders.images import ANIMATED_KINDS, ImageClip
 from .errors import VideoError
@@ -243,7 +243,7 @@ def _decode_chosen(
     return clip, indices, clip.read(indices)
 
 
-def _open(path: Path) -> tuple[Clip, pyav_backend.Look | None]:
+def _open(path: Path) -> tuple[Clip, pyav_look.Look | None]:
     """Open a video, turning every failure into a one-line ``VideoError``.
 
     File-system problems, images and (for MP4/MOV) encrypted or frameless files are checked
@@ -271,7 +271,7 @@ def _open(path: Path) -> tuple[Clip, pyav_backend.Look | None]:
             )
         if video.samples == 0 and not mp4.fragmented:
             raise VideoError(f"{path}: holds no decodable frames (its video track is empty)")
-    look = pyav_backend.look(path, "mjpeg" if stream else None)
+    look = pyav_look.look(path, "mjpeg" if stream else None)
     if look.decodable and suits(look):
         try:
             return DecordClip(path, mp4, look), look

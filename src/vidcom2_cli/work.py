@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from .compression import KeepPlan
 from .feature_cache import CachedEncoding
-from .models.base import CompressedItem, EncodedVideo, PreparedItem
-from .models.decoder_loop import LLMTokens
+from .models.items import CompressedItem, EncodedVideo, PrefixCache, PreparedItem
+from .models.loop_state import LLMTokens
 from .options import CompressionOptions
 from .timing import PeakMemory
 from .video import SampledVideo
@@ -134,3 +134,22 @@ class QuestionGroup:
 
     video: EncodedRequest
     questions: tuple[Question, ...]
+
+
+@dataclass(frozen=True)
+class VideoQuestions:
+    """Questions about one video, not decoded yet: the unit of work ``Engine.answer_stream``
+    takes. The video is prepared with the first question's request; ``error`` is why none of
+    the questions can run (each gets it as its outcome)."""
+
+    questions: tuple[Question, ...]
+    error: str | None = None
+
+
+@dataclass
+class OpenVideos:
+    """Videos compressed and their prompt prefixes prefilled together (``prefix`` has a row
+    per context), ready for any number of questions (``Engine.ask_open``)."""
+
+    contexts: list[VideoContext]
+    prefix: PrefixCache

@@ -1,20 +1,19 @@
 """The local batch runner: many questions, one model load, answered in batches on this machine.
 
-Videos are decoded and preprocessed ahead on worker threads (``BatchOptions.prefetch``) while
-the main thread runs the model; the model itself is only ever called from the main thread.
+The runner groups the items, hands the groups to the engine in one call and writes the records.
+The engine decodes videos ahead on worker threads (``BatchOptions.prefetch``) while this
+thread runs the model; the model itself is only ever called from this thread.
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 
 from ..engine import Engine
-from ..errors import InputError, first_line
+from ..errors import InputError
 from ..options import (
     CompressionOptions,
     GenerationOptions,
@@ -22,15 +21,10 @@ from ..options import (
     check_options,
     check_sampling,
 )
-from ..timing import is_out_of_memory, release_cached_memory, reset_peak_memory
-from ..video import VideoError
-from ..work import EncodedRequest, PreparedRequest, Question, QuestionGroup, Request
+from ..work import Question, Request, VideoQuestions
 from .input import BatchItem
 from .output import RecordOutput, RecordSink, pending_items, record
 from .progress import BatchSummary
-
-# Threads decoding ahead; their processor calls take turns (Engine's lock), decoding does not.
-PREFETCH_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -68,13 +62,14 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
     record per item.
 
     The work is split into groups: with ``options.reuse`` all the questions about one video
-    (in order of their video's first question), else one group per item. Groups are decoded
-    and preprocessed up to ``options.prefetch_items`` ahead on worker threads, then encoded
-    one at a time on this thread; every ``batch_size`` encoded groups are handed to the engine
-    together (``Engine.answer_groups``), and their records written as soon as they are
-    answered. Bad input becomes an error record and the run goes on; an error waits for the
-    batch it falls in, so records keep the groups' order. Items may carry their own
-    compression setting (``BatchItem.compression``, a sweep): a group is still encoded once.
+    (in order of their video's first question), else one group per item. The engine takes
+    them all in one call (``Engine.answer_stream``): it decodes and preprocesses up to
+    ``options.prefetch_items`` groups ahead on worker threads, encodes them one at a time on
+    this thread and answers every ``batch_size`` encoded groups together; each group's records
+    are written as soon as its batch is answered. Bad input becomes an error record and the
+    run goes on; an error waits for the batch it falls in, so records keep the groups' order.
+    Items may carry their own compression setting (``BatchItem.compression``, a sweep): a
+    group is still encoded once.
     """
     engine.pixel_bounds(options.sampling)  # InputError for every item: refused at once
     engine.accept(options.compression)
@@ -85,41 +80,13 @@ def run_batch(engine: Engine, items: list[BatchItem], options: BatchOptions,
     summary = BatchSummary(total=len(items), skipped=len(items) - len(todo))
     output = RecordOutput(writer, summary, on_record)
     groups = video_groups(todo) if options.reuse else [[item] for item in todo]
-    queue: list[tuple[list[BatchItem], EncodedRequest | str]] = []  # str: the group's error
-    ready = 0  # encoded groups in the queue
-
-    def flush() -> None:
-        work = [QuestionGroup(video, _questions(group, options)) for group, video in queue
-                if isinstance(video, EncodedRequest)]
-        answered = iter(engine.answer_groups(work, options.generation, options.batch_size,
-                                             reuse_prefix=options.reuse))
-        for group, video in queue:
-            outcomes = next(answered) if isinstance(video, EncodedRequest) else [video] * len(group)
+    work = [VideoQuestions(_questions(group, options), group[0].error) for group in groups]
+    with closing(engine.answer_stream(work, options.sampling, options.generation,
+                                      options.batch_size, reuse_prefix=options.reuse,
+                                      prefetch=options.prefetch_items)) as answered:
+        for group, outcomes in zip(groups, answered, strict=True):
             output.add(group, [record(item, outcome)
                                for item, outcome in zip(group, outcomes, strict=True)])
-        queue.clear()
-
-    with prepared_in_order(engine, groups, options.sampling, options.prefetch_items) as prepared:
-        for group, outcome in prepared:
-            if isinstance(outcome, str):
-                queue.append((group, outcome))
-                continue
-            if ready == 0:
-                reset_peak_memory(engine.devices)  # the peak reported is that of the item's batch
-            encoded = encode_item(engine, outcome)
-            if encoded is OUT_OF_MEMORY:  # answer the queued items, freeing their features
-                flush()
-                ready = 0
-                reset_peak_memory(engine.devices)
-                encoded = encode_item(engine, outcome, retry=False)
-            queue.append((group, encoded))
-            if isinstance(encoded, str):
-                continue
-            ready += 1
-            if ready == options.batch_size:
-                flush()
-                ready = 0
-    flush()
     return summary
 
 
@@ -154,83 +121,3 @@ def video_groups(items: list[BatchItem]) -> list[list[BatchItem]]:
             order.append(groups[key])
         groups[key].append(item)
     return order
-
-
-def prepare_item(engine: Engine, item: BatchItem, sampling: SamplingOptions
-                 ) -> PreparedRequest | str:
-    """An item decoded and preprocessed, or its error (one line).
-
-    An unexpected failure (a decoder or processor bug on one odd file) is the item's error
-    too, named by its type, so that one file never stops the run or every later ``--resume``.
-    """
-    if item.error is not None:
-        return item.error
-    try:
-        return engine.prepare(_request(item), sampling)
-    except (InputError, VideoError, ValueError) as error:
-        return first_line(error)
-    except Exception as error:
-        return f"{type(error).__name__}: {first_line(error)}"
-
-
-OUT_OF_MEMORY = "out of memory"  # encode_item's answer when a retry may still succeed
-
-
-def encode_item(engine: Engine, prepared: PreparedRequest, retry: bool = True
-                ) -> EncodedRequest | str:
-    """A prepared item through the vision encoder, or its error (one line).
-
-    Running out of memory with ``retry`` gives ``OUT_OF_MEMORY``, so that the caller can free
-    memory (answer the items queued before it) and try once more. Any other failure, and
-    running out again, is the item's error and the run goes on: ending the run would stop every
-    ``--resume`` at the same item.
-    """
-    try:
-        return engine.encode_prepared(prepared)
-    except (InputError, VideoError, ValueError) as error:
-        return first_line(error)
-    except Exception as error:
-        failure = f"{type(error).__name__}: {first_line(error)}"
-        out_of_memory = is_out_of_memory(error)
-    if out_of_memory:  # outside the except block, so the failed call's tensors are freed
-        release_cached_memory()
-        if retry:
-            return OUT_OF_MEMORY
-    return failure
-
-
-@contextmanager
-def prepared_in_order(engine: Engine, groups: list[list[BatchItem]], sampling: SamplingOptions,
-                      prefetch: int
-                      ) -> Iterator[Iterator[tuple[list[BatchItem], PreparedRequest | str]]]:
-    """The groups in order, each with the ``prepare_item`` outcome of its first item (the
-    video and the processor's output are the same for every item of a group).
-
-    With ``prefetch`` > 0, up to that many groups after the one handed out are being prepared
-    on worker threads meanwhile; leaving the block (Ctrl-C included) cancels those not
-    started. The one or two decodes already running finish on their threads (the interpreter
-    joins them at exit, a few seconds at most). With 0, each is prepared here when asked for.
-    """
-    if prefetch == 0:
-        yield ((group, prepare_item(engine, group[0], sampling)) for group in groups)
-        return
-    pool = ThreadPoolExecutor(max_workers=min(prefetch, PREFETCH_WORKERS),
-                              thread_name_prefix="vidcom2-prefetch")
-    try:
-        yield _prefetched(pool, engine, groups, sampling, prefetch)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _prefetched(pool: ThreadPoolExecutor, engine: Engine, groups: list[list[BatchItem]],
-                sampling: SamplingOptions, prefetch: int
-                ) -> Iterator[tuple[list[BatchItem], PreparedRequest | str]]:
-    pending: deque[tuple[list[BatchItem], Future[PreparedRequest | str]]] = deque()
-    for group in groups:
-        pending.append((group, pool.submit(prepare_item, engine, group[0], sampling)))
-        if len(pending) > prefetch:
-            head, future = pending.popleft()
-            yield head, future.result()
-    while pending:
-        head, future = pending.popleft()
-        yield head, future.result()

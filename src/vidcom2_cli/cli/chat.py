@@ -64,9 +64,8 @@ from .runtime import (
 
 if TYPE_CHECKING:
     from ..engine import Engine
-    from ..models.base import PrefixCache
     from ..options import GenerationOptions
-    from ..work import VideoContext
+    from ..work import OpenVideos
 
 
 @app.command()
@@ -128,13 +127,12 @@ def chat(
                           json_output, quiet, several=True)
             return
         with stage_status(True):
-            context, prefix = engine.open(str(video), sampling, compression)
-        console.print_plain(chat_ready_line(context, prefix), to_stderr=True)
-        chat_loop(engine, context, prefix, generation)
+            opened = engine.open(str(video), sampling, compression)
+        console.print_plain(chat_ready_line(opened.contexts[0], opened.prefix), to_stderr=True)
+        chat_loop(engine, opened, generation)
 
 
-def chat_loop(engine: Engine, context: VideoContext, prefix: PrefixCache,
-              generation: GenerationOptions) -> None:
+def chat_loop(engine: Engine, opened: OpenVideos, generation: GenerationOptions) -> None:
     """Read questions with line editing and history until an empty line or Ctrl-D; Ctrl-C
     stops the answer being written, a second one at the prompt ends the chat."""
     import readline  # noqa: F401  (gives input() line editing and history)
@@ -155,9 +153,8 @@ def chat_loop(engine: Engine, context: VideoContext, prefix: PrefixCache,
         if not question.strip():
             return
         try:
-            request = Request(context.encoded.request.video, question)
-            answer = engine.ask_contexts([context], prefix, [(0, request)], generation,
-                                         on_text=write)[0]
+            request = Request(opened.contexts[0].encoded.request.video, question)
+            answer = engine.ask_open(opened, [(0, request)], generation, on_text=write)[0]
         except KeyboardInterrupt as interrupt:
             if isinstance(interrupt, Terminated):  # SIGTERM ends the chat
                 raise

@@ -34,8 +34,16 @@ and the published run scripts), its vision-side stage:
 Assumptions where the official code stops or breaks (each said in the spec's notes):
 - The official runs keep ceil(1.25 N R) tokens per unit before the language model and prune
   70% (Qwen3-VL: 90%) of the visual tokens at decoder layer 20 (Qwen3-VL: 28) by the last
-  prompt token's attention, so that the layer-averaged retention is R. That in-LLM stage is not
-  part of a token plan: the expansion defaults to 1, so the tokens sent are about R.
+  prompt token's attention, so that the layer-averaged retention is R. Here the expansion
+  defaults to 1 and the in-LLM stage is off (``llm_keep`` = 1), so the tokens sent are about R,
+  as for every other method; ``expansion=1.25`` with ``llm_keep=0.3`` (Qwen3-VL: also
+  ``llm_layer=28``, ``llm_keep=0.1``) runs the official setting.
+
+In-LLM stage (``LLMPrune``, run by the decoder loop of ``models.decoder_loop``), as the official
+``fastv_prune``: at the input of layer K (0-based) in the prefill, the attention of the last
+prompt token at layer K-1 (mean over heads) over the visual tokens; the top
+ceil(n ``llm_keep``) stay, unchanged, at their original positions; layers >= K see only them.
+Per batch row (the official code reads row 0's span); at least one token kept.
 - A one-unit segment's TSTM candidates are its non-ADTS tokens (the official code also feeds its
   ADTS tokens to the clustering, so one token can come out twice).
 - A token is never chosen twice by ADTS (the official ``attn_div_v2`` loop does not mask the
@@ -58,6 +66,7 @@ import torch.nn.functional as F
 
 from .density import dpc_scores
 from .fastvid import runs
+from .inllm import InLLMStage, PrefillStage, SpanReduction, VisualSpan
 from .method import MethodInput, MethodSpec, Selection
 from .plan import Merges
 
@@ -273,8 +282,38 @@ def _run(inp: MethodInput) -> Selection:
     return Selection(torch.cat(masks), Merges.concat(parts))
 
 
+def attention_prune(attention: torch.Tensor, keep: float) -> torch.Tensor:
+    """The in-LLM stage's choice on one sequence: ascending indices of the top ceil(n keep)
+    visual tokens (at least one) by the attention the last prompt token paid them."""
+    count = attention.shape[0]
+    kept = min(count, max(1, math.ceil(count * keep)))
+    return torch.topk(attention.float(), kept).indices.sort().values
+
+
+@dataclass(frozen=True)
+class LLMPrune(PrefillStage):
+    """FlashVID's in-LLM stage at layer ``layer``: the ``keep`` share of the visual tokens most
+    attended by the last prompt token stays, unchanged (FastV style)."""
+
+    keep: float
+
+    @property
+    def name(self) -> str:
+        return f"prune@{self.layer}"
+
+    def reduce(self, span: VisualSpan) -> SpanReduction:
+        kept = attention_prune(span.attention, self.keep)
+        return SpanReduction(kept, span.hidden[kept])
+
+
+def _stages(options: dict[str, float]) -> tuple[InLLMStage, ...]:
+    if options["llm_keep"] >= 1.0:
+        return ()
+    return (LLMPrune(int(options["llm_layer"]), options["llm_keep"]),)
+
+
 _LLAVA = {"c": 8.0, "tau": 0.9, "alpha": 0.7, "temporal": 0.8, "event": 1.0, "expansion": 1.0,
-          "K": 7.0}
+          "K": 7.0, "llm_layer": 20.0, "llm_keep": 1.0}
 
 FLASHVID = MethodSpec(
     name="flashvid",
@@ -294,21 +333,31 @@ FLASHVID = MethodSpec(
         "event": "1: ADTS also weighs tokens by event relevance (official on LLaVA), 0: by "
                  "attention only (official on Qwen)",
         "expansion": "budget factor before the language model (the official runs use 1.25 "
-                     "with an in-LLM pruning stage this tool does not run)",
+                     "with the in-LLM stage, llm_keep)",
         "K": "k-NN size of the DPC density, used as min(K, number of centres)",
+        "llm_layer": "decoder layer (0-based) at whose input the in-LLM stage prunes, reading "
+                     "the layer before's attention (official 20; Qwen3-VL 28)",
+        "llm_keep": "share of the visual tokens the in-LLM stage keeps by the last prompt "
+                    "token's attention (official 0.3, Qwen3-VL 0.1, with expansion=1.25; 1, "
+                    "the default, turns the stage off)",
     },
     option_bounds={"c": (1.0, math.inf), "tau": (-1.0, 1.0), "alpha": (0.0, 1.0),
-                   "temporal": (-1.0, 1.0), "expansion": (1e-3, math.inf), "K": (1.0, math.inf)},
+                   "temporal": (-1.0, 1.0), "expansion": (1e-3, math.inf), "K": (1.0, math.inf),
+                   "llm_layer": (1.0, math.inf), "llm_keep": (1e-3, 1.0)},
     option_choices={"event": (0.0, 1.0)},
     fca="VidCom2 FCA budgets as each frame's budget, split alpha : 1-alpha as FlashVID does",
-    notes="Vision-side stage only: the official runs keep ceil(1.25*N*R) tokens per frame and "
-          "prune 70% of them at LLM layer 20 (Qwen3-VL: 90% at layer 28) so that R is the "
-          "layer average; here expansion=1 and the tokens sent are about R (a little more: "
-          "budgets and cluster counts round up). Attention is the tower's attention received "
+    notes="The official runs keep ceil(1.25*N*R) tokens per frame and prune 70% of them at "
+          "LLM layer 20 (Qwen3-VL: 90% at layer 28) so that R is the layer average; by default "
+          "here expansion=1 and the in-LLM stage is off, so the tokens sent are about R (a "
+          "little more: budgets and cluster counts round up), as for every method; "
+          "expansion=1.25 with llm_keep=0.3 (Qwen3-VL: llm_layer=28, llm_keep=0.1) is the "
+          "official setting (refused on Qwen3.5, whose language model is not a full-attention "
+          "stack). Attention is the tower's attention received "
           "(the official signal on LLaVA-OV/Video, Qwen2.5-VL and Qwen3-VL; other families "
           "read their own feature layer the same way). A tree's token is its sum over "
           "1 + the root's direct children, as the official code computes it. Qwen3-VL's "
           "deepstack features are merged like the tokens (the official code gathers them "
           "unmerged). Fixes: a one-frame segment clusters only the tokens ADTS left; no token "
           "is chosen twice; fewer frames than c: one segment per frame; seeded DPC tie noise.",
+    llm_stages=_stages,
 )

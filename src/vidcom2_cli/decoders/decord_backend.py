@@ -19,7 +19,7 @@ import numpy as np
 from ..containers import Mp4
 from ..errors import VideoError, first_line
 from . import Decoded, display_aspect
-from .pyav_backend import Look
+from .pyav_look import Look
 
 # Decoder threads per reader: enough to speed up large frames, few enough that several
 # readers on a big machine do not oversubscribe it (decord's default, 0, lets FFmpeg pick

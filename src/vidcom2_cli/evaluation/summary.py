@@ -40,6 +40,8 @@ class _Tally:
         self.questions = self.errors = self.counted = self.correct = 0
         self.tokens = self.prefill_ms = self.seconds = self.kv_attended = 0.0
         self.answered = 0
+        # in-LLM stage name -> (sum of the visual tokens left after it, answers that ran it)
+        self.stages: dict[str, tuple[float, int]] = {}
 
     def add(self, record: dict[str, Any]) -> None:
         self.questions += 1
@@ -51,6 +53,9 @@ class _Tally:
         llm = record["tokens"].get("llm")
         self.kv_attended += (record["tokens"]["visual_kept"] if llm is None
                              else llm["visual_kv_attended"])
+        for stage in (llm or {}).get("stages", ()):
+            total, count = self.stages.get(stage["stage"], (0.0, 0))
+            self.stages[stage["stage"]] = (total + stage["visual"], count + 1)
         self.prefill_ms += record["timing_ms"]["prefill"]
         self.seconds += record["timing_ms"]["total"] / 1000.0
         if record.get("counted", True):
@@ -65,6 +70,11 @@ class _Tally:
 
     def mean(self, total: float) -> float | None:
         return total / self.answered if self.answered else None
+
+    def stage_means(self) -> dict[str, float]:
+        """Per in-LLM stage, the mean visual tokens left after it (a decode stage: the visual
+        KV entries a pruned step attends) over the answers that ran it."""
+        return {name: total / count for name, (total, count) in self.stages.items()}
 
 
 def summarize(records: Iterable[dict[str, Any]], task: str, order: list[str]) -> dict[str, Any]:
@@ -99,6 +109,7 @@ def summarize(records: Iterable[dict[str, Any]], task: str, order: list[str]) ->
                          "visual_tokens": tally.mean(tally.tokens),
                          # visual KV entries a decoding step attends per layer (in-LLM stages)
                          "visual_kv_attended": tally.mean(tally.kv_attended),
+                         "llm_stages": tally.stage_means(),
                          "prefill_ms": tally.mean(tally.prefill_ms),
                          "seconds_per_question": tally.mean(tally.seconds)})
     for row in rows:
@@ -146,10 +157,14 @@ def _number(value: float | None, digits: int = 1) -> str:
 
 
 EVAL_CAPTION = ("n = questions, err = errors (not scored), score = accuracy %, % full = "
-                "score as % of R=1's, tokens = mean visual tokens, prefill = mean prefill ms, "
-                "s/q = seconds per question end to end")
+                "score as % of R=1's, tokens = mean visual tokens sent, KV = mean visual KV "
+                "entries a decoding step attends per layer (below tokens only where an in-LLM "
+                "stage ran), prefill = mean prefill ms, s/q = seconds per question end to end")
+STAGES_CAPTION = ("in-LLM stages, all questions: mean visual tokens left after a prefill stage "
+                  "(merge@K, prune@K), or visual KV entries a pruned decoding step attends "
+                  "(kv-prune@L)")
 _COLUMNS = (("method", "left"), ("R", "right"), ("n", "right"), ("err", "right"),
-            ("score", "right"), ("% full", "right"), ("tokens", "right"),
+            ("score", "right"), ("% full", "right"), ("tokens", "right"), ("KV", "right"),
             ("prefill", "right"), ("s/q", "right"))
 
 
@@ -173,10 +188,17 @@ def render(summary: dict[str, Any]) -> Group:
                 table.add_row(*(Text(cell) for cell in cells[id(row)]))
         parts += [Text(subset, style="bold"), table]
     parts.append(Text(EVAL_CAPTION, style="dim"))
+    staged = [row for row in summary["rows"] if row["subset"] == ALL and row.get("llm_stages")]
+    if staged:
+        parts.append(Text(STAGES_CAPTION, style="dim"))
+        parts += [Text(f"  {row['method']} R={row['ratio']:g}: " + ", ".join(
+            f"{name} {value:,.0f}" for name, value in row["llm_stages"].items()))
+            for row in staged]
     return Group(*parts)
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
     return [row["method"], f"{row['ratio']:g}", str(row["questions"]), str(row["errors"]),
             _number(row["score"]), _number(row["of_full"]), _number(row["visual_tokens"], 0),
-            _number(row["prefill_ms"]), _number(row["seconds_per_question"], 2)]
+            _number(row.get("visual_kv_attended"), 0), _number(row["prefill_ms"]),
+            _number(row["seconds_per_question"], 2)]

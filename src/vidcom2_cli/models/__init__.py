@@ -1,7 +1,8 @@
 """Model adapters: run each supported video-LLM family with a KeepPlan applied from outside."""
 
 from ..catalog import DEFAULT_MODEL, SUPPORTED_MODEL_TYPES
-from .base import CompressedItem, EncodedVideo, GenerationResult, PreparedItem, VideoAdapter
+from .base import VideoAdapter
+from .items import CompressedItem, EncodedVideo, GenerationResult, PreparedItem
 from .loading import (
     LoadedModel,
     LoadOptions,

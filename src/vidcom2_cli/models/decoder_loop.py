@@ -20,10 +20,9 @@ prompt, as ``generate`` numbers them):
 - a decode stage at layer L gives layers >= L, at one step, a view of their cache gathered at
   the entries it keeps (the cache itself keeps everything), with the mask sized to the view.
 
-The attention a stage reads (the last query token's, mean over heads) is recorded by an
-attention function registered with transformers' ``AttentionInterface`` that calls the model's
-own implementation and also computes that one row as eager attention does (softmax in float32,
-cast to the query dtype); it is selected for the one layer that needs it.
+The attention a stage reads (the last query token's, mean over heads) is recorded by
+``attention_probe`` for the one layer that needs it; what a call keeps between layer groups
+and reports per answer lives in ``loop_state``.
 
 Supported: text models whose layers are all full attention (``layer_types``), with a ``norm``
 and a ``rotary_emb``: Qwen2 (LLaVA-OneVision, InternVL), Llama (LLaVA-NeXT-Video), Qwen2-VL,
@@ -35,11 +34,8 @@ to drop or skip) is refused.
 
 from __future__ import annotations
 
-import contextvars
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,11 +43,8 @@ from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..compression.inllm import DecodeStage, InLLMStage, PrefillStage, VisualSpan, check_stages
-
-_PROBE_PREFIX = "vidcom2_last_query:"
-_recording: contextvars.ContextVar[list[torch.Tensor] | None] = contextvars.ContextVar(
-    "vidcom2_last_query", default=None)
-
+from .attention_probe import recording_attention
+from .loop_state import LayerSequence, LoopCall, PendingLayers
 
 # --- support ---------------------------------------------------------------------------------
 
@@ -103,216 +96,7 @@ def _causal_mask(**arguments: Any) -> Any:
     return create_causal_mask(**arguments)
 
 
-# --- the attention probe ---------------------------------------------------------------------
-
-
-def _probe_name(model_implementation: str) -> str:
-    """The name of the recording attention function wrapping ``model_implementation``,
-    registered on first use."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
-
-    name = _PROBE_PREFIX + model_implementation
-    if name not in ALL_ATTENTION_FUNCTIONS:
-        AttentionInterface.register(name, _make_probe(model_implementation))
-    return name
-
-
-def _make_probe(model_implementation: str) -> Any:
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    def probe(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-              value: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any) -> Any:
-        if model_implementation == "eager":
-            # each modeling file defines its own (identical) eager function
-            base = sys.modules[type(module).__module__].eager_attention_forward
-        else:
-            base = ALL_ATTENTION_FUNCTIONS[model_implementation]
-        output = base(module, query, key, value, attention_mask, **kwargs)
-        sink = _recording.get()
-        if sink is not None:
-            sink.append(last_query_attention(query, key, attention_mask,
-                                             kwargs.get("scaling")))
-        return output
-    return probe
-
-
-def last_query_attention(query: torch.Tensor, key: torch.Tensor,
-                         attention_mask: torch.Tensor | None, scaling: float | None
-                         ) -> torch.Tensor:
-    """(B, K) attention of the last query over the keys, mean over heads, computed as eager
-    attention does: scores in the query dtype, the mask added, softmax in float32 cast back."""
-    heads, kv_heads = query.shape[1], key.shape[1]
-    keys = key.repeat_interleave(heads // kv_heads, dim=1) if heads != kv_heads else key
-    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query[:, :, -1:], keys.transpose(2, 3)) * scale  # (B, H, 1, K)
-    if attention_mask is not None:
-        if attention_mask.dim() == 2:  # flash attention's 2-D padding mask
-            row = attention_mask[:, None, None, :].bool()
-        else:
-            row = attention_mask[:, :, -1:, -keys.shape[2]:]
-        if row.dtype == torch.bool:
-            scores = scores.masked_fill(~row, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + row
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    return weights[:, :, 0].mean(dim=1)
-
-
-@contextmanager
-def _recording_attention(config: Any) -> Iterator[list[torch.Tensor]]:
-    """Within: the layers sharing ``config`` record their last query's attention."""
-    implementation = config._attn_implementation
-    sink: list[torch.Tensor] = []
-    token = _recording.set(sink)
-    config._attn_implementation = _probe_name(implementation)
-    try:
-        yield sink
-    finally:
-        config._attn_implementation = implementation
-        _recording.reset(token)
-
-
 # --- the loop --------------------------------------------------------------------------------
-
-
-@dataclass
-class _Sequence:
-    """What one group of layers holds of the prompt, per row (left-padded)."""
-
-    hidden: torch.Tensor | None  # (B, n, D), None once the group's layers have run
-    columns: torch.Tensor  # (B, n) int64 prompt columns (0 at padding)
-    valid: torch.Tensor  # (B, n) bool
-    rotary: tuple[torch.Tensor, ...] | None  # the rotary module's (cos, sin), (B, n, d) each
-    positions: torch.Tensor | None  # (B, n) positions the layers receive as position_ids
-
-    def select(self, index: torch.Tensor, valid: torch.Tensor) -> _Sequence:
-        """Rows gathered at ``index`` (B, m) (a left-padded index, ``valid`` where real)."""
-        def take(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            if tensor is None:
-                return None
-            expanded = index.reshape(*index.shape, *([1] * (tensor.dim() - 2)))
-            return tensor.gather(1, expanded.expand(*index.shape, *tensor.shape[2:]))
-        return _Sequence(hidden=take(self.hidden), columns=take(self.columns).masked_fill(
-                             ~valid, 0), valid=valid,
-                         rotary=None if self.rotary is None else tuple(
-                             take(part) for part in self.rotary),
-                         positions=take(self.positions))
-
-    @staticmethod
-    def cat(first: _Sequence, second: _Sequence) -> _Sequence:
-        def join(a: Any, b: Any) -> Any:
-            return None if a is None else torch.cat([a, b], dim=1)
-        return _Sequence(hidden=join(first.hidden, second.hidden),
-                         columns=join(first.columns, second.columns),
-                         valid=join(first.valid, second.valid),
-                         rotary=None if first.rotary is None else tuple(
-                             torch.cat([a, b], dim=1) for a, b in zip(first.rotary,
-                                                                      second.rotary,
-                                                                      strict=True)),
-                         positions=join(first.positions, second.positions))
-
-    def rows(self, index: torch.Tensor) -> _Sequence:
-        """The sequence for batch rows ``index`` (a prefix reused by several questions)."""
-        def pick(tensor: Any) -> Any:
-            return None if tensor is None else tensor.index_select(0, index.to(tensor.device))
-        return _Sequence(pick(self.hidden), pick(self.columns), pick(self.valid),
-                         None if self.rotary is None else tuple(pick(t) for t in self.rotary),
-                         pick(self.positions))
-
-
-@dataclass
-class PendingLayers:
-    """A prompt prefix that ran through the layers before the first prefill stage only: what
-    enters that stage's layer, kept until the question (whose last token the stage reads)
-    arrives. Layers from there on have nothing cached for the prefix yet."""
-
-    sequence: _Sequence
-    layer: int
-
-    def rows(self, index: torch.Tensor) -> PendingLayers:
-        return PendingLayers(self.sequence.rows(index), self.layer)
-
-
-@dataclass(frozen=True)
-class StageTokens:
-    """One stage's effect on one answer's visual tokens."""
-
-    stage: str
-    layer: int
-    visual: float  # tokens left after a prefill stage / mean entries kept on pruned steps
-    steps: int | None = None  # decode stage: decoding steps
-    pruned_steps: int | None = None  # decode stage: steps that attended a subset
-
-
-@dataclass(frozen=True)
-class LLMTokens:
-    """What the language model held of one answer's visual tokens."""
-
-    stages: tuple[StageTokens, ...]
-    visual_kv_cached: float  # visual KV entries per layer once the answer is done (mean)
-    visual_kv_attended: float  # visual KV entries a decoding step attends (mean, layers x steps)
-
-
-@dataclass
-class _RowCounts:
-    prefill: dict[int, int] = field(default_factory=dict)  # stage layer -> visual kept
-    attended: list[float] = field(default_factory=list)  # per step, mean over the layers
-    kept: list[int | None] = field(default_factory=list)  # per step: decode stage's, or None
-
-
-@dataclass
-class LoopCall:
-    """One call's stages and prompt layout: ``visual`` (B, W) True at the collated prompt's
-    visual columns. ``stop_before``: run only the layers before it (a prefix prefill; what
-    enters it is kept as ``pending``). ``pending``: such a prefix, continued by this call."""
-
-    stages: tuple[InLLMStage, ...]
-    visual: torch.Tensor
-    stop_before: int | None = None
-    pending: PendingLayers | None = None
-    groups: list[tuple[int, _Sequence]] = field(default_factory=list)
-    previous: list[torch.Tensor | None] = field(default_factory=list)
-    counts: list[_RowCounts] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        rows = self.visual.shape[0]
-        self.previous = [None] * rows
-        self.counts = [_RowCounts() for _ in range(rows)]
-
-    @property
-    def width(self) -> int:
-        return self.visual.shape[1]
-
-    def report(self, layers: int, generated: list[int]) -> list[LLMTokens]:
-        """Per row: visual tokens after each stage and the decoding KV sizes, over the
-        decoding steps that fed the row's ``generated`` tokens (a row that stopped early
-        rides along the batch's later steps; those do not count)."""
-        reports = []
-        for row, counts in enumerate(self.counts):
-            steps = min(generated[row], len(counts.attended))
-            kept = [count for count in counts.kept[:steps] if count is not None]
-            stages = []
-            for stage in self.stages:
-                if isinstance(stage, PrefillStage) and stage.layer in counts.prefill:
-                    stages.append(StageTokens(stage.name, stage.layer,
-                                              float(counts.prefill[stage.layer])))
-                elif isinstance(stage, DecodeStage):
-                    mean = (sum(kept) / len(kept) if kept
-                            else float(self._visual_in_group(row, stage.layer)))
-                    stages.append(StageTokens(stage.name, stage.layer, mean, steps, len(kept)))
-            cached = self._visual_per_layer(row, layers)
-            attended = sum(counts.attended[:steps]) / steps if steps else cached
-            reports.append(LLMTokens(tuple(stages), cached, attended))
-        return reports
-
-    def _visual_in_group(self, row: int, layer: int) -> int:
-        sequence = max(((s, q) for s, q in self.groups if s <= layer),
-                       key=lambda pair: pair[0])[1]
-        visual = self.visual[row].to(sequence.columns.device)
-        return int((sequence.valid[row] & visual[sequence.columns[row]]).sum())
-
-    def _visual_per_layer(self, row: int, layers: int) -> float:
-        return sum(self._visual_in_group(row, layer) for layer in range(layers)) / layers
 
 
 class _GatheredView:
@@ -379,9 +163,9 @@ class DecoderLoop(torch.nn.Module):
                    if attention_mask is None else attention_mask.bool())
         if past + length <= self.call.width:
             everything = torch.arange(past + length, device=hidden.device).expand(rows, -1)
-            self.call.groups = [(0, _Sequence(None, everything, padding, None, None))]
+            self.call.groups = [(0, LayerSequence(None, everything, padding, None, None))]
             columns = torch.arange(past, past + length, device=hidden.device).expand(rows, -1)
-            sequence = _Sequence(hidden, columns, padding[:, past:], rotary,
+            sequence = LayerSequence(hidden, columns, padding[:, past:], rotary,
                                  None if positions is None else positions.expand(rows, -1))
             hidden = self._prompt(sequence, mask, cache, padding, kwargs)
         else:
@@ -418,13 +202,13 @@ class DecoderLoop(torch.nn.Module):
         return hidden
 
     def _run_recording(self, index: int, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        with _recording_attention(self.text.config) as sink:
+        with recording_attention(self.text.config) as sink:
             hidden = self._run(index, *args)
         return hidden, sink[-1]
 
     # --- the prompt ------------------------------------------------------------------------
 
-    def _prompt(self, sequence: _Sequence, mask: Any, cache: Any, padding: torch.Tensor,
+    def _prompt(self, sequence: LayerSequence, mask: Any, cache: Any, padding: torch.Tensor,
                 kwargs: dict[str, Any]) -> torch.Tensor:
         call = self.call
         stages = {stage.layer: stage for stage in call.stages if isinstance(stage, PrefillStage)}
@@ -438,7 +222,7 @@ class DecoderLoop(torch.nn.Module):
         for index in range(len(self.text.layers)):
             if index in stages and call.stop_before != index:
                 if call.pending is not None and index == call.pending.layer:
-                    sequence = _Sequence.cat(call.pending.sequence, _replace_hidden(sequence,
+                    sequence = LayerSequence.cat(call.pending.sequence, _replace_hidden(sequence,
                                                                                     hidden))
                     call.pending = None
                 else:
@@ -448,7 +232,7 @@ class DecoderLoop(torch.nn.Module):
                 mask = _causal_mask(config=self.text.config, inputs_embeds=hidden,
                                     attention_mask=sequence.valid, cache=cache,
                                     position_ids=sequence.positions, layer_idx=index)
-                call.groups.append((index, _Sequence(None, sequence.columns, sequence.valid,
+                call.groups.append((index, LayerSequence(None, sequence.columns, sequence.valid,
                                                      None, None)))
             if call.stop_before == index:
                 call.pending = PendingLayers(_replace_hidden(sequence, hidden), index)
@@ -461,8 +245,8 @@ class DecoderLoop(torch.nn.Module):
                 hidden = self._run(index, *args)
         return hidden
 
-    def _reduce(self, stage: PrefillStage, sequence: _Sequence, attention: torch.Tensor
-                ) -> _Sequence:
+    def _reduce(self, stage: PrefillStage, sequence: LayerSequence, attention: torch.Tensor
+                ) -> LayerSequence:
         """Each row's visual tokens through ``stage``; the rows re-left-padded."""
         call = self.call
         visual = call.visual.to(sequence.columns.device)
@@ -508,6 +292,8 @@ class DecoderLoop(torch.nn.Module):
                 position_ids=positions, layer_idx=start)
         decode = next((stage for stage in call.stages if isinstance(stage, DecodeStage)), None)
         starts = sorted(group_masks)
+        # each group's visual entries per row, counted once per step (one copy to the host)
+        group_visual = {start: self._group_visual(start) for start in starts}
         attended = torch.zeros(hidden.shape[0], dtype=torch.float64)
         layers = len(text.layers)
         view, view_mask, view_visual = None, None, None
@@ -523,7 +309,7 @@ class DecoderLoop(torch.nn.Module):
                 layer_mask, layer_cache = view_mask, view
                 attended += view_visual
             else:
-                attended += self._group_visual(group)
+                attended += group_visual[group]
             args = (hidden, layer_mask, rotary, positions, layer_cache, layer_kwargs)
             if decode is not None and index + 1 == decode.layer:
                 hidden, attention = self._run_recording(index, *args)
@@ -534,7 +320,7 @@ class DecoderLoop(torch.nn.Module):
             counts.kept.append(kept[row])
         return hidden
 
-    def _group(self, start: int) -> _Sequence:
+    def _group(self, start: int) -> LayerSequence:
         return dict(self.call.groups)[start]
 
     def _group_visual(self, start: int) -> torch.Tensor:
@@ -588,8 +374,8 @@ class DecoderLoop(torch.nn.Module):
         return view, mask, counts, kept
 
 
-def _replace_hidden(sequence: _Sequence, hidden: torch.Tensor) -> _Sequence:
-    return _Sequence(hidden, sequence.columns, sequence.valid, sequence.rotary,
+def _replace_hidden(sequence: LayerSequence, hidden: torch.Tensor) -> LayerSequence:
+    return LayerSequence(hidden, sequence.columns, sequence.valid, sequence.rotary,
                      sequence.positions)
 
 

@@ -14,7 +14,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..compression import KeepPlan
-from .base import EncodedVideo, PreparedItem
+from .items import EncodedVideo, PreparedItem
 from .llava_onevision import LlavaOnevisionAdapter
 from .vision_signals import grid_tokens, square_grids
 

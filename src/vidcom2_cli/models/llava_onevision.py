@@ -15,7 +15,8 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..compression import KeepPlan
-from .base import DensePositionsAdapter, EncodedVideo, PreparedItem
+from .base import DensePositionsAdapter
+from .items import EncodedVideo, PreparedItem
 from .vision_signals import SignalLayer, feature_layer, grid_tokens, square_grids
 
 

@@ -19,7 +19,8 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..compression import KeepPlan
-from .base import EncodedVideo, PreparedItem, VideoAdapter
+from .base import VideoAdapter
+from .items import EncodedVideo, PreparedItem
 from .sizing import DEFAULT_PIXEL_BOUNDS, PixelBounds, within_aspect
 from .vision_signals import SignalLayer
 

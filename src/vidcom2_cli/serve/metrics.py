@@ -19,7 +19,7 @@ disable_created_metrics()  # no *_created series beside each counter: they only 
 # Seconds: a few ms (a cached prefix on a GPU) up to minutes (a long video on a CPU).
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     120.0, 300.0)
-# The stages an answer reports (engine.STAGES) and the server's own.
+# The stages an answer reports (answer_figures.STAGES) and the server's own.
 STAGES = ("queue", "feature_cache", "video_decode", "preprocess", "vision", "compress",
           "prefill", "decode", "total")
 CONTENT_TYPE = CONTENT_TYPE_LATEST

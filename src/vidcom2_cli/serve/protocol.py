@@ -86,7 +86,7 @@ def from_input_error(error: Exception, video_path: str | None = None,
     if message.startswith("question:"):
         message, param = "messages" + message[len("question"):], "messages"
     code = None
-    if "context is" in message and "tokens" in message:  # engine.check_context's refusal
+    if "context is" in message and "tokens" in message:  # Engine._check_context's refusal
         param, code = "max_tokens", "context_length_exceeded"
         if video_param and message.startswith(video_param + ": "):
             message = message[len(video_param) + 2:]

@@ -31,21 +31,20 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
-from ..engine import Engine, sampling_key
+from ..encoding import sampling_key
+from ..engine import Engine
 from ..errors import InputError, VideoError, first_line
 from ..feature_cache import file_digest
-from ..models.base import PrefixCache
 from ..models.conversation import head_key
 from ..options import GenerationOptions
 from ..timing import is_out_of_memory, release_cached_memory, reset_peak_memory
 from ..work import Answer, PreparedRequest, Request, VideoContext
 from .media import LocalVideo
 from .metrics import ServerMetrics
+from .prefix_cache import PrefixEntry, PrefixLRU, held_bytes
 from .protocol import APIError, ChatRequest, from_input_error
 
 log = logging.getLogger("vidcom2.serve")
@@ -90,92 +89,6 @@ class Job:
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(error)
-
-
-@dataclass
-class PrefixEntry:
-    """Videos compressed and prefilled together: one prefix cache, one row per video."""
-
-    contexts: list[VideoContext]
-    prefix: PrefixCache
-    keys: list[str]
-    nbytes: int
-
-
-class PrefixLRU:
-    """Prefilled prefixes by context key, bounded in bytes; the least recently used entry
-    leaves first (an entry holds the videos prefilled together, and leaves as one)."""
-
-    def __init__(self, max_bytes: int, metrics: ServerMetrics) -> None:
-        self.max_bytes = max_bytes
-        self.metrics = metrics
-        self.entries: OrderedDict[int, PrefixEntry] = OrderedDict()
-        self.index: dict[str, tuple[PrefixEntry, int]] = {}
-        self.nbytes = 0
-        self.lock = threading.Lock()
-
-    def __contains__(self, key: str) -> bool:
-        with self.lock:
-            return key in self.index
-
-    def get(self, key: str) -> tuple[PrefixEntry, int] | None:
-        with self.lock:
-            found = self.index.get(key)
-            if found is not None:
-                self.entries.move_to_end(id(found[0]))
-            return found
-
-    def put(self, entry: PrefixEntry) -> bool:
-        """Keep ``entry`` (False when it alone is larger than the cache)."""
-        if entry.nbytes > self.max_bytes:
-            return False
-        with self.lock:
-            while self.entries and self.nbytes + entry.nbytes > self.max_bytes:
-                _, old = self.entries.popitem(last=False)
-                self.nbytes -= old.nbytes
-                for key in old.keys:
-                    if self.index.get(key, (None,))[0] is old:
-                        del self.index[key]
-            self.entries[id(entry)] = entry
-            self.nbytes += entry.nbytes
-            for row, key in enumerate(entry.keys):
-                self.index[key] = (entry, row)
-            self.metrics.prefix_cache_bytes.set(self.nbytes)
-            self.metrics.prefix_cache_entries.set(len(self.index))
-        return True
-
-
-def held_bytes(*objects: Any) -> int:
-    """Bytes of the tensors and arrays reachable from ``objects`` through this package's and
-    transformers' cache objects, dataclasses, lists and dicts (each storage counted once)."""
-    seen_storage: set[tuple[int, str]] = set()
-    seen: set[int] = set()
-    total = 0
-    stack = list(objects)
-    while stack:
-        value = stack.pop()
-        if isinstance(value, torch.Tensor):
-            storage = value.untyped_storage()
-            ident = (storage.data_ptr(), str(value.device))
-            if ident not in seen_storage:
-                seen_storage.add(ident)
-                total += storage.nbytes()
-        elif isinstance(value, np.ndarray):
-            total += value.nbytes
-        elif id(value) in seen or isinstance(value, str | bytes | int | float | bool):
-            continue
-        elif isinstance(value, dict):
-            seen.add(id(value))
-            stack.extend(value.values())
-        elif isinstance(value, list | tuple):
-            seen.add(id(value))
-            stack.extend(value)
-        elif type(value).__module__.startswith(("vidcom2_cli", "transformers.cache_utils",
-                                                 "transformers.modeling_outputs")) or (
-                dataclasses.is_dataclass(value)):
-            seen.add(id(value))
-            stack.extend(vars(value).values() if hasattr(value, "__dict__") else [])
-    return total
 
 
 class Scheduler:
@@ -382,10 +295,9 @@ class Scheduler:
         first = group[0]
         try:
             prepared = first.prepared or self._prepare_now(first)
-            encoded = self.engine.encode_prepared(prepared)
-            if encoded.feature_cache != "hit":
+            context = self.engine.video_context(prepared, first.request.compression)
+            if context.encoded.feature_cache != "hit":
                 self.metrics.encoder_runs.inc()
-            context = self.engine.context(encoded, first.request.compression)
         except APIError as error:
             return self._fail_all(group, error)
         except (InputError, VideoError) as error:
@@ -402,14 +314,13 @@ class Scheduler:
 
     def _prefill(self, fresh: list[tuple[str, VideoContext]],
                  groups: dict[str, list[Job]]) -> PrefixEntry | None:
-        contexts = [context for _, context in fresh]
         try:
-            prefix = self.engine.prefill(contexts)
+            opened = self.engine.open_contexts([context for _, context in fresh])
         except Exception as error:
             failure, out_of_memory = engine_failure(error), is_out_of_memory(error)
         else:
-            return PrefixEntry(contexts, prefix, [key for key, _ in fresh],
-                               held_bytes(contexts, prefix))
+            return PrefixEntry(opened, [key for key, _ in fresh],
+                               held_bytes(opened.contexts, opened.prefix))
         if out_of_memory:  # outside the except block: the failed call's frames are gone
             release_cached_memory()
         for key, _ in fresh:
@@ -423,8 +334,8 @@ class Scheduler:
         requests = [(row, Request(str(job.video.path), job.request.question))
                     for row, job, _ in asked]
         try:
-            answers = self.engine.ask_contexts(
-                entry.contexts, entry.prefix, requests, generation,
+            answers = self.engine.ask_open(
+                entry.opened, requests, generation,
                 on_text=[job.text if job.request.stream else None for _, job, _ in asked],
                 stop=[job.should_stop for _, job, _ in asked])
         except Exception as error:

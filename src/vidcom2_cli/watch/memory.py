@@ -35,7 +35,7 @@ from ..compression import llm_stages, select
 from ..compression.vidcom2 import keep_lowest, similarity, vidcom2_scores
 from ..engine import OPENING_QUESTION, Engine
 from ..errors import InputError
-from ..models.base import CompressedItem, PrefixCache, QuestionError
+from ..models.items import CompressedItem, PrefixCache, QuestionError
 from ..models.sizing import PixelBounds
 from ..options import CompressionOptions, GenerationOptions, check_generation
 from ..timing import StageTimer
