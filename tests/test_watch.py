@@ -153,7 +153,8 @@ def one_shot_tokens(engine: Engine, video: np.ndarray, ratio: float) -> list[int
     encoded = adapter.encode(item)
     plan = select(encoded.features, ratio, "vidcom2", grid=encoded.grid,
                   profile=adapter.compression_profile)
-    result = engine.generate([adapter.compress(item, encoded, plan)], GENERATION)
+    result = adapter.generate([adapter.compress(item, encoded, plan)],
+                              max_new_tokens=GENERATION.max_new_tokens)
     return result.token_ids[0]
 
 

@@ -386,7 +386,12 @@ class StreamMemory:
                 cache = self.adapter.extend_cache(
                     held, 0, [chunk.output for chunk in self.chunks], None)
             prefix = PrefixCache(cache=cache, lengths=[held.length], prefill_ms=0.0)
-            result = self.engine.generate([item], generation, prefix=prefix, on_text=on_text)
+            if generation.do_sample:
+                torch.manual_seed(generation.seed)
+            result = self.adapter.generate(
+                [item], max_new_tokens=generation.max_new_tokens,
+                min_new_tokens=generation.min_new_tokens, do_sample=generation.do_sample,
+                prefix=prefix, on_text=on_text, **generation.sampling_kwargs())
             start_s, end_s = self.time_range()
             return StreamAnswer(
                 question=question, answer=result.texts[0], start_s=start_s, end_s=end_s,
