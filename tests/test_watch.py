@@ -35,12 +35,24 @@ def times(chunk: int, count: int = FRAMES_PER_CHUNK) -> list[float]:
     return [float(chunk * count + i) for i in range(count)]
 
 
+@pytest.fixture(scope="module")
+def engine_of(tiny_checkpoints):
+    """family -> its tiny checkpoint's engine, loaded once per module."""
+    loaded: dict[str, Engine] = {}
+
+    def engine(family: str) -> Engine:
+        if family not in loaded:
+            # fp32: the incremental cache must give the one-shot prefill's greedy tokens
+            loaded[family] = Engine.load(str(tiny_checkpoints(family)), LoadOptions(
+                device="cpu", dtype="float32", attention="sdpa"))
+        return loaded[family]
+
+    return engine
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
-def family_engine(request, tiny_checkpoints) -> tuple[str, Engine]:
-    # fp32: the incremental cache must give the one-shot prefill's greedy tokens
-    return request.param, Engine.load(str(tiny_checkpoints(request.param)),
-                                      LoadOptions(device="cpu", dtype="float32",
-                                                  attention="sdpa"))
+def family_engine(request, engine_of) -> tuple[str, Engine]:
+    return request.param, engine_of(request.param)
 
 
 @pytest.fixture
@@ -214,21 +226,18 @@ def test_a_budget_below_one_chunk_is_refused(family_engine):
         memory.add(frames(0), times(0))
 
 
-def test_a_method_working_inside_the_language_model_is_refused(family_engine):
-    family, engine = family_engine
-    if family != "llava_onevision":
-        pytest.skip("DyCoke's in-LLM stage is checked on LLaVA-OneVision")
+def test_a_method_working_inside_the_language_model_is_refused(engine_of):
+    engine = engine_of("llava_onevision")  # where DyCoke's in-LLM stage runs
     with pytest.raises(InputError, match="--method dycoke"):
         StreamMemory(engine, CompressionOptions(ratio=0.5, method="dycoke"), fps=1.0)
 
 
-def test_stream_positions_are_the_models_own_for_consecutive_videos(family_engine):
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_stream_positions_are_the_models_own_for_consecutive_videos(family, engine_of):
     """Qwen2-VL, Qwen3-VL (timestamps between frames): the held stream's M-RoPE positions
     (uncompressed) are what the model's ``get_rope_index`` gives a prompt holding the chunks
     as consecutive videos."""
-    family, engine = family_engine
-    if not family.startswith("qwen"):
-        pytest.skip("M-RoPE positions: the Qwen family")
+    engine = engine_of(family)
     adapter = engine.adapter
     memory = StreamMemory(engine, CompressionOptions(ratio=1.0), fps=1.0)
     items = []
