@@ -53,6 +53,7 @@ from .options import (
 if TYPE_CHECKING:
     from ..serve.app import ServerSettings
     from ..serve.protocol import ServeDefaults
+    from ..serve.streams import Streams
 
 from .runtime import (
     answer_options,
@@ -128,6 +129,20 @@ def serve(
     gpus_per_replica: Annotated[float | None, typer.Option(
         help="With --ray: GPUs per replica (default 1 where the cluster has GPUs, else 0).",
         show_default=False)] = None,
+    watch: Annotated[list[str] | None, typer.Option(
+        "--watch", metavar="NAME=SOURCE", help="Watch a live source (as `vidcom2 watch` "
+        "does) from start; requests ask about it with the video URL stream://NAME. "
+        "Repeatable.", show_default=False)] = None,
+    watch_fps: Annotated[float, typer.Option(help="With --watch: frames sampled per second "
+                                             "of a stream.")] = 1.0,
+    watch_chunk: Annotated[float, typer.Option(help="With --watch: seconds of stream encoded "
+                                               "and compressed together.")] = 4.0,
+    memory_tokens: Annotated[int, typer.Option(
+        help="With --watch: most tokens a stream may hold in the model's cache (0: no "
+        "bound).")] = 4096,
+    forget: Annotated[str, typer.Option(
+        help="With --watch: when a stream's memory is full, compress (older chunks keep "
+        "fewer tokens) or oldest (drop the oldest chunks).")] = "compress",
     debug: DebugOption = False,
 ) -> None:
     """Serve the model over HTTP: OpenAI's chat completions API with video_url parts.
@@ -144,6 +159,8 @@ def serve(
                                      batch_wait_ms, prefix_cache_mb, request_timeout,
                                      max_media_mb, download_timeout)
         method_settings = parse_method_options(method_option)
+        streams = _check_watch(watch or [], watch_fps, watch_chunk, memory_tokens, forget,
+                               ray_address)
         preflight(model, [method])
         from ..options import check_options, check_sampling
         from ..serve.app import build_app
@@ -172,10 +189,17 @@ def serve(
             return
         if (replicas, max_replicas, gpus_per_replica) != (1, None, None):
             raise OptionError("--replicas/--max-replicas/--gpus-per-replica: only with --ray")
+        if streams is not None:
+            from ..decoders import library_logs
+
+            library_logs(show=debug)
+            streams.open_sources()  # a source that cannot be opened fails before the load
         engine = load_engine(model, device, dtype, attn, device_map,
                              feature_cache=feature_cache)
         engine.accept(defaults.compression)
-        engine.pixel_bounds(defaults.sampling)
+        bounds = engine.pixel_bounds(defaults.sampling)
+        if streams is not None:
+            streams.attach(engine, defaults.compression, bounds)
         settings = _settings(model, served_model_name, defaults, root, allow_remote_media,
                              max_media_mb, download_timeout, api_key, request_timeout,
                              max_batch, max_queue, batch_wait_ms, prefix_cache_mb)
@@ -184,12 +208,14 @@ def serve(
         url = url_of(sock, host)
 
         def ready() -> None:
+            watched = [] if streams is None else [
+                f"watching {stream} as stream://{stream}" for stream, _ in streams.specs]
             for line in (f"serving {name}", f"at {url}/v1 (OpenAI API), media root {root}",
-                         "Ctrl-C or SIGTERM stops it after the requests in flight"):
+                         *watched, "Ctrl-C or SIGTERM stops it after the requests in flight"):
                 console.stderr.print(line, markup=False, highlight=False, soft_wrap=True)
 
         try:
-            serve_forever(build_app(engine, settings), sock, request_timeout, ready)
+            serve_forever(build_app(engine, settings, streams), sock, request_timeout, ready)
         except KeyboardInterrupt:  # uvicorn re-raises the signal once it has drained
             console.stderr.print("server stopped", highlight=False)
 
@@ -249,6 +275,31 @@ def _serve_on_ray(address: str, replicas: int, max_replicas: int | None,
 
 def _stop(signum: int, frame: object) -> None:
     raise Terminated
+
+
+def _check_watch(values: list[str], fps: float, chunk: float, memory_tokens: int, forget: str,
+                 ray_address: str | None) -> Streams | None:
+    """``--watch`` and its options, before anything heavy: the streams to watch, or None."""
+    from ..serve.streams import Streams, WatchSettings, parse_watch
+    from ..watch.forget import FORGET_MODES
+
+    if not fps > 0 or fps == float("inf"):
+        raise OptionError(f"--watch-fps: must be above 0, got {fps:g}")
+    if not chunk > 0 or chunk == float("inf"):
+        raise OptionError(f"--watch-chunk: must be above 0, got {chunk:g}")
+    if memory_tokens < 0:
+        raise OptionError(f"--memory-tokens: must be 0 (no bound) or more, got {memory_tokens}")
+    if forget not in FORGET_MODES:
+        raise OptionError(f"--forget: must be one of {', '.join(FORGET_MODES)}, got {forget!r}")
+    if not values:
+        return None
+    if ray_address is not None:
+        raise OptionError("--watch: not with --ray (each replica would watch its own copy)")
+    try:
+        specs = parse_watch(values)
+    except ValueError as error:
+        raise OptionError(str(error)) from None
+    return Streams(specs, WatchSettings(fps, chunk, memory_tokens, forget))
 
 
 def _check_server_options(host: str, port: int, api_key: str | None, media_root: Path | None,

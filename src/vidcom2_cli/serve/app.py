@@ -33,6 +33,7 @@ from .media import LocalVideo, MediaRules, TemporaryFiles, resolve_video
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import APIError, ChatRequest, ServeDefaults
 from .scheduler import Cancelled, JobResult, Scheduler, timed_out
+from .streams import Streams, stream_name
 
 log = logging.getLogger("vidcom2.serve")
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]],
@@ -65,22 +66,32 @@ class Server:
     metrics: ServerMetrics
     scheduler: Scheduler
     files: TemporaryFiles
+    streams: Streams | None = None
 
 
-def build_app(engine: Engine, settings: ServerSettings) -> RequestLog:
-    """The server's ASGI app (its lifespan starts and stops the engine thread)."""
+
+
+def build_app(engine: Engine, settings: ServerSettings, streams: Streams | None = None
+              ) -> RequestLog:
+    """The server's ASGI app (its lifespan starts and stops the engine thread, and the
+    chunkers of ``streams``, attached to ``engine``)."""
     metrics = ServerMetrics()
     scheduler = Scheduler(engine, metrics, settings.max_batch, settings.max_queue,
                           settings.batch_wait_s, settings.prefix_cache_bytes,
-                          settings.prepare_workers)
-    server = Server(engine, settings, metrics, scheduler, TemporaryFiles())
+                          settings.prepare_workers,
+                          None if streams is None else streams.engine_lock)
+    server = Server(engine, settings, metrics, scheduler, TemporaryFiles(), streams)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         scheduler.start()
+        if streams is not None:
+            streams.start()
         try:
             yield
         finally:  # uvicorn has finished the requests in flight (SIGTERM drains)
+            if streams is not None:
+                await run_in_threadpool(streams.stop)
             await run_in_threadpool(scheduler.stop)
             server.files.clear()
 
@@ -111,11 +122,17 @@ def build_app(engine: Engine, settings: ServerSettings) -> RequestLog:
     async def metrics_text(request: Request) -> Response:
         return Response(metrics.text(), media_type=CONTENT_TYPE)
 
+    async def stream_list(request: Request) -> Response:
+        held = [] if streams is None else [stream.state()
+                                           for stream in streams.streams.values()]
+        return JSONResponse({"object": "list", "data": held})
+
     routes = [Route("/v1/chat/completions", chat, methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
               Route("/v1/models/{name:path}", model, methods=["GET"]),
               Route("/health", health, methods=["GET"]),
-              Route("/metrics", metrics_text, methods=["GET"])]
+              Route("/metrics", metrics_text, methods=["GET"]),
+              Route("/v1/streams", stream_list, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         APIError: api_error, HTTPException: http_error, Cancelled: cancelled})
     logged = RequestLog(Authorization(app, settings.api_key), metrics)
@@ -138,6 +155,9 @@ async def chat_completions(server: Server, request: Request) -> Response:
         engine.accept(chat.compression)  # the vision signals its method reads
     except InputError as error:
         raise protocol.from_input_error(error) from None
+    name = stream_name(chat.video_url)
+    if name is not None:
+        return await _stream_answer(server, request, chat, name)
     deadline = time.monotonic() + settings.request_timeout_s
     video = await run_in_threadpool(resolve_video, chat.video_url, chat.video_param,
                                     settings.media, server.files)
@@ -156,6 +176,24 @@ async def chat_completions(server: Server, request: Request) -> Response:
                                     chat.generation.max_new_tokens)
     return JSONResponse(protocol.completion(protocol.completion_id(), protocol.now(),
                                             chat.model, result.answer.answer, reason, fields))
+
+
+async def _stream_answer(server: Server, request: Request, chat: ChatRequest, name: str
+                         ) -> Response:
+    """A question about what a watched stream holds now (``stream://NAME``)."""
+    if server.streams is None:
+        raise APIError(404, f"{chat.video_param}: no stream {name!r} is watched here (this "
+                       "server watches none)", chat.video_param, "stream_not_found")
+    stream = server.streams.get(name, chat.video_param)
+    protocol.check_stream_request(chat, server.settings.defaults)
+    answer, fields = await run_in_threadpool(server.streams.ask, stream,
+                                             str(chat.question), chat.generation)
+    request.scope.setdefault("state", {})["vidcom2"] = {
+        "prompt": answer.prompt_tokens, "completion": answer.generated, "batch": 1,
+        "prefix": "stream"}
+    reason = protocol.finish_reason(answer.generated, chat.generation.max_new_tokens)
+    return JSONResponse(protocol.completion(protocol.completion_id(), protocol.now(),
+                                            chat.model, answer.answer, reason, fields))
 
 
 async def _wait(job: Any, request: Request, deadline: float) -> JobResult:

@@ -424,3 +424,23 @@ def usage_chunk(ident: str, created: int, model: str, tokens: dict[str, Any]) ->
 
 def now() -> int:
     return int(time.time())
+
+
+def check_stream_request(chat: ChatRequest, defaults: ServeDefaults) -> None:
+    """What a question about a watched stream (``stream://NAME``) cannot ask: the stream was
+    sampled and compressed as the server started it, it is answered whole (no server-sent
+    events), and its question is one user message (the stream's cache holds no other turns)."""
+    if chat.stream:
+        raise bad_request("stream", "a stream:// video is answered whole; send stream: false")
+    if chat.sampling != defaults.sampling:
+        raise bad_request(EXTRA_FIELD, "frames, fps and pixel bounds do not apply to a "
+                          "stream:// video (the server samples it with --watch-fps)")
+    asked, held = chat.compression, defaults.compression
+    if (asked.ratio, asked.method, asked.method_options) != (held.ratio, held.method,
+                                                             held.method_options):
+        raise bad_request(EXTRA_FIELD, "a stream:// video is compressed as the server "
+                          "started it (--ratio, --method); leave ratio and method out")
+    question = chat.question
+    if question.before or question.after:
+        raise bad_request("messages", "a question about a stream:// video is one user "
+                          "message (the video part and the question's text)")

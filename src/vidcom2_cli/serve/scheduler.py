@@ -96,8 +96,11 @@ class Scheduler:
 
     def __init__(self, engine: Engine, metrics: ServerMetrics, max_batch: int = 8,
                  max_queue: int = 64, batch_wait_s: float = 0.005,
-                 prefix_cache_bytes: int = 1 << 30, prepare_workers: int = 2) -> None:
+                 prefix_cache_bytes: int = 1 << 30, prepare_workers: int = 2,
+                 engine_lock: threading.Lock | None = None) -> None:
         self.engine = engine
+        # held for each batch: whoever else uses the engine (a served stream) takes it too
+        self.engine_lock = engine_lock or threading.Lock()
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -210,7 +213,8 @@ class Scheduler:
                 return
             started = time.monotonic()
             try:
-                self._run(jobs)
+                with self.engine_lock:
+                    self._run(jobs)
             except Exception as error:  # a bug: the requests fail, the server goes on
                 log.exception("engine batch failed")
                 for job in jobs:

@@ -130,7 +130,8 @@ class StreamMemory:
 
     def __init__(self, engine: Engine, compression: CompressionOptions, fps: float,
                  memory_tokens: int | None = None, forget: ForgetMode = "oldest",
-                 bounds: PixelBounds | None = None) -> None:
+                 bounds: PixelBounds | None = None, lock: threading.Lock | None = None
+                 ) -> None:
         adapter = engine.adapter
         engine.accept(compression)
         if llm_stages(compression.method, adapter.compression_profile,
@@ -152,7 +153,7 @@ class StreamMemory:
         self._cache: Any = None
         self._cached = 0  # tokens in the cache
         self._next_position = 0  # the first position after the held stream
-        self._lock = threading.Lock()
+        self._lock = lock or threading.Lock()  # shared where the engine does other work too
 
     # --- what is held ------------------------------------------------------------------------
 
