@@ -21,6 +21,7 @@ from hypothesis import settings
 from tiny_models import TINY_PIXEL_BOUNDS, make_tiny_checkpoint
 
 from vidcom2_cli.models import sizing
+from vidcom2_cli.models.base import VideoAdapter
 
 # in case a pytest plugin imported torch before the variable was set
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -59,3 +60,17 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str]
         return built[family]
 
     return checkpoint
+
+
+@pytest.fixture
+def encoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts vision-encoder runs, whatever the family (one entry per call)."""
+    calls: list[int] = []
+    real = VideoAdapter.encode
+
+    def counted(self, item, *args, **kwargs):
+        calls.append(1)
+        return real(self, item, *args, **kwargs)
+
+    monkeypatch.setattr(VideoAdapter, "encode", counted)
+    return calls

@@ -47,7 +47,6 @@ from vidcom2_cli.evaluation.sweep import (
     with_method_options,
 )
 from vidcom2_cli.models import LoadOptions
-from vidcom2_cli.models.base import VideoAdapter
 from vidcom2_cli.multiple_choice import lvb_letter, mcq_letter, mvbench_normal_form
 from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 
@@ -325,18 +324,6 @@ def sweep(engine, questions, chosen, out, done=None, options=OPTIONS):
         run_batch(engine, items, options, sink, done)
     return records(out.read_text())
 
-
-@pytest.fixture
-def encoder_calls(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    real = VideoAdapter.encode
-
-    def counted(self, item, *args, **kwargs):
-        calls.append(1)
-        return real(self, item, *args, **kwargs)
-
-    monkeypatch.setattr(VideoAdapter, "encode", counted)
-    return calls
 
 
 def test_a_sweep_encodes_each_video_once(engine, datasets, tmp_path, encoder_calls):

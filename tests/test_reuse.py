@@ -23,7 +23,6 @@ from vidcom2_cli.cli import app
 from vidcom2_cli.engine import Engine
 from vidcom2_cli.feature_cache import SUFFIX, FeatureCache
 from vidcom2_cli.models import LoadOptions
-from vidcom2_cli.models.base import VideoAdapter
 from vidcom2_cli.options import CompressionOptions, GenerationOptions, SamplingOptions
 from vidcom2_cli.work import Request
 
@@ -51,19 +50,6 @@ def family_engine(request, tiny_checkpoints) -> tuple[str, Engine]:
                                       LoadOptions(device="cpu", dtype="float32",
                                                   attention="sdpa"))
 
-
-@pytest.fixture
-def encoder_calls(monkeypatch) -> list[int]:
-    """Counts vision-encoder runs, whatever the family."""
-    calls: list[int] = []
-    real = VideoAdapter.encode
-
-    def encode(self, item, signals=frozenset()):
-        calls.append(1)
-        return real(self, item, signals)
-
-    monkeypatch.setattr(VideoAdapter, "encode", encode)
-    return calls
 
 
 def comparable(answer) -> tuple:

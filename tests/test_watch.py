@@ -13,7 +13,6 @@ from vidcom2_cli.compression import select
 from vidcom2_cli.engine import OPENING_QUESTION, Engine
 from vidcom2_cli.errors import InputError
 from vidcom2_cli.models import LoadOptions
-from vidcom2_cli.models.base import VideoAdapter
 from vidcom2_cli.options import CompressionOptions, GenerationOptions
 from vidcom2_cli.watch.forget import HEADROOM, HeldCount, plan_forgetting
 from vidcom2_cli.watch.memory import StreamMemory
@@ -54,18 +53,6 @@ def engine_of(tiny_checkpoints):
 def family_engine(request, engine_of) -> tuple[str, Engine]:
     return request.param, engine_of(request.param)
 
-
-@pytest.fixture
-def encoder_calls(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    real = VideoAdapter.encode
-
-    def encode(self, item, signals=frozenset()):
-        calls.append(1)
-        return real(self, item, signals)
-
-    monkeypatch.setattr(VideoAdapter, "encode", encode)
-    return calls
 
 
 # --- the forgetting policy --------------------------------------------------------------------
