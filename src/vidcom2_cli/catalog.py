@@ -114,6 +114,11 @@ DEFAULT_MAX_FRAMES = 64
 DEFAULT_RATIO = 0.25
 DEFAULT_METHOD = "vidcom2"
 DEFAULT_MAX_NEW_TOKENS = 128
+# A live stream's sampling and memory, for `watch` and `serve --watch`.
+DEFAULT_WATCH_FPS = 1.0
+DEFAULT_CHUNK_S = 4.0
+DEFAULT_MEMORY_TOKENS = 4096
+DEFAULT_FORGET = "compress"
 FEATURE_CACHE_VARIABLE = "VIDCOM2_FEATURE_CACHE"  # the default --feature-cache folder
 
 

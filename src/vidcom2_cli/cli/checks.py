@@ -71,6 +71,16 @@ def check_sampling_options(frames: int, fps: float | None, max_frames: int,
                           f"{max_pixels}")
 
 
+def check_stream_memory(memory_tokens: int, forget: str) -> None:
+    """``--memory-tokens`` and ``--forget`` of ``watch`` and ``serve --watch``."""
+    from ..watch.forget import FORGET_MODES
+
+    if memory_tokens < 0:
+        raise OptionError(f"--memory-tokens: must be 0 (no bound) or more, got {memory_tokens}")
+    if forget not in FORGET_MODES:
+        raise OptionError(f"--forget: must be one of {', '.join(FORGET_MODES)}, got {forget!r}")
+
+
 def check_numbers(ratio: float | None, max_new_tokens: int) -> None:
     if ratio is not None and not (math.isfinite(ratio) and 0 < ratio <= 1):
         raise OptionError(f"--ratio: ratio must be in (0, 1], got {ratio!r}")

@@ -8,12 +8,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..catalog import (
+    DEFAULT_CHUNK_S,
+    DEFAULT_FORGET,
     DEFAULT_MAX_FRAMES,
     DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MEMORY_TOKENS,
     DEFAULT_METHOD,
     DEFAULT_MODEL,
     DEFAULT_NUM_FRAMES,
     DEFAULT_RATIO,
+    DEFAULT_WATCH_FPS,
 )
 from . import console
 from .app import app
@@ -24,6 +28,7 @@ from .checks import (
     check_load_options,
     check_numbers,
     check_sampling_options,
+    check_stream_memory,
     compression_profile_of,
     parse_method_options,
 )
@@ -134,15 +139,16 @@ def serve(
         "does) from start; requests ask about it with the video URL stream://NAME. "
         "Repeatable.", show_default=False)] = None,
     watch_fps: Annotated[float, typer.Option(help="With --watch: frames sampled per second "
-                                             "of a stream.")] = 1.0,
+                                             "of a stream.")] = DEFAULT_WATCH_FPS,
     watch_chunk: Annotated[float, typer.Option(help="With --watch: seconds of stream encoded "
-                                               "and compressed together.")] = 4.0,
+                                               "and compressed together.")
+                           ] = DEFAULT_CHUNK_S,
     memory_tokens: Annotated[int, typer.Option(
         help="With --watch: most tokens a stream may hold in the model's cache (0: no "
-        "bound).")] = 4096,
+        "bound).")] = DEFAULT_MEMORY_TOKENS,
     forget: Annotated[str, typer.Option(
         help="With --watch: when a stream's memory is full, compress (older chunks keep "
-        "fewer tokens) or oldest (drop the oldest chunks).")] = "compress",
+        "fewer tokens) or oldest (drop the oldest chunks).")] = DEFAULT_FORGET,
     debug: DebugOption = False,
 ) -> None:
     """Serve the model over HTTP: OpenAI's chat completions API with video_url parts.
@@ -281,16 +287,11 @@ def _check_watch(values: list[str], fps: float, chunk: float, memory_tokens: int
                  ray_address: str | None) -> Streams | None:
     """``--watch`` and its options, before anything heavy: the streams to watch, or None."""
     from ..serve.streams import Streams, WatchSettings, parse_watch
-    from ..watch.forget import FORGET_MODES
-
     if not fps > 0 or fps == float("inf"):
         raise OptionError(f"--watch-fps: must be above 0, got {fps:g}")
     if not chunk > 0 or chunk == float("inf"):
         raise OptionError(f"--watch-chunk: must be above 0, got {chunk:g}")
-    if memory_tokens < 0:
-        raise OptionError(f"--memory-tokens: must be 0 (no bound) or more, got {memory_tokens}")
-    if forget not in FORGET_MODES:
-        raise OptionError(f"--forget: must be one of {', '.join(FORGET_MODES)}, got {forget!r}")
+    check_stream_memory(memory_tokens, forget)
     if not values:
         return None
     if ray_address is not None:

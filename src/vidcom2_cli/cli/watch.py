@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..catalog import DEFAULT_MAX_NEW_TOKENS, DEFAULT_METHOD, DEFAULT_MODEL, DEFAULT_RATIO
+from ..catalog import (
+    DEFAULT_CHUNK_S,
+    DEFAULT_FORGET,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MEMORY_TOKENS,
+    DEFAULT_METHOD,
+    DEFAULT_MODEL,
+    DEFAULT_RATIO,
+    DEFAULT_WATCH_FPS,
+)
 from ..errors import InputError, first_line
 from . import console
 from .app import app
@@ -18,6 +27,7 @@ from .checks import (
     check_load_options,
     check_numbers,
     check_sampling_options,
+    check_stream_memory,
     compression_profile_of,
     parse_method_options,
 )
@@ -46,9 +56,6 @@ if TYPE_CHECKING:
     from ..watch.memory import StreamAnswer, StreamMemory
     from ..watch.session import Watcher
 
-DEFAULT_CHUNK_S = 4.0
-DEFAULT_MEMORY_TOKENS = 4096
-QUEUE_CHUNKS = 2  # the frame queue holds this many chunks' frames
 
 
 @app.command()
@@ -56,7 +63,8 @@ def watch(
     source: Annotated[str, typer.Argument(
         help="A live source: rtsp://, udp://, http(s):// (HLS too), a device such as "
         "/dev/video0, - for stdin, or a file still being written.", metavar="SOURCE")],
-    fps: Annotated[float, typer.Option(help="Frames sampled per second of the stream.")] = 1.0,
+    fps: Annotated[float, typer.Option(help="Frames sampled per second of the stream.")
+                   ] = DEFAULT_WATCH_FPS,
     chunk: Annotated[float, typer.Option(help="Seconds of stream encoded and compressed "
                                          "together.")] = DEFAULT_CHUNK_S,
     memory_tokens: Annotated[int, typer.Option(
@@ -64,7 +72,7 @@ def watch(
     ] = DEFAULT_MEMORY_TOKENS,
     forget: Annotated[str, typer.Option(
         help="When memory is full: compress (older chunks keep fewer tokens, the oldest "
-        "are dropped last) or oldest (drop the oldest chunks).")] = "compress",
+        "are dropped last) or oldest (drop the oldest chunks).")] = DEFAULT_FORGET,
     ask: Annotated[str | None, typer.Option(
         help="Answer this question periodically, one JSON line per answer.")] = None,
     every: Annotated[float | None, typer.Option(
@@ -121,7 +129,7 @@ def watch(
             raise OptionError("SOURCE -: stdin carries the video, so give the question with "
                               "--ask")
         from ..watch.session import chunk_frames
-        from ..watch.source import SourceReader, parse_source
+        from ..watch.source import QUEUE_CHUNKS, SourceReader, parse_source
 
         spec = parse_source(source, demuxer)
         method_settings = parse_method_options(method_option)
@@ -293,8 +301,6 @@ def _check_watch_options(chunk: float, memory_tokens: int, forget: str,
                          ask: str | None, every: float | None, duration: float | None,
                          reconnect: float, open_timeout: float, silence: float, idle: float
                          ) -> None:
-    from ..watch.forget import FORGET_MODES
-
     for name, value in (("--chunk", chunk), ("--open-timeout", open_timeout),
                         ("--silence", silence), ("--idle", idle)):
         if not value > 0:
@@ -304,10 +310,7 @@ def _check_watch_options(chunk: float, memory_tokens: int, forget: str,
             raise OptionError(f"{name}: must be above 0, got {optional:g}")
     if reconnect < 0:
         raise OptionError(f"--reconnect: must be 0 or more, got {reconnect:g}")
-    if memory_tokens < 0:
-        raise OptionError(f"--memory-tokens: must be 0 (no bound) or more, got {memory_tokens}")
-    if forget not in FORGET_MODES:
-        raise OptionError(f"--forget: must be one of {', '.join(FORGET_MODES)}, got {forget!r}")
+    check_stream_memory(memory_tokens, forget)
     if every is not None and ask is None:
         raise OptionError("--every: needs --ask (the question to answer periodically)")
     if ask is not None and not ask.strip():

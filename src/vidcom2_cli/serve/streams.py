@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..catalog import DEFAULT_CHUNK_S, DEFAULT_FORGET, DEFAULT_MEMORY_TOKENS, DEFAULT_WATCH_FPS
 from ..errors import InputError
 from .protocol import APIError
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("vidcom2.serve")
 SCHEME = "stream://"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-QUEUE_CHUNKS = 2  # the frame queue holds this many chunks' frames (as watch's)
 RETRY_AFTER_S = 1
 
 
@@ -38,10 +38,10 @@ RETRY_AFTER_S = 1
 class WatchSettings:
     """How every served stream is sampled, chunked and held (watch's options)."""
 
-    fps: float = 1.0
-    chunk_s: float = 4.0
-    memory_tokens: int = 4096  # 0: no bound
-    forget: str = "compress"
+    fps: float = DEFAULT_WATCH_FPS
+    chunk_s: float = DEFAULT_CHUNK_S
+    memory_tokens: int = DEFAULT_MEMORY_TOKENS  # 0: no bound
+    forget: str = DEFAULT_FORGET
 
 
 def parse_watch(values: list[str]) -> list[tuple[str, SourceSpec]]:
@@ -122,7 +122,7 @@ class Streams:
 
     def open_sources(self) -> None:
         """Open every source (InputError naming the stream when one cannot be opened)."""
-        from ..watch.source import SourceError, SourceReader
+        from ..watch.source import QUEUE_CHUNKS, SourceError, SourceReader
 
         for name, spec in self.specs:
             reader = SourceReader(spec, self.settings.fps,

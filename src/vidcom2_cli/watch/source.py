@@ -34,6 +34,7 @@ from ..errors import InputError, first_line
 
 SourceKind = Literal["network", "device", "stdin", "file"]
 END_OF_STREAM = "end of stream"
+QUEUE_CHUNKS = 2  # a reader's frame queue holds this many chunks' frames
 POLL_S = 0.05  # how often a read at a growing file's end looks again
 OPEN_MIN_BYTES = 1 << 16  # a growing file is opened once it holds this much (or stops growing)
 BACKOFF_S = (0.25, 0.5, 1.0, 2.0)  # waits between reconnection attempts (the last repeats)
